@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print measured numbers (recorded in docs/PERF.md)."""

@@ -1,0 +1,104 @@
+"""Sampler cost: model calls per output latent, and bookkeeping time with a model that costs nothing.
+
+``python -m miga_ray.benchmarks.sampler`` prints a table. Calls are counted in steady state
+(the difference between two lengths, so the base clip, the warm-up and the tail cancel out) and
+over a whole video of the longer length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+
+from miga_ray.sampling import Conditioning, FifoEngine, MigaEngine, NoiseSource, Preset, StreamingEngine, WindowRunner, get_preset
+
+
+def zero_model(x: torch.Tensor, t: torch.Tensor, context: object) -> torch.Tensor:
+    """A denoiser that costs (almost) nothing, so timing measures the sampler alone."""
+    return torch.zeros_like(x)
+
+
+@dataclass
+class Row:
+    preset: str
+    sampler: str
+    calls_steady: float
+    calls_whole: float
+    base_cost: float
+
+
+def build(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> StreamingEngine:
+    runner = WindowRunner(zero_model, preset.solver(), Conditioning(None), NoiseSource(0, shape, torch.float32, "cpu"))
+    if sampler == "miga":
+        return MigaEngine(runner, preset.miga, num_latents)
+    lookahead = sampler == "fifo"
+    return FifoEngine(runner, preset.fifo.__class__(window=preset.fifo.window, lookahead=lookahead), num_latents)
+
+
+def calls_for(preset: Preset, sampler: str, num_latents: int) -> int:
+    engine = build(preset, sampler, num_latents, (1, 1, 1, 1))
+    for _ in engine:
+        pass
+    return engine.counters.total_calls
+
+
+def call_costs(presets: list[str], short: int, long: int) -> list[Row]:
+    rows = []
+    for name in presets:
+        p = get_preset(name)
+        for sampler in ("fifo", "fifo-no-lookahead", "miga"):
+            a, b = calls_for(p, sampler, short), calls_for(p, sampler, long)
+            rows.append(Row(name, sampler, (b - a) / (long - short), b / long, p.num_levels / p.miga.window))
+    return rows
+
+
+def _timed_run(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, int]:
+    engine = build(preset, sampler, num_latents, shape)
+    start = time.perf_counter()
+    for _ in engine:
+        pass
+    return time.perf_counter() - start, engine.counters.total_calls
+
+
+def bookkeeping_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, float]:
+    """Steady-state milliseconds per output latent of everything but the model, and the zero model's share.
+
+    Timed as the difference between a run of ``num_latents`` and one of half that, so the base
+    clip, fill-time reflection and the tail cancel out.
+    """
+    (t_short, c_short), (t_long, c_long) = (_timed_run(preset, sampler, n, shape) for n in (num_latents // 2, num_latents))
+    x = torch.zeros((shape[0], shape[1], preset.miga.window, *shape[2:]))
+    t0 = time.perf_counter()
+    for _ in range(200):
+        zero_model(x, torch.zeros(x.shape[2]), None)
+    per_call = (time.perf_counter() - t0) / 200
+    span = num_latents - num_latents // 2
+    model = per_call * (c_long - c_short)
+    return 1000 * (t_long - t_short - model) / span, 1000 * model / span
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--short", type=int, default=500)
+    parser.add_argument("--long", type=int, default=1500)
+    parser.add_argument("--latents", type=int, default=600, help="output latents for the timing runs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"model calls per output latent (steady state: {args.short} -> {args.long} latents; whole: {args.long} latents incl. base clip and tail)")
+    print(f"{'preset':<12} {'sampler':<18} {'steady':>8} {'whole':>8} {'base model (T/f)':>17}")
+    for r in call_costs(["vc2", "wan2.1-1.3b"], args.short, args.long):
+        print(f"{r.preset:<12} {r.sampler:<18} {r.calls_steady:8.2f} {r.calls_whole:8.2f} {r.base_cost:17.2f}")
+    wan = get_preset("wan2.1-1.3b").miga
+    p = get_preset("wan2.1-1.3b")
+    print(f"\nbookkeeping per output latent, zero-cost denoiser, f={wan.window}, T={p.num_levels}, {args.latents} latents, 1 thread")
+    for label, shape in (("tiny latents 16x8x8", (1, 16, 8, 8)), ("Wan 832x480 latents 16x60x104", (1, 16, 60, 104))):
+        for sampler in ("miga", "fifo"):
+            bk, model = bookkeeping_ms(p, sampler, args.latents, shape)
+            print(f"{label:<30} {sampler:<5} sampler {bk:8.3f} ms/latent   (zero model itself {model:.3f} ms/latent)")
+
+
+if __name__ == "__main__":
+    main()

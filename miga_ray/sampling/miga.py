@@ -1,0 +1,224 @@
+"""MIGA as a streaming engine: a zigzag stage-1 queue with long-range guidance and self-reflection,
+feeding a unified-level stage 2 (and refine) with bounded lag.
+
+Stage 1, one step: a new group of ``group`` latents enters at level T; one sweep moves every queue
+latent one level down in windows written head to tail (guidance slots see latents already stepped
+in this sweep); the head group leaves once it reaches level E; then reflection may judge and
+replace the group ``reflect_after`` steps below noise. The queue holds about (T - E) x group latents.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import MigaConfig
+from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
+from .runner import WindowRunner
+from .unified import UnifiedStage
+from .windows import guidance_positions, sweep_blocks
+
+
+class MigaEngine(StreamingEngine):
+    """Streams ``num_latents`` clean latents of one video through MIGA."""
+
+    def __init__(
+        self,
+        runner: WindowRunner,
+        config: MigaConfig,
+        num_latents: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        candidates: CandidateRunner | None = None,
+    ) -> None:
+        self.T = runner.solver.grid.num_levels
+        config.validate(self.T)
+        super().__init__(runner, num_latents, dtype, device)
+        self.cfg = config
+        self.candidates = candidates or local_candidates(runner)
+        self.unified = UnifiedStage(runner, config.stage2_levels, config.refine, config.window, config.write_stride, num_latents)
+        self.started = False
+        self.xs: list[Tensor] = []  # stage-1 queue, head first
+        self.levels: list[int] = []
+        self.head = 0  # latent index of xs[0]
+        self.pushed = 0  # latents that have entered stage 1
+        self.sweeps = 0
+        self.anchor: Tensor | None = None  # the base clip's last latent (clean)
+        self.recent: Tensor | None = None  # newest latent that left stage 1
+        self.last_score: float | None = None
+
+    # -- one unit of work ------------------------------------------------------------------------
+    def _advance(self) -> None:
+        if not self.started:
+            self._start()
+            return
+        if self.pushed < self.num_latents:
+            self._push_group()
+        self._sweep()
+        self._pop()
+        if self._reflect_now():
+            self._reflect()
+        for index, latent in self.unified.run():
+            self._emit(index, latent)
+
+    def _start(self) -> None:
+        """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
+        f, L = self.cfg.window, self.cfg.group
+        base = sample_base_clip(self.runner, f)
+        self.anchor = base[-1]
+        count = min(self.num_latents, (f // L) * L)
+        groups = f // L
+        for i in range(count):
+            level = self.T - groups + i // L
+            eps = self.runner.noise.draw("init", i, level)
+            lv = torch.tensor([level])
+            self.xs.append(self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2))
+            self.levels.append(level)
+        self.pushed = count
+        self.started = True
+
+    def _entry_anchor(self) -> Tensor | None:
+        if self.cfg.entry == "noise":
+            return None
+        if self.cfg.entry == "recent" and self.recent is not None:
+            return self.recent
+        return self.anchor
+
+    def _push_group(self) -> None:
+        stop = min(self.pushed + self.cfg.group, self.num_latents)
+        anchor = self._entry_anchor()
+        for i in range(self.pushed, stop):
+            self.xs.append(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0))
+            self.levels.append(self.T)
+        self.pushed = stop
+
+    @property
+    def phase(self) -> str:
+        return "fill" if self.head == 0 else "stage1"
+
+    def _window_slots(self, a: int, n: int) -> tuple[list[int], list[int]]:
+        """Guidance positions and current positions of the window whose written block starts at ``a``.
+
+        Windows near the head (``a < m_guid``) use the latents ahead of them as guidance and fill
+        up to f slots with queue latents, capped so they span no more levels than other windows.
+        """
+        c = self.cfg
+        m, w, L = c.guidance, c.current_width, c.group
+        if not m or a >= m:
+            guide = guidance_positions(a, m, L) if m else []
+            return guide, list(range(a, min(n, a + w)))
+        cap = (a // L + math.ceil(w / L) + 1) * L
+        return list(range(a)), list(range(a, min(n, c.window, cap)))
+
+    def _sweep(self) -> None:
+        n, c = len(self.xs), self.cfg
+        phase = self.phase
+        for a, b in sweep_blocks(n, c.current_width, c.write_stride, self.sweeps % c.write_stride):
+            guide, cur = self._window_slots(a, n)
+            slots = guide + cur
+            kept = [False] * len(guide) + [a <= j < b for j in cur]
+            out = self.runner(
+                phase,
+                [self.xs[j] for j in slots],
+                [self.levels[j] for j in slots],
+                [self.head + j for j in slots],
+                kept,
+                guidance=[True] * len(guide) + [False] * len(cur),
+            )
+            for j, x in zip(range(a, b), out):
+                self.xs[j], self.levels[j] = x, self.levels[j] - 1
+        self.sweeps += 1
+
+    def _pop(self) -> None:
+        L, E = self.cfg.group, self.cfg.stage2_levels
+        while self.xs and self.levels[0] == E:
+            size = min(L - self.head % L, len(self.xs))
+            leaving = self.xs[:size]
+            del self.xs[:size], self.levels[:size]
+            self.head += size
+            self.recent = leaving[-1]
+            self.unified.push(leaving)
+
+    # -- self-reflection ---------------------------------------------------------------------------
+    def _reflect_now(self) -> bool:
+        c = self.cfg
+        return c.reflect and (c.reflect_during == "always" or self.head == 0)
+
+    def _reflect(self) -> None:
+        """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best."""
+        c, L = self.cfg, self.cfg.group
+        level = self.T - c.reflect_after
+        if level not in self.levels:
+            return
+        j = self.levels.index(level)
+        r = j - c.reflect_refs * L
+        if r < 0:
+            return
+        refs = torch.stack(self.xs[r:j], dim=2)
+        judged = torch.stack(self.xs[j : min(j + L, len(self.xs))], dim=2)
+        score = consistency_score(judged, refs)
+        counts = self.counters.reflections
+        counts["judged"] += 1
+        previous, self.last_score = self.last_score, score
+        if previous is None or previous - score <= c.reflect_delta:
+            return
+        counts["triggered"] += 1
+        behind = list(range(self.head + j, self.head + len(self.xs)))
+        groups = [behind[k : k + L] for k in range(0, len(behind), L)]
+        anchor = self._entry_anchor()
+        requests = [
+            CandidateRequest(
+                candidate=k + 1,
+                refs=refs,
+                ref_levels=self.levels[r:j],
+                ref_ids=list(range(self.head + r, self.head + j)),
+                groups=groups,
+                steps=c.reflect_after,
+                window=c.window,
+                stride=c.write_stride,
+                anchor=anchor,
+            )
+            for k in range(c.reflect_candidates)
+        ]
+        results = self.candidates(requests)
+        scores = [consistency_score(res[:, :, : len(groups[0])], refs) for res in results]
+        best = max(range(len(scores)), key=lambda k: scores[k])
+        if scores[best] > score:
+            counts["accepted"] += 1
+            self.xs[j:] = [x.to(self.device, self.dtype) for x in results[best].unbind(dim=2)]
+            self.last_score = scores[best]
+
+    # -- memory and state --------------------------------------------------------------------------
+    def held_latents(self) -> int:
+        fixed = sum(x is not None for x in (self.anchor, self.recent))
+        return len(self.xs) + len(self.unified.held()) + len(self._out) + fixed
+
+    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        frames = {"queue": self.xs, "unified": self.unified.held()}
+        frames.update({k: [v] for k, v in (("anchor", self.anchor), ("recent", self.recent)) if v is not None})
+        tensors = {k: stack_frames(v, self.shape, self.dtype) for k, v in frames.items()}
+        meta = {
+            "config": self.cfg.to_dict(),
+            "started": self.started,
+            "levels": list(self.levels),
+            "head": self.head,
+            "pushed": self.pushed,
+            "sweeps": self.sweeps,
+            "last_score": self.last_score,
+            "unified": self.unified.meta(),
+        }
+        return tensors, meta
+
+    def _load(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        if meta["config"] != self.cfg.to_dict():
+            raise ValueError(f"state: the checkpoint's MIGA config {meta['config']} differs from this engine's {self.cfg.to_dict()}")
+        self.started, self.levels, self.head = meta["started"], list(meta["levels"]), meta["head"]
+        self.pushed, self.sweeps, self.last_score = meta["pushed"], meta["sweeps"], meta["last_score"]
+        self.xs = self._frames(tensors["queue"])
+        self.unified.load(self._frames(tensors["unified"]), meta["unified"])
+        self.anchor = self._frames(tensors["anchor"])[0] if "anchor" in tensors else None
+        self.recent = self._frames(tensors["recent"])[0] if "recent" in tensors else None

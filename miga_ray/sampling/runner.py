@@ -1,0 +1,74 @@
+"""Runs one window through the model and steps the latents it keeps: the sampler's only model call site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .denoiser import Conditioning, Denoiser, guided_forward
+from .noise import NoiseSource
+from .solvers import Solver
+from .trace import CallTrace, Counters
+
+
+class WindowRunner:
+    """Model + solver + conditioning + noise: a window of latents at their own levels in, kept latents
+    one level lower out. Counts every call and writes it to the trace when one is attached."""
+
+    def __init__(
+        self,
+        model: Denoiser,
+        solver: Solver,
+        cond: Conditioning,
+        noise: NoiseSource,
+        trace: CallTrace | None = None,
+    ) -> None:
+        self.model, self.solver, self.cond, self.noise, self.trace = model, solver, cond, noise, trace
+        self.counters = Counters()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        phase: str,
+        latents: Sequence[Tensor],
+        levels: Sequence[int],
+        ids: Sequence[int],
+        kept: Sequence[bool],
+        guidance: Sequence[bool] | None = None,
+        variant: int = 0,
+    ) -> list[Tensor]:
+        """Denoise a window of latent frames (each ``[B, C, H, W]``); return the kept ones, stepped."""
+        guidance = guidance if guidance is not None else [False] * len(latents)
+        x = torch.stack(list(latents), dim=2)
+        lv = torch.tensor(list(levels), dtype=torch.long)
+        t = self.solver.grid.timesteps[lv].to(device=x.device, dtype=torch.float32)
+        out = guided_forward(self.model, x, t, self.cond)
+        first = kept.index(True)
+        keep = slice(first, first + sum(bool(k) for k in kept))  # the written latents are contiguous
+        self._count(phase, ids, levels, guidance, kept, variant)
+        step_noise = None
+        if self.solver.stochastic:
+            purpose = "step/stage1" if phase == "fill" else f"step/{phase}"
+            step_noise = self.noise.frames(purpose, ids[keep], levels[keep], variant)
+        stepped = self.solver.step(x[:, :, keep], out[:, :, keep], lv[keep], step_noise)
+        return list(stepped.unbind(dim=2))
+
+    def _count(self, phase, ids, levels, guidance, kept, variant) -> None:
+        c = self.counters
+        c.calls[phase] += 1
+        c.slots += len(ids)
+        c.written += sum(bool(k) for k in kept)
+        if self.trace is not None:
+            entry = {
+                "call": c.total_calls - 1,
+                "phase": phase,
+                "latents": [int(i) for i in ids],
+                "levels": [int(l) for l in levels],
+                "guidance": [bool(g) for g in guidance],
+                "kept": [bool(k) for k in kept],
+            }
+            if phase == "reflect":
+                entry["candidate"] = variant
+            self.trace.record(entry)

@@ -1,0 +1,90 @@
+"""Stage 2 (and the refine pass) as a stream: sweeps at one shared level with a bounded lag.
+
+Sweep p moves latents from level l_p to l_p - 1 in windows of f latents that all sit at l_p. A
+window of sweep p runs as soon as sweep p-1 has written every latent it covers, so each sweep
+trails the one before it by at most a window and a stride: the stage holds O(f x levels) latents,
+and latents leave as soon as the last sweep has written them. The result equals running each
+sweep over the whole video before the next (window placement depends only on latent indices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .runner import WindowRunner
+from .windows import block_at
+
+
+@dataclass(frozen=True)
+class Sweep:
+    phase: str  # "stage2" or "refine"
+    level: int  # level of every latent this sweep reads
+    offset: int  # window offset of this sweep
+
+
+def unified_sweeps(entry_level: int, refine: bool, stride: int) -> list[Sweep]:
+    """Stage 2 from ``entry_level`` to clean, then (optionally) the same again after re-noising."""
+    phases = ["stage2", "refine"] if refine else ["stage2"]
+    return [Sweep(ph, entry_level - i, i % stride) for ph in phases for i in range(entry_level)]
+
+
+class UnifiedStage:
+    """Latents enter in order at the entry level; clean latents leave in order."""
+
+    def __init__(self, runner: WindowRunner, entry_level: int, refine: bool, window: int, stride: int, total: int) -> None:
+        self.runner, self.window, self.stride, self.total = runner, window, stride, total
+        self.entry_level = entry_level
+        self.sweeps = unified_sweeps(entry_level, refine, stride)
+        self.frontier = [0] * len(self.sweeps)  # ids below frontier[p] are written by sweep p
+        self.arrived = 0
+        self.base = 0  # id of self.xs[0]
+        self.xs: list[Tensor] = []
+
+    def push(self, latents: list[Tensor]) -> None:
+        """Latents leaving stage 1 (at the entry level), next in order."""
+        self.xs.extend(latents)
+        self.arrived += len(latents)
+
+    def run(self) -> list[tuple[int, Tensor]]:
+        """Run every window whose inputs are ready; return the latents that became final."""
+        for p, sweep in enumerate(self.sweeps):
+            ready = self.frontier[p - 1] if p else self.arrived
+            while self.frontier[p] < self.total:
+                a, b = block_at(self.frontier[p], self.total, self.window, self.stride, sweep.offset)
+                end = min(self.total, a + self.window)
+                if ready < end:
+                    break
+                self._window(p, sweep, a, b, end)
+        final = self.frontier[-1] if self.sweeps else self.arrived
+        done = [(self.base + i, x) for i, x in enumerate(self.xs[: final - self.base])]
+        del self.xs[: final - self.base]
+        self.base = final
+        return done
+
+    def _window(self, p: int, sweep: Sweep, a: int, b: int, end: int) -> None:
+        ids = list(range(a, end))
+        out = self.runner(sweep.phase, [self.xs[i - self.base] for i in ids], [sweep.level] * len(ids), ids, [i < b for i in ids])
+        if sweep.phase == "stage2" and sweep.level == 1 and p + 1 < len(self.sweeps):
+            out = self._renoise(ids[: b - a], out)
+        self.xs[a - self.base : b - self.base] = out
+        self.frontier[p] = b
+
+    def _renoise(self, ids: list[int], clean: list[Tensor]) -> list[Tensor]:
+        """Refine entry: clean latents back to the entry level with their own noise."""
+        solver, E = self.runner.solver, self.entry_level
+        x0 = torch.stack(clean, dim=2)
+        eps = self.runner.noise.frames("refine", ids, [E] * len(ids))
+        return list(solver.add_noise(x0, eps, torch.full((len(ids),), E)).unbind(dim=2))
+
+    def held(self) -> list[Tensor]:
+        return self.xs
+
+    def meta(self) -> dict[str, Any]:
+        return {"frontier": list(self.frontier), "arrived": self.arrived, "base": self.base}
+
+    def load(self, xs: list[Tensor], meta: dict[str, Any]) -> None:
+        self.frontier, self.arrived, self.base, self.xs = list(meta["frontier"]), meta["arrived"], meta["base"], xs
