@@ -12,4 +12,4 @@ test: install
 	$(ISOLATE) $(PYTHON) -m pytest -q
 
 demo: install
-	$(PYTHON) -m miga_ray.cli demo
+	$(PYTHON) -m miga_ray.cli demo --config configs/demo.yaml --out out/demo

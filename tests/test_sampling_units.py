@@ -145,7 +145,7 @@ def test_presets_carry_the_reference_hyperparameters():
     for p in (vc2, wan):
         p.miga.validate(p.num_levels)
         p.fifo.validate(p.num_levels)
-    with pytest.raises(ValueError, match="known: vc2, wan2.1-1.3b"):
+    with pytest.raises(ValueError, match="known: toy, vc2, wan2.1-1.3b"):
         get_preset("sdxl")
 
 

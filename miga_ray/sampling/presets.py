@@ -59,6 +59,18 @@ PRESETS: dict[str, Preset] = {
         solver_kind="euler",
         shift=5.0,
     ),
+    # The shipped toy model (Wan architecture, 8-latent windows at 64x64): Wan's settings scaled to
+    # a short grid so a CPU renders quickly.
+    "toy": Preset(
+        name="toy",
+        num_levels=30,
+        miga=MigaConfig(window=8, group=2, guidance=2, stage2_levels=6, refine=True, stride=4, reflect=True,
+                        reflect_candidates=3, reflect_after=6, reflect_refs=2, reflect_delta=0.01),
+        fifo=FifoConfig(window=8, lookahead=True),
+        cfg_scale=5.0,
+        solver_kind="euler",
+        shift=3.0,
+    ),
 }
 
 

@@ -1,0 +1,183 @@
+"""Render configuration as data: pydantic models loaded from YAML, validated once at the edge.
+
+An unknown key, a wrong type or an out-of-range value raises ``ConfigError`` naming the key, the
+value and what is allowed; the command line turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .sampling import FifoConfig, MigaConfig, get_preset
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix (exit code 2)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Strict):
+    """Which base model, where, in what precision."""
+
+    name: str = Field("toy", description="toy | wan2.1-1.3b | wan2.1-1.3b-random | a diffusers Wan directory or hub id")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class MigaSettings(_Strict):
+    """MIGA hyperparameters (see ``miga_ray.sampling.MigaConfig``); unset fields come from the preset."""
+
+    window: int | None = Field(None, ge=2)
+    group: int | None = Field(None, ge=1)
+    guidance: int | None = Field(None, ge=0)
+    stage2_levels: int | None = Field(None, ge=0)
+    refine: bool | None = None
+    stride: int | None = Field(None, ge=1)
+    entry: Literal["noise", "anchor", "recent"] | None = None
+    reflect: bool | None = None
+    reflect_during: Literal["fill", "always"] | None = None
+    reflect_candidates: int | None = Field(None, ge=1)
+    reflect_delta: float | None = Field(None, ge=0)
+    reflect_after: int | None = Field(None, ge=1)
+    reflect_refs: int | None = Field(None, ge=1)
+
+
+class FifoSettings(_Strict):
+    window: int | None = Field(None, ge=2)
+    lookahead: bool | None = None
+
+
+class SamplerSettings(_Strict):
+    """The long-video sampler over the base model's level grid."""
+
+    kind: Literal["miga", "fifo"] = "miga"
+    preset: Literal["toy", "vc2", "wan2.1-1.3b"] = "toy"
+    num_levels: int | None = Field(None, ge=2, le=1000, description="T; default: the preset's")
+    shift: float | None = Field(None, gt=0, description="flow time shift; default: the model scheduler's")
+    cfg_scale: float | None = Field(None, ge=1.0)
+    miga: MigaSettings = MigaSettings()
+    fifo: FifoSettings = FifoSettings()
+
+    def levels(self) -> int:
+        return self.num_levels or get_preset(self.preset).num_levels
+
+    def guidance_scale(self) -> float:
+        return self.cfg_scale if self.cfg_scale is not None else get_preset(self.preset).cfg_scale
+
+    def miga_config(self, window: int | None = None) -> MigaConfig:
+        """The preset's MIGA config with this file's overrides (and the model's window if not set)."""
+        base = get_preset(self.preset).miga
+        changes = {k: v for k, v in self.miga.model_dump().items() if v is not None}
+        if window is not None and "window" not in changes:
+            changes.update(window=window, stride=window // 2)
+        return base.with_(**changes)
+
+    def fifo_config(self, window: int | None = None) -> FifoConfig:
+        base = get_preset(self.preset).fifo
+        return FifoConfig(
+            window=self.fifo.window or window or base.window,
+            lookahead=base.lookahead if self.fifo.lookahead is None else self.fifo.lookahead,
+        )
+
+
+class VideoSettings(_Strict):
+    fps: int = Field(16, ge=1, le=120)
+    height: int | None = Field(None, ge=16, multiple_of=16, description="pixels; default: the model's")
+    width: int | None = Field(None, ge=16, multiple_of=16, description="pixels; default: the model's")
+    crf: int = Field(16, ge=0, le=51, description="H.264 quality (lower is better)")
+    png_frames: bool = Field(False, description="also write lossless PNG frames for evaluation")
+
+
+class CheckpointSettings(_Strict):
+    every_latents: int = Field(32, ge=1, description="checkpoint after this many new clean latents")
+    every_seconds: float = Field(120.0, gt=0, description="... or after this many seconds, whichever first")
+
+
+class RenderConfig(_Strict):
+    """Everything that decides the pixels of one render (and how it is stored)."""
+
+    model: ModelSettings = ModelSettings()
+    sampler: SamplerSettings = SamplerSettings()
+    video: VideoSettings = VideoSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    frames: int = Field(121, ge=1, le=1_000_000, description="output video frames")
+    seed: int = Field(0, ge=0, lt=2**63)
+    negative_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _sampler_rules(self) -> RenderConfig:
+        levels = self.sampler.levels()
+        try:
+            if self.sampler.kind == "miga":
+                self.sampler.miga_config(self.sampler.miga.window).validate(levels)
+            else:
+                self.sampler.fifo_config(self.sampler.fifo.window).validate(levels)
+        except ValueError as exc:
+            raise ValueError(f"sampler.{self.sampler.kind}.{exc}") from None
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output pixels (not checkpoint cadence)."""
+        data = self.model_dump(exclude={"checkpoint": True, "model": {"device"}})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def build_config(data: dict[str, Any] | None = None) -> RenderConfig:
+    """Validate a plain dict into a RenderConfig, or raise ConfigError listing every problem."""
+    try:
+        return RenderConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in exc.errors())) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. sampler.miga.group=7")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **fields: Any) -> RenderConfig:
+    """YAML file (optional) + ``--set key=value`` overrides + explicit fields, validated together."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {p}: no such file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {p}: the top level must be a mapping")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    for key, value in fields.items():
+        if value is not None:
+            data[key] = value
+    return build_config(data)

@@ -1,0 +1,248 @@
+"""One job on one device: model + sampler + streaming decoder + video writer + checkpoints.
+
+Everything a job needs to continue lives in the object store, so running the same job again
+resumes from its last good checkpoint and produces the same video as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import torch
+from torch import Tensor
+
+from .config import ConfigError, RenderConfig
+from .models.registry import LoadedModel, load_model
+from .sampling import (
+    DDIM,
+    CallTrace,
+    CandidateRunner,
+    Conditioning,
+    Counters,
+    FifoEngine,
+    FlowEuler,
+    MigaEngine,
+    NoiseSource,
+    Solver,
+    StreamingEngine,
+    WindowRunner,
+    get_preset,
+)
+from .storage import CheckpointStore, JobLayout, JobRecord, LatentWriter, ObjectStore, SegmentWriter, Uploader, read_job, write_job
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Progress:
+    """What a progress bar shows: frames, speed, reflections."""
+
+    job_id: str
+    frames_done: int
+    frames_total: int
+    seconds: float
+    counters: Counters
+
+    @property
+    def fps(self) -> float:
+        return self.frames_done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RenderResult:
+    job_id: str
+    record: JobRecord
+    resumed_from: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def job_id_for(prompt: str, seed: int) -> str:
+    """A stable, storage-safe job id: the same prompt and seed resume the same job."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "job"
+    return f"{slug}-s{seed}"
+
+
+def frames_of_latents(count: int, temporal: int) -> int:
+    """Pixel frames decoded from the first ``count`` latents (the first latent gives one frame)."""
+    return 0 if count == 0 else 1 + temporal * (count - 1)
+
+
+def latents_for_frames(frames: int, temporal: int) -> int:
+    return 1 + -(-(frames - 1) // temporal)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_solver(model: LoadedModel, cfg: RenderConfig) -> Solver:
+    """The model scheduler's grid at T levels, stepped per latent as the preset says."""
+    s = cfg.sampler
+    grid = model.grid(s.levels(), s.shift)
+    if grid.kind == "flow":
+        return FlowEuler(grid)
+    return DDIM(grid, eta=get_preset(s.preset).eta)
+
+
+def build_engine(
+    model: LoadedModel,
+    cfg: RenderConfig,
+    prompt: str,
+    num_latents: int,
+    trace: TextIO | None = None,
+    candidates: CandidateRunner | None = None,
+) -> StreamingEngine:
+    """The sampler for one prompt on a loaded model."""
+    height, width = cfg.video.height or model.default_resolution[0], cfg.video.width or model.default_resolution[1]
+    spatial = model.vae_scale[1]
+    if height % (2 * spatial) or width % (2 * spatial):
+        raise ConfigError(f"video.height/width: {height}x{width} must be multiples of {2 * spatial} for this model")
+    pos, neg = model.encode_prompt([prompt], cfg.negative_prompt)
+    cond = Conditioning(pos, neg, cfg.sampler.guidance_scale())
+    shape = (1, model.latent_channels, height // spatial, width // spatial)
+    noise = NoiseSource(cfg.seed, shape, model.dtype, model.device)
+    runner = WindowRunner(model.denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None)
+    try:
+        if cfg.sampler.kind == "miga":
+            return MigaEngine(runner, cfg.sampler.miga_config(model.default_window), num_latents, model.dtype, model.device, candidates)
+        return FifoEngine(runner, cfg.sampler.fifo_config(model.default_window), num_latents, model.dtype, model.device)
+    except ValueError as exc:
+        raise ConfigError(f"sampler.{cfg.sampler.kind}.{exc}") from None
+
+
+class JobRun:
+    """One render of one prompt into ``<store>/<job_id>/``, resumable from its checkpoints."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prompt: str,
+        cfg: RenderConfig,
+        model: LoadedModel,
+        job_id: str | None = None,
+        restart: bool = False,
+        trace: TextIO | None = None,
+        candidates: CandidateRunner | None = None,
+    ) -> None:
+        self.store, self.prompt, self.cfg, self.model = store, prompt, cfg, model
+        self.job = JobLayout(job_id or job_id_for(prompt, cfg.seed))
+        self.temporal = model.vae_scale[0]
+        self.num_latents = latents_for_frames(cfg.frames, self.temporal)
+        self.restart, self.trace, self.candidates = restart, trace, candidates
+
+    def run(self, on_progress: Callable[[Progress], None] | None = None) -> RenderResult:
+        t0 = time.perf_counter()
+        engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates)
+        if self.restart:
+            self._wipe()
+        uploader = Uploader(self.store)
+        record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
+        try:
+            result = self._run(engine, uploader, record, t0, on_progress)
+        except BaseException as exc:
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            try:
+                write_job(uploader, record)
+                uploader.close()
+            except Exception:  # the original failure is the one to report
+                log.exception("could not record the failure of job %s", self.job.job_id)
+            raise
+        uploader.close()
+        return result
+
+    def _config_record(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "render": self.cfg.model_dump(), "fingerprint": self.cfg.fingerprint()}
+
+    def _wipe(self) -> None:
+        for key in self.store.list(self.job.job_id + "/"):
+            self.store.delete(key)
+
+    def _run(self, engine: StreamingEngine, uploader: Uploader, record: JobRecord, t0: float, on_progress) -> RenderResult:
+        cfg, s = self.cfg, self.model.vae_scale[1]
+        shape = engine.shape
+        height, width = shape[2] * s, shape[3] * s
+        ckpts = CheckpointStore(self.store, self.job.state, sink=uploader)
+        latents = LatentWriter(self.store, self.job, sink=uploader)
+        writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
+        decoder = self.model.decoder()
+        resumed = self._resume(engine, ckpts, latents, decoder, writer)
+        timings = {"setup": time.perf_counter() - t0}
+        write_job(uploader, record)
+        last_ckpt_time, last_ckpt_at = time.perf_counter(), engine.emitted
+        start = time.perf_counter()
+        for index, latent in engine:
+            latents.write(index, latent[0])
+            self._write_frames(writer, decoder, index, latent)
+            done = min(cfg.frames, frames_of_latents(index + 1, self.temporal))
+            now = time.perf_counter()
+            ck = cfg.checkpoint
+            if not engine.done and (engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds):
+                self._checkpoint(ckpts, engine, uploader, record, done)
+                last_ckpt_time, last_ckpt_at = now, engine.emitted
+            if on_progress:
+                on_progress(Progress(self.job.job_id, done, cfg.frames, now - start, engine.counters))
+        writer.finish()
+        timings["sampling"] = time.perf_counter() - start
+        record.status, record.frames_done = "done", cfg.frames
+        record.timings = timings
+        record.metrics = {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
+        write_job(uploader, record)
+        return RenderResult(self.job.job_id, record, resumed, timings)
+
+    def _write_frames(self, writer: SegmentWriter, decoder, index: int, latent: Tensor) -> None:
+        frames = decoder.push(latent.unsqueeze(2))[0]
+        first = frames_of_latents(index, self.temporal)
+        keep = max(0, min(frames.shape[0], self.cfg.frames - first))
+        if keep:
+            writer.write(frames[:keep].cpu().numpy(), start=first)
+
+    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord, done: int) -> None:
+        tensors, meta = engine.state_dict()
+        ckpts.save(engine.emitted, tensors, {"engine": meta, "fingerprint": self.cfg.fingerprint(), "frames_done": done})
+        record.frames_done = done
+        write_job(uploader, record)
+
+    def _resume(self, engine, ckpts: CheckpointStore, latents: LatentWriter, decoder, writer: SegmentWriter) -> int | None:
+        """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks."""
+        previous = read_job(self.store, self.job.job_id)
+        latest = ckpts.load_latest()
+        if latest is None:
+            if previous is not None and previous.status == "done":
+                raise ConfigError(f"job {self.job.job_id} is already done; pass --restart to render it again")
+            return None
+        step, tensors, meta = latest
+        if meta.get("fingerprint") != self.cfg.fingerprint():
+            raise ConfigError(
+                f"job {self.job.job_id}: the configuration differs from the one its checkpoint was made with "
+                f"(fingerprint {meta.get('fingerprint')} vs {self.cfg.fingerprint()}); pass --restart to start over"
+            )
+        engine.load_state_dict(tensors, meta["engine"])
+        first = min(_latent_of_frame(writer.frames_written, self.temporal), engine.emitted)
+        context = getattr(decoder, "context_latents", first)
+        before = [latents.read(i) for i in range(max(0, first - context), first)]
+        if before:
+            decoder.resume(torch.stack(before, dim=1).unsqueeze(0).to(self.model.device, self.model.dtype), first)
+        for i in range(first, engine.emitted):
+            self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
+        log.info("job %s resumed from checkpoint at latent %d", self.job.job_id, step)
+        return step
+
+
+def _latent_of_frame(frame: int, temporal: int) -> int:
+    """Index of the latent whose decode produces pixel frame ``frame``."""
+    return 0 if frame == 0 else (frame - 1) // temporal + 1
+
+
+def load_for(cfg: RenderConfig) -> LoadedModel:
+    """Load the configured model on the configured device and dtype."""
+    device = resolve_device(cfg.model.device)
+    dtype = None if cfg.model.dtype == "auto" else DTYPES[cfg.model.dtype]
+    return load_model(cfg.model.name, device, dtype)

@@ -1,0 +1,100 @@
+"""One job end to end on the shipped toy model: video, storage layout, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from miga_ray.config import ConfigError, load_config
+from miga_ray.render import JobRun, load_for
+from miga_ray.storage import LocalStore, read_job
+
+PROMPT = "a red circle moving over sand"
+import os
+TOY = os.environ.get("MIGA_TEST_TOY", "toy")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_for(load_config(None, ["model.device=cpu", f"model.name={TOY}"]))
+
+
+def small_config(**fields):
+    overrides = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4",
+                 "checkpoint.every_latents=2", "video.fps=8"]
+    frames = fields.pop("frames", 29)
+    return load_config(None, overrides + [f"{k}={v}" for k, v in fields.items()], frames=frames)
+
+
+def decoded_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+class Stop(Exception):
+    """Stands in for a crash at a chosen point."""
+
+
+def stop_after(frames: int):
+    def hook(progress):
+        if progress.frames_done >= frames:
+            raise Stop(progress.frames_done)
+    return hook
+
+
+def test_render_writes_the_job_layout(tmp_path, toy):
+    cfg = small_config()
+    result = JobRun(LocalStore(tmp_path), PROMPT, cfg, toy).run()
+    job = tmp_path / result.job_id
+    frames = decoded_frames(job / "video.mp4")
+    assert frames.shape == (29, 64, 64, 3)
+    playlist = (job / "video.m3u8").read_text()
+    assert "#EXT-X-ENDLIST" in playlist and playlist.count("#EXTINF") == len(list((job / "segments").glob("*.ts")))
+    assert len(list((job / "latents").glob("*.safetensors"))) == 8  # 1 + 4 * 7 frames
+    record = read_job(LocalStore(tmp_path), result.job_id)
+    assert record.status == "done" and record.frames_done == 29
+    assert record.config["fingerprint"] == cfg.fingerprint()
+    assert record.metrics["model_calls"]["calls"]["stage2"] > 0
+
+
+@pytest.mark.parametrize("sampler", ["miga", "fifo"])
+def test_interrupted_render_resumes_to_the_same_video(tmp_path, toy, sampler):
+    cfg = small_config(**{"sampler.kind": sampler, "frames": 41})
+    whole = JobRun(LocalStore(tmp_path / "whole"), PROMPT, cfg, toy).run()
+    reference = decoded_frames(tmp_path / "whole" / whole.job_id / "video.mp4")
+    store = LocalStore(tmp_path / "cut")
+    for cut in (6, 19, 30):
+        with pytest.raises(Stop):
+            JobRun(store, PROMPT, cfg, toy).run(stop_after(cut))
+        assert read_job(store, whole.job_id).status == "failed"
+    resumed = JobRun(store, PROMPT, cfg, toy).run()
+    assert resumed.resumed_from is not None and resumed.resumed_from > 0
+    for i in range(11):
+        a = (tmp_path / "whole" / whole.job_id / "latents" / f"{i:06d}.safetensors").read_bytes()
+        assert a == (tmp_path / "cut" / whole.job_id / "latents" / f"{i:06d}.safetensors").read_bytes()
+    assert np.array_equal(decoded_frames(tmp_path / "cut" / whole.job_id / "video.mp4"), reference)
+
+
+def test_a_changed_config_is_refused_unless_restarted(tmp_path, toy):
+    store = LocalStore(tmp_path)
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, small_config(), toy).run(stop_after(10))
+    changed = small_config(**{"sampler.miga.group": 1})
+    with pytest.raises(ConfigError, match="differs.*--restart"):
+        JobRun(store, PROMPT, changed, toy).run()
+    result = JobRun(store, PROMPT, changed, toy, restart=True).run()
+    assert result.resumed_from is None and read_job(store, result.job_id).status == "done"
+
+
+def test_trace_file_has_one_line_per_model_call(tmp_path, toy):
+    trace = tmp_path / "calls.jsonl"
+    with trace.open("w") as sink:
+        result = JobRun(LocalStore(tmp_path / "out"), PROMPT, small_config(), toy, trace=sink).run()
+    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    expected = sum(result.record.metrics["model_calls"]["calls"].values())
+    assert len(calls) == expected and {"call", "phase", "latents", "levels", "guidance", "kept"} <= set(calls[0])
