@@ -132,9 +132,11 @@ class RenderConfig(_Strict):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
+    if error["type"] == "value_error" and not key:  # a cross-field rule: its message names the key
+        return str(error["ctx"]["error"])
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 

@@ -33,7 +33,18 @@ from .sampling import (
     WindowRunner,
     get_preset,
 )
-from .storage import CheckpointStore, JobLayout, JobRecord, LatentWriter, ObjectStore, SegmentWriter, Uploader, read_job, write_job
+from .storage import (
+    CheckpointStore,
+    JobLayout,
+    JobRecord,
+    LatentWriter,
+    ObjectStore,
+    SegmentWriter,
+    Uploader,
+    read_job,
+    write_job,
+    write_png_frames,
+)
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -202,7 +213,10 @@ class JobRun:
         first = frames_of_latents(index, self.temporal)
         keep = max(0, min(frames.shape[0], self.cfg.frames - first))
         if keep:
-            writer.write(frames[:keep].cpu().numpy(), start=first)
+            pixels = frames[:keep].cpu().numpy()
+            writer.write(pixels, start=first)
+            if self.cfg.video.png_frames:
+                write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
     def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord, done: int) -> None:
         tensors, meta = engine.state_dict()

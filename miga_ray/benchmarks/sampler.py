@@ -80,6 +80,15 @@ def bookkeeping_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[
     return 1000 * (t_long - t_short - model) / span, 1000 * model / span
 
 
+def peak_held(preset: Preset, num_latents: int) -> int:
+    """Most latent frames the MIGA engine holds at once over a whole video."""
+    engine = build(preset, "miga", num_latents, (1, 1, 1, 1))
+    peak = 0
+    for _ in engine:
+        peak = max(peak, engine.held_latents())
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--short", type=int, default=500)
@@ -91,6 +100,9 @@ def main() -> None:
     print(f"{'preset':<12} {'sampler':<18} {'steady':>8} {'whole':>8} {'base model (T/f)':>17}")
     for r in call_costs(["vc2", "wan2.1-1.3b"], args.short, args.long):
         print(f"{r.preset:<12} {r.sampler:<18} {r.calls_steady:8.2f} {r.calls_whole:8.2f} {r.base_cost:17.2f}")
+    print(f"\npeak latents held by MIGA over a {args.long}-latent video")
+    for name in ("vc2", "wan2.1-1.3b"):
+        print(f"{name:<12} {peak_held(get_preset(name), args.long):6d}")
     wan = get_preset("wan2.1-1.3b").miga
     p = get_preset("wan2.1-1.3b")
     print(f"\nbookkeeping per output latent, zero-cost denoiser, f={wan.window}, T={p.num_levels}, {args.latents} latents, 1 thread")

@@ -1,0 +1,175 @@
+"""Object names of one job (DESIGN.md "Storage layout"), its ``job.json`` record, and its latent files.
+
+```
+<job_id>/job.json                    JobRecord: config (secrets scrubbed), status, progress
+<job_id>/latents/NNNNNN.safetensors  clean latents, the source of truth
+<job_id>/segments/NNNNN.ts           H.264 segments listed by <job_id>/video.m3u8
+<job_id>/video.mp4                   written when the job completes
+<job_id>/state/                      checkpoints + LATEST.json
+manifest.parquet                     one row per job of a batch
+```
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .objects import ObjectNotFound, ObjectStore, check_key
+from .uploader import Sink
+
+JobStatus = Literal["running", "done", "failed"]
+MANIFEST = "manifest.parquet"
+PLAYLIST = "video.m3u8"
+MP4 = "video.mp4"
+SEGMENTS_DIR = "segments"
+LATENTS_DIR = "latents"
+
+_SECRET_WORDS = {"secret", "key", "token", "password", "passwd", "credential", "credentials", "apikey"}
+
+
+def segment_name(index: int) -> str:
+    """Name of segment ``index`` relative to the job (and to the playlist)."""
+    return f"{SEGMENTS_DIR}/{index:05d}.ts"
+
+
+def join(prefix: str, name: str) -> str:
+    """``prefix/name``, or ``name`` alone when the prefix is empty."""
+    return f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """The keys of one job, relative to the output store."""
+
+    job_id: str
+
+    def __post_init__(self) -> None:
+        if "/" in self.job_id:
+            raise ValueError(f"job id {self.job_id!r} must not contain '/'")
+        check_key(self.job_id)
+
+    def key(self, name: str) -> str:
+        return join(self.job_id, name)
+
+    @property
+    def job_json(self) -> str:
+        return self.key("job.json")
+
+    @property
+    def playlist(self) -> str:
+        return self.key(PLAYLIST)
+
+    @property
+    def mp4(self) -> str:
+        return self.key(MP4)
+
+    @property
+    def state(self) -> str:
+        """Prefix of the job's checkpoints (for ``CheckpointStore``)."""
+        return self.key("state")
+
+    def segment(self, index: int) -> str:
+        return self.key(segment_name(index))
+
+    def latent(self, index: int) -> str:
+        return self.key(f"{LATENTS_DIR}/{index:06d}.safetensors")
+
+
+def _words(name: str) -> list[str]:
+    """Split ``aws_secret_access_key`` / ``accessKeyId`` / ``api-key`` into lower-case words."""
+    return [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)]
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a config key looks like it holds a credential (secret, key, token, password...)."""
+    return any(w in _SECRET_WORDS for w in _words(name))
+
+
+def scrub_secrets(value: Any) -> Any:
+    """A deep copy of a config with every entry whose key looks secret removed, for job.json and logs."""
+    if isinstance(value, dict):
+        return {k: scrub_secrets(v) for k, v in value.items() if not is_secret_name(str(k))}
+    if isinstance(value, list | tuple):
+        return [scrub_secrets(v) for v in value]
+    return value
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class JobRecord:
+    """The content of ``job.json``: what a user or the batch driver reads to follow a job."""
+
+    job_id: str
+    status: JobStatus = "running"
+    frames_done: int = 0
+    frames_total: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    updated_at: str = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        if self.status not in get_args(JobStatus):
+            raise ValueError(f"job status {self.status!r} is not one of {get_args(JobStatus)}")
+
+    def to_json(self) -> bytes:
+        """Serialise with the config scrubbed of secrets."""
+        record = asdict(self) | {"config": scrub_secrets(self.config)}
+        return json.dumps(record, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> JobRecord:
+        """Parse a record, ignoring fields this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
+
+
+def write_job(sink: Sink, record: JobRecord) -> None:
+    """Write ``<job_id>/job.json`` (stamping ``updated_at``) through a store or an uploader."""
+    record.updated_at = _now()
+    sink.submit(JobLayout(record.job_id).job_json, record.to_json())
+
+
+def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
+    """The job's record, or None if the job has never been written."""
+    try:
+        return JobRecord.from_json(store.get_bytes(JobLayout(job_id).job_json))
+    except ObjectNotFound:
+        return None
+
+
+class LatentWriter:
+    """Clean latents of a job, one ``latents/NNNNNN.safetensors`` per latent frame, written as produced."""
+
+    def __init__(self, store: ObjectStore, job: JobLayout, sink: Sink | None = None) -> None:
+        self.store = store
+        self.job = job
+        self.sink: Sink = sink if sink is not None else store
+
+    def write(self, index: int, latent: torch.Tensor) -> None:
+        """Store latent frame ``index`` (any shape, e.g. ``[C, H, W]``)."""
+        data = save_safetensors({"latent": latent.detach().cpu().contiguous()}, metadata={"index": str(index)})
+        self.sink.submit(self.job.latent(index), data)
+
+    def read(self, index: int) -> torch.Tensor:
+        return load_safetensors(self.store.get_bytes(self.job.latent(index)))["latent"]
+
+    def count(self) -> int:
+        """How many latents ``0..n-1`` are stored without a gap (where a resumed job continues)."""
+        present = {int(k.rsplit("/", 1)[1].split(".")[0]) for k in self.store.list(self.job.key(LATENTS_DIR + "/"))}
+        n = 0
+        while n in present:
+            n += 1
+        return n

@@ -1,0 +1,353 @@
+"""Object stores: one small interface over a local directory and any S3-compatible service.
+
+Keys are relative, ``/``-separated names (``job-1/segments/00000.ts``). Every write replaces the
+whole object at once (temp file + ``os.replace`` locally, a single PUT or a completed multipart
+upload on S3), so a reader sees either the old object or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import botocore.exceptions as bce
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+_TMP_PREFIX = ".tmp-"
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+
+
+class StoreError(RuntimeError):
+    """A store cannot be used (unreachable, not writable, wrong credentials, missing bucket)."""
+
+
+class ObjectNotFound(StoreError, LookupError):
+    """The key names no object."""
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store root or collide with temp files; return the key."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or p.startswith(_TMP_PREFIX) for p in parts):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class ObjectStore(ABC):
+    """Whole-object reads and atomic whole-object writes under one root (a directory or bucket/prefix)."""
+
+    uri: str
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail now with a StoreError naming the location and the cause if the store is unusable."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write an object atomically, replacing any previous one."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Upload a local file atomically (multipart on S3 when large) without reading it into memory."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read a whole object; raise ObjectNotFound if it does not exist."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object exists under exactly this key."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """All keys that start with ``prefix`` (a plain string prefix), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; removing a missing object is not an error."""
+
+    def submit(self, key: str, data: bytes | os.PathLike[str]) -> None:
+        """Write bytes or a local file now: the synchronous twin of ``Uploader.submit``."""
+        if isinstance(data, bytes):
+            self.put_bytes(key, data)
+        else:
+            self.put_file(key, data)
+
+    def submit_delete(self, key: str) -> None:
+        """Delete now: the synchronous twin of ``Uploader.submit_delete``."""
+        self.delete(key)
+
+    def flush(self) -> None:
+        """Nothing to wait for: writes to a store are synchronous."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under a root directory: the embedded default for laptops and tests."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=_TMP_PREFIX):
+                pass
+        except OSError as e:
+            raise StoreError(f"local store {self.root} is not a writable directory: {e}") from e
+
+    def _write_atomic(self, key: str, fill: Callable[[int], None]) -> None:
+        """Write through a temp file in the target directory, fsync it, then rename it into place."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
+        try:
+            fill(fd)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(tmp)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        def fill(fd: int) -> None:
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data)
+
+        self._write_atomic(key, fill)
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        def fill(fd: int) -> None:
+            with open(path, "rb") as src, open(fd, "wb", closefd=False) as dst:
+                shutil.copyfileobj(src, dst, 4 * MiB)
+
+        self._write_atomic(key, fill)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}") from e
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        folder = prefix.rpartition("/")[0]
+        base = self.root / check_key(folder) if folder else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if not name.startswith(_TMP_PREFIX):
+                    key = Path(dirpath, name).relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether an S3 failure is worth retrying: connection trouble, timeouts, throttling, 5xx."""
+    if isinstance(exc, S3UploadFailedError) and exc.__context__ is not None:
+        return _is_transient(exc.__context__)
+    if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
+        return True
+    if isinstance(exc, bce.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+    return False
+
+
+def _drop_expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """Send bodies without ``Expect: 100-continue``.
+
+    When a server answers such a request with a final status at once (SeaweedFS does for empty
+    bodies, any server may for errors), botocore's connection misreads the next response on
+    that connection and stalls until the read timeout.
+    """
+    params["headers"].pop("Expect", None)
+
+
+def _error_code(exc: bce.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store(ObjectStore):
+    """Objects in an S3-compatible bucket (AWS, MinIO, SeaweedFS, Ceph, R2) through boto3.
+
+    Credentials come only from the standard AWS chain (environment, shared files, instance
+    roles); this class never takes or records a key. Transient failures are retried twice over:
+    by botocore (``max_attempts``) and by an outer loop with backoff until ``retry_deadline_s``.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        profile_name: str | None = None,
+        path_style: bool = False,
+        max_attempts: int = 4,
+        retry_deadline_s: float = 20.0,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        multipart_threshold: int = 16 * MiB,
+        multipart_chunksize: int = 16 * MiB,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.retry_deadline_s = retry_deadline_s
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._where = self.uri + (f" at {endpoint_url}" if endpoint_url else "")
+        config = Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            s3={"addressing_style": "path" if path_style else "auto"},
+        )
+        session = boto3.session.Session(profile_name=profile_name, region_name=region_name)
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._client.meta.events.register_last("before-call.s3", _drop_expect_continue)
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize, max_concurrency=4
+        )
+
+    def _full(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn``, retrying transient failures with jittered exponential backoff until the deadline."""
+        deadline = time.monotonic() + self.retry_deadline_s
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except Exception as e:
+                if not _is_transient(e) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s on %s failed (%s); retrying in %.1fs", what, self._where, e, delay)
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+
+    def check(self) -> None:
+        where = f"bucket {self.bucket!r} ({self._where})"
+        probe = self._full(f".miga-probe-{uuid.uuid4().hex}")
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            self._client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+            self._client.delete_object(Bucket=self.bucket, Key=probe)
+        except bce.NoCredentialsError as e:
+            raise StoreError(f"{where}: no AWS credentials in the standard chain (env, ~/.aws, role)") from e
+        except bce.ClientError as e:
+            code = _error_code(e)
+            if code in ("404", "NoSuchBucket"):
+                cause = "the bucket does not exist"
+            elif code in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
+                cause = f"access denied ({code}): wrong credentials or no read/write permission"
+            else:
+                cause = str(e)
+            raise StoreError(f"{where} is not usable: {cause}") from e
+        except bce.BotoCoreError as e:
+            raise StoreError(f"{where} is not usable: {e}") from e
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        self._retry(
+            f"put {key}",
+            lambda: self._client.upload_fileobj(BytesIO(data), self.bucket, full, Config=self._transfer),
+        )
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        full = self._full(key)
+        self._retry(
+            f"put {key}",
+            lambda: self._client.upload_file(os.fspath(path), self.bucket, full, Config=self._transfer),
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        full = self._full(key)
+        try:
+            return self._retry(
+                f"get {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+            )
+        except bce.ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                raise ObjectNotFound(f"no object {key!r} in {self._where}") from e
+            raise
+
+    def exists(self, key: str) -> bool:
+        full = self._full(key)
+        try:
+            self._retry(f"head {key}", lambda: self._client.head_object(Bucket=self.bucket, Key=full))
+        except bce.ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+
+        def scan() -> list[str]:
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", ()))
+
+        return self._retry(f"list {prefix}", scan)
+
+    def delete(self, key: str) -> None:
+        full = self._full(key)
+        self._retry(f"delete {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
+
+
+def open_store(uri: str | os.PathLike[str], **s3_options: Any) -> ObjectStore:
+    """Open ``s3://bucket/prefix`` (S3Store, options passed on) or a local path, and check it is usable."""
+    text = os.fspath(uri)
+    store: ObjectStore
+    if text.startswith("s3://"):
+        bucket, _, prefix = text.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {text!r}")
+        store = S3Store(bucket, prefix, **s3_options)
+    elif "://" in text and not text.startswith("file://"):
+        raise ValueError(f"unsupported store URI {text!r}: use s3://bucket/prefix or a local path")
+    else:
+        if s3_options:
+            raise TypeError(f"S3 options {sorted(s3_options)} given for local store {text!r}")
+        store = LocalStore(text.removeprefix("file://"))
+    store.check()
+    return store
