@@ -51,16 +51,29 @@ def _progress_bar() -> Progress:
     )
 
 
+def _s3_endpoint_note(out: str) -> str:
+    """`` (endpoint URL)`` for an s3:// output, as boto3 resolves it (AWS_ENDPOINT_URL, config files), else ""."""
+    if not out.startswith("s3://"):
+        return ""
+    try:
+        import boto3
+
+        return f" (endpoint {boto3.session.Session().client('s3').meta.endpoint_url})"
+    except Exception:  # noqa: BLE001 - only decorates an error message; the store error is what matters
+        return ""
+
+
 def render_jobs(prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None) -> list[str]:
     """Render prompts one after another into ``out`` with a progress bar; return where the videos are."""
-    from .render import JobRun, load_for
     from .storage import StoreError, open_store
 
     try:
         store = open_store(out)
         store.check()
     except (StoreError, ValueError, OSError) as exc:
-        _fail(2, f"--out {out}: {exc}")
+        _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
+    from .render import JobRun, load_for  # after the store check: a bad --out fails before diffusers loads
+
     model = load_for(cfg)
     videos = []
     with ExitStack() as stack, _progress_bar() as bar:
@@ -138,7 +151,7 @@ def demo(
 
 @app.command()
 def status(
-    uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-s0")],
+    uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-s0, or <out> for every job of a run")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
     """Progress of a job, read from storage alone.
@@ -152,11 +165,147 @@ def status(
         _fail(2, f"{uri}: expected <out>/<job_id>")
     record = _guard(lambda: read_job(open_store(base or "."), job))
     if record is None:
-        _fail(1, f"{uri}: no job.json there")
+        _print_run_status(uri, as_json)  # not a job: maybe a run directory (manifest and/or jobs)
+        return
     if as_json:
         print(record.to_json().decode())
     else:
         print(f"{record.job_id}: {record.status}, {record.frames_done}/{record.frames_total} frames" + (f" ({record.error})" if record.error else ""))
+
+
+def _print_run_status(uri: str, as_json: bool) -> None:
+    """Every job of a run directory (its manifest plus any job.json), or exit 1 if there are none."""
+    from .cluster.report import run_status
+    from .storage import open_store
+
+    jobs = _guard(lambda: run_status(open_store(uri)))
+    if not jobs:
+        _fail(1, f"{uri}: no job.json there, and no manifest.parquet or job directories")
+    if as_json:
+        print(json.dumps([vars(j) for j in jobs], indent=2))
+        return
+    for j in jobs:
+        print(f"{j.job_id}: {j.status}, {j.frames_done}/{j.frames_total} frames" + (f" ({j.error})" if j.error else ""))
+
+
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="worker actors (default: one per GPU in the cluster, else 1)")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")]
+ResourceOpt = Annotated[Optional[str], typer.Option(help="custom Ray resource each worker claims one of, instead of a GPU or a CPU share")]
+CpusOpt = Annotated[float, typer.Option(min=0.01, help="CPUs per worker on a cluster without GPUs")]
+FanoutOpt = Annotated[int, typer.Option(min=0, help="peer workers a worker may send reflection candidates to")]
+AttemptsOpt = Annotated[int, typer.Option(min=1, help="attempts per job before it is reported failed")]
+
+
+def _batch_bar_events(bar: Progress):
+    """A batch event handler that keeps one progress-bar row per job."""
+    tasks: dict[str, int] = {}
+
+    def on_event(e: dict) -> None:
+        job = e.get("job_id")
+        if job is None:
+            return
+        if job not in tasks:
+            tasks[job] = bar.add_task(job[:32], total=None, fps=0.0, reflect="-")
+        task = tasks[job]
+        if e["event"] == "progress":
+            r = e.get("reflections", {})
+            bar.update(task, total=e["frames_total"], completed=e["frames_done"], fps=e["fps"], reflect=f"{r.get('triggered', 0)}/{r.get('accepted', 0)}")
+        elif e["event"] == "done":
+            bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1)
+        elif e["event"] in ("retry", "failed"):
+            bar.console.print(f"{job}: {e['event']} after failing on worker {e['worker']}: {escape(e['error'])}", highlight=False)
+
+    return on_event
+
+
+@app.command()
+def batch(
+    prompts: Annotated[Path, typer.Argument(help="Parquet, JSONL or CSV with columns id, prompt and optionally frames, seed, negative_prompt")],
+    out: Annotated[str, typer.Option("--out", "-o", help="local directory or s3://bucket/prefix")] = "out",
+    workers: WorkersOpt = None,
+    address: AddressOpt = None,
+    resource: ResourceOpt = None,
+    cpus: CpusOpt = 0.5,
+    fanout: FanoutOpt = 2,
+    max_attempts: AttemptsOpt = 3,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Render a prompt set on Ray workers, longest first; failed jobs resume on another worker.
+
+    Bad rows are all reported (with row numbers) before anything renders. Running the same command
+    again skips finished jobs and resumes partial ones. Writes <out>/manifest.parquet.
+
+    Example: miga batch prompts.jsonl --config configs/demo.yaml --out out/batch --workers 2
+    """
+    from .cluster.report import summary
+    from .cluster.run import run_batch
+
+    cfg = _render_config(config, list(set_ or []))
+    with _progress_bar() as bar:
+        result = _guard(run_batch, prompts, cfg, out, workers, address, resource, cpus, fanout, max_attempts, _batch_bar_events(bar))
+    print(summary(result))
+    print(f"{out.rstrip('/')}/manifest.parquet")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    prompts: Annotated[Path, typer.Argument(help="Parquet, JSONL or CSV prompt set (shipped with the job)")],
+    address: Annotated[str, typer.Option(envvar="RAY_API_SERVER_ADDRESS", help="the cluster's dashboard, e.g. http://head:8265")],
+    out: Annotated[str, typer.Option("--out", "-o", help="s3://bucket/prefix (or a path on the cluster's shared disk)")],
+    workers: WorkersOpt = None,
+    resource: ResourceOpt = None,
+    cpus: CpusOpt = 0.5,
+    fanout: FanoutOpt = 2,
+    max_attempts: AttemptsOpt = 3,
+    token_file: Annotated[Optional[Path], typer.Option(help="file holding the cluster's auth token (default: RAY_AUTH_TOKEN)")] = None,
+    env: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE for the job's environment, e.g. AWS_ENDPOINT_URL=...; not for secrets")] = None,
+    submission_id: Annotated[Optional[str], typer.Option(help="Ray job id (default: generated)")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow the job's logs until it ends")] = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run `miga batch` on a Ray cluster as a Ray Job; prints the job id, then its logs and final status.
+
+    Example: miga submit prompts.parquet --address http://head:8265 --out s3://bucket/runs --config configs/wan2.1-1.3b-miga.yaml
+    """
+    from .cluster.submit import auth_token, follow, submit_batch
+
+    cfg = _render_config(config, list(set_ or []))
+    pairs = [e.partition("=") for e in env or []]
+    if any(not name or not sep for name, sep, _ in pairs):
+        _fail(2, f"--env: expected NAME=VALUE, got {[e for e in env or [] if '=' not in e or e.startswith('=')]}")
+    args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
+    args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
+    token = _guard(auth_token, token_file)
+    client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, {n: v for n, _, v in pairs}, submission_id)
+    print(job_id, flush=True)
+    if not wait:
+        return
+    final = _guard(follow, client, job_id, lambda text: err.print(text, end="", markup=False, highlight=False))
+    print(f"{job_id}: {final}")
+    if final != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[str, typer.Argument(help="a video file, or a job as <out>/<job_id>")],
+    prompt: Annotated[Optional[str], typer.Option(help="for a bare video: its prompt (enables the toy-world analyzer)")] = None,
+    dino: Annotated[Optional[Path], typer.Option(help="local DINO ViT-B/16 weights directory (subject consistency)")] = None,
+    clip: Annotated[Optional[Path], typer.Option(help="local CLIP ViT-B/32 weights directory (background consistency)")] = None,
+) -> None:
+    """VBench-form consistency numbers of a video or a finished job (JSON on stdout).
+
+    Without --dino/--clip a weight-free pixel fallback is used and labelled as such.
+    Example: miga eval out/a-red-circle-moving-over-sand-s0
+    """
+    from .evaluation.report import evaluate
+
+    report = _guard(evaluate, target, prompt, str(dino) if dino else None, str(clip) if clip else None)
+    print(json.dumps(report, indent=2))
 
 
 bench_app = typer.Typer(help="Benchmarks that print measured numbers (recorded in docs/PERF.md).")

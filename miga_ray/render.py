@@ -45,6 +45,7 @@ from .storage import (
     write_job,
     write_png_frames,
 )
+from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,6 +72,7 @@ class RenderResult:
     record: JobRecord
     resumed_from: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # already done with this configuration: nothing rendered
 
 
 def job_id_for(prompt: str, seed: int) -> str:
@@ -150,7 +152,11 @@ class JobRun:
         self.restart, self.trace, self.candidates = restart, trace, candidates
 
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RenderResult:
+        """Render, resume, or (if this job is already done with this configuration) return its record."""
         t0 = time.perf_counter()
+        finished = None if self.restart else self._finished()
+        if finished is not None:
+            return RenderResult(self.job.job_id, finished, skipped=True)
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates)
         if self.restart:
             self._wipe()
@@ -169,6 +175,14 @@ class JobRun:
         uploader.close()
         return result
 
+    def _finished(self) -> JobRecord | None:
+        previous = read_job(self.store, self.job.job_id)
+        if previous is None or previous.status != "done":
+            return None
+        if previous.config.get("fingerprint") != self.cfg.fingerprint():
+            raise ConfigError(f"job {self.job.job_id} was rendered with another configuration; pass --restart to render it again")
+        return previous
+
     def _config_record(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "render": self.cfg.model_dump(), "fingerprint": self.cfg.fingerprint()}
 
@@ -184,6 +198,7 @@ class JobRun:
         latents = LatentWriter(self.store, self.job, sink=uploader)
         writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
         decoder = self.model.decoder()
+        self.sheet = ContactSheet(self.job.job_id, cfg.frames)
         resumed = self._resume(engine, ckpts, latents, decoder, writer)
         timings = {"setup": time.perf_counter() - t0}
         write_job(uploader, record)
@@ -201,10 +216,12 @@ class JobRun:
             if on_progress:
                 on_progress(Progress(self.job.job_id, done, cfg.frames, now - start, engine.counters))
         writer.finish()
+        uploader.flush()
+        record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
         timings["sampling"] = time.perf_counter() - start
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
-        record.metrics = {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
+        record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
         write_job(uploader, record)
         return RenderResult(self.job.job_id, record, resumed, timings)
 
@@ -215,6 +232,7 @@ class JobRun:
         if keep:
             pixels = frames[:keep].cpu().numpy()
             writer.write(pixels, start=first)
+            self.sheet.offer(writer.sink, pixels, first)
             if self.cfg.video.png_frames:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
@@ -226,11 +244,8 @@ class JobRun:
 
     def _resume(self, engine, ckpts: CheckpointStore, latents: LatentWriter, decoder, writer: SegmentWriter) -> int | None:
         """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks."""
-        previous = read_job(self.store, self.job.job_id)
         latest = ckpts.load_latest()
         if latest is None:
-            if previous is not None and previous.status == "done":
-                raise ConfigError(f"job {self.job.job_id} is already done; pass --restart to render it again")
             return None
         step, tensors, meta = latest
         if meta.get("fingerprint") != self.cfg.fingerprint():

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from miga_ray.config import ConfigError, load_config
 from miga_ray.render import JobRun, load_for
@@ -60,6 +61,11 @@ def test_render_writes_the_job_layout(tmp_path, toy):
     assert record.status == "done" and record.frames_done == 29
     assert record.config["fingerprint"] == cfg.fingerprint()
     assert record.metrics["model_calls"]["calls"]["stage2"] > 0
+    sheet = Image.open(job / "contact_sheet.png")
+    assert sheet.size == (4 * 128, 3 * (128 + 14))  # 12 frames of 64x64, doubled, in 4 columns
+    assert len(list((job / "sheet").glob("*.png"))) == 12
+    again = JobRun(LocalStore(tmp_path), PROMPT, cfg, toy).run()
+    assert again.skipped and again.record.status == "done"
 
 
 @pytest.mark.parametrize("sampler", ["miga", "fifo"])

@@ -1,0 +1,64 @@
+"""``miga eval``: a video file or a finished job -> VBench-form numbers (and, for toy prompts, the
+toy world's ground truth measured from pixels)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image
+
+from ..config import ConfigError
+from ..storage import ObjectStore, open_store, read_job
+from .features import feature_extractor
+from .vbench import evaluate_frames
+
+
+def decode_video(data: bytes | str | Path) -> np.ndarray:
+    """All frames of a video file (path or bytes) as uint8 ``[F, H, W, 3]``, via FFmpeg."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    with av.open(source) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def job_frames(store: ObjectStore, job_id: str) -> tuple[np.ndarray, str]:
+    """A job's lossless PNG frames when it kept them, else its decoded video.mp4; and which it was."""
+    pngs = store.list(f"{job_id}/frames/")
+    if pngs:
+        return np.stack([np.asarray(Image.open(io.BytesIO(store.get_bytes(k))).convert("RGB")) for k in pngs]), "frames/*.png"
+    return decode_video(store.get_bytes(f"{job_id}/video.mp4")), "video.mp4"
+
+
+def evaluate(target: str, prompt: str | None = None, dino: str | None = None, clip: str | None = None) -> dict[str, Any]:
+    """Scores for a video path or a job (``<out>/<job_id>``); the prompt comes from job.json when not given."""
+    path = Path(target)
+    if path.is_file():
+        frames, source = decode_video(path), str(path)
+    else:
+        base, _, job_id = target.rstrip("/").rpartition("/")
+        store = open_store(base or ".")
+        record = read_job(store, job_id)
+        if record is None:
+            raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
+        prompt = prompt or record.config.get("prompt")
+        frames, source = job_frames(store, job_id)
+        source = f"{target}/{source}"
+    scores = evaluate_frames(frames, feature_extractor("dino", dino), feature_extractor("clip", clip))
+    report: dict[str, Any] = {"source": source, "frames": int(len(frames)), "vbench": scores.to_dict()}
+    if prompt:
+        report["toy_world"] = _toy_report(frames, prompt)
+    return report
+
+
+def _toy_report(frames: np.ndarray, prompt: str) -> dict[str, Any] | str:
+    """The toy analyzer's ground truth, or why it does not apply to this prompt."""
+    from ..models.toy_world import analyze, parse_prompt
+
+    try:
+        scene = parse_prompt(prompt)
+    except ValueError as exc:
+        return f"not a toy-world prompt: {exc}"
+    return analyze(frames, scene).to_dict(per_frame=False)
