@@ -1,0 +1,18 @@
+"""The toy world: a procedural video world of coloured sprites over textured backgrounds.
+
+It trains the tiny text-to-video model and measures generated videos from pixels with an
+analyzer that knows the generator. No learned weights.
+"""
+
+from .analyze import ToyReport, analyze
+from .render import BACKGROUND_RGB, render_background, render_clip, shape_alpha, sprite_centers, sprite_radius
+from .world import (
+    BACKGROUNDS, COLOR_RGB, COLORS, MAX_SPRITES, SHAPES, SIZES, Scene, Sprite, parse_prompt, sample_scene,
+)
+
+__all__ = [
+    "BACKGROUNDS", "BACKGROUND_RGB", "COLORS", "COLOR_RGB", "MAX_SPRITES", "SHAPES", "SIZES",
+    "Scene", "Sprite", "ToyReport",
+    "analyze", "parse_prompt", "render_background", "render_clip", "sample_scene",
+    "shape_alpha", "sprite_centers", "sprite_radius",
+]

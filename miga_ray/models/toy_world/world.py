@@ -1,0 +1,140 @@
+"""Vocabulary, scenes and the prompt grammar of the toy world.
+
+Grammar (case and whitespace tolerant, a trailing full stop is ignored)::
+
+    prompt := sprite ("and" sprite)* ["moving"] ("over" | "on") ["the"] background
+    sprite := ("a" | "an") [size] colour shape
+
+The canonical prompt (``Scene.prompt``) always names the size and says "moving over".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+SIZES: tuple[str, ...] = ("small", "large")
+DEFAULT_SIZE = "large"
+COLOR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 80, 230),
+    "yellow": (240, 220, 40),
+    "magenta": (220, 50, 220),
+    "cyan": (40, 220, 230),
+}
+COLORS: tuple[str, ...] = tuple(COLOR_RGB)
+BACKGROUNDS: tuple[str, ...] = ("sand", "grass", "water", "night", "brick", "snow")
+MAX_SPRITES = 3
+
+_ARTICLES = ("a", "an")
+_FILLERS = ("moving",)
+_PREPOSITIONS = ("over", "on")
+
+
+def _check(kind: str, word: str, allowed: tuple[str, ...]) -> None:
+    """Raise ValueError naming an unknown word and what is allowed in its place."""
+    if word not in allowed:
+        raise ValueError(f"unknown {kind} {word!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class Sprite:
+    """One coloured shape of a given size."""
+
+    shape: str
+    color: str
+    size: str = DEFAULT_SIZE
+
+    def __post_init__(self) -> None:
+        """Reject names outside the vocabulary so a typo fails where it is made."""
+        _check("shape", self.shape, SHAPES)
+        _check("colour", self.color, COLORS)
+        _check("size", self.size, SIZES)
+
+    @property
+    def phrase(self) -> str:
+        """Canonical noun phrase, e.g. 'a small red circle'."""
+        return f"a {self.size} {self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One to MAX_SPRITES sprites moving over one background."""
+
+    sprites: tuple[Sprite, ...]
+    background: str
+
+    def __post_init__(self) -> None:
+        """Validate the sprite count and background name."""
+        if not 1 <= len(self.sprites) <= MAX_SPRITES:
+            raise ValueError(f"a scene has 1 to {MAX_SPRITES} sprites, got {len(self.sprites)}")
+        _check("background", self.background, BACKGROUNDS)
+
+    @property
+    def prompt(self) -> str:
+        """Canonical prompt text, which parse_prompt maps back to this scene."""
+        return " and ".join(s.phrase for s in self.sprites) + f" moving over {self.background}"
+
+
+def _word(words: list[str], i: int, expected: str) -> str:
+    """Return words[i], or raise ValueError saying what was expected at the end of the prompt."""
+    if i >= len(words):
+        raise ValueError(f"prompt ends where {expected} was expected")
+    return words[i]
+
+
+def _parse_sprite(words: list[str], i: int) -> tuple[Sprite, int]:
+    """Parse 'a [size] colour shape' starting at words[i]; return the sprite and next index."""
+    _check("article", _word(words, i, "an article"), _ARTICLES)
+    i += 1
+    size = DEFAULT_SIZE
+    word = _word(words, i, "a size or colour")
+    if word in SIZES:
+        size, i = word, i + 1
+    elif word not in COLORS:
+        raise ValueError(
+            f"unknown size or colour {word!r}; allowed sizes: {', '.join(SIZES)}; "
+            f"colours: {', '.join(COLORS)}"
+        )
+    color = _word(words, i, "a colour")
+    _check("colour", color, COLORS)
+    shape = _word(words, i + 1, "a shape")
+    _check("shape", shape, SHAPES)
+    return Sprite(shape, color, size), i + 2
+
+
+def parse_prompt(text: str) -> Scene:
+    """Parse a toy-world prompt into a Scene; ValueError names any unknown word."""
+    words = re.sub(r"[.,!]", " ", text).lower().split()
+    sprites = []
+    sprite, i = _parse_sprite(words, 0)
+    sprites.append(sprite)
+    while _word(words, i, "'and', 'moving' or 'over'") == "and":
+        sprite, i = _parse_sprite(words, i + 1)
+        sprites.append(sprite)
+    if words[i] in _FILLERS:
+        i += 1
+    _check("word", _word(words, i, "'over'"), _PREPOSITIONS)
+    i += 1
+    if _word(words, i, "a background") == "the":
+        i += 1
+    background = _word(words, i, "a background")
+    _check("background", background, BACKGROUNDS)
+    if i + 1 < len(words):
+        raise ValueError(f"unknown word {words[i + 1]!r} after the background; the prompt must end there")
+    return Scene(tuple(sprites), background)
+
+
+def sample_scene(rng: np.random.Generator, max_sprites: int = 2) -> Scene:
+    """Draw a random scene with 1..max_sprites sprites of distinct colours."""
+    count = int(rng.integers(1, min(max_sprites, MAX_SPRITES) + 1))
+    colors = rng.choice(len(COLORS), size=count, replace=False)
+    sprites = tuple(
+        Sprite(SHAPES[rng.integers(len(SHAPES))], COLORS[c], SIZES[rng.integers(len(SIZES))])
+        for c in colors
+    )
+    return Scene(sprites, BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
