@@ -1,0 +1,159 @@
+"""Prompt sets for ``miga batch``: Parquet, JSON lines or CSV rows, every bad row reported at once.
+
+Columns: ``id`` (optional: default from the prompt and seed), ``prompt``, and optionally
+``frames``, ``seed``, ``negative_prompt`` (empty cells take the config's value). Rows are
+numbered from 1 (the first record, not counting a CSV header). Ids become storage keys, so they
+must match ``[A-Za-z0-9._-]{1,128}``, be unique, and not be ``.``, ``..`` or a reserved name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, RenderConfig, build_config
+
+COLUMNS = ("id", "prompt", "frames", "seed", "negative_prompt")
+SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+RESERVED_IDS = {".", "..", "manifest.parquet"}
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+class PromptFileError(ConfigError):
+    """A prompt file that cannot be rendered as it is (exit code 2); the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One validated row: a job id, its prompt, and the per-row overrides of the base config."""
+
+    row: int
+    id: str
+    prompt: str
+    frames: int | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+
+    def config(self, base: RenderConfig) -> RenderConfig:
+        """The base config with this row's frames, seed and negative prompt."""
+        data = base.model_dump()
+        data.update({k: v for k, v in (("frames", self.frames), ("seed", self.seed), ("negative_prompt", self.negative_prompt)) if v is not None})
+        return build_config(data)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The raw rows of a Parquet, JSON-lines or CSV file, as dicts (CSV cells as strings)."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r}; use .parquet, .jsonl or .csv")
+    if not path.is_file():
+        raise PromptFileError(f"{path}: no such file")
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise PromptFileError(f"{path}: not a readable Parquet file: {exc}") from None
+    text = path.read_text(encoding="utf-8-sig")
+    if kind == "csv":
+        return list(csv.DictReader(text.splitlines()))
+    records, problems = [], []
+    for n, line in enumerate((ln for ln in text.splitlines() if ln.strip()), start=1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"row {n}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"row {n}: expected a JSON object, got {type(value).__name__}")
+            continue
+        records.append(value)
+    if problems:
+        raise PromptFileError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+    return records
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def _integer(value: Any) -> int | None:
+    """An integer from an int, an integral float or a decimal string; None if it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _check_row(n: int, record: dict[str, Any], problems: list[str]) -> PromptRow | None:
+    """Validate one record, appending ``row n: ...`` for each problem; return the row if it is good."""
+    bad = len(problems)
+    prompt = record.get("prompt")
+    if _blank(prompt) or not isinstance(prompt, str):
+        problems.append(f"row {n}: missing prompt")
+    values: dict[str, int | None] = {}
+    for name, low, high in (("frames", 1, 1_000_000), ("seed", 0, 2**63 - 1)):
+        raw = record.get(name)
+        if _blank(raw):
+            values[name] = None
+            continue
+        value = _integer(raw)
+        if value is None:
+            problems.append(f"row {n}: {name} must be an integer, got {raw!r}")
+        elif not low <= value <= high:
+            problems.append(f"row {n}: {name} must be between {low} and {high}, got {value}")
+        values[name] = value
+    negative = record.get("negative_prompt")
+    if not _blank(negative) and not isinstance(negative, str):
+        problems.append(f"row {n}: negative_prompt must be text, got {negative!r}")
+    raw_id = record.get("id")
+    if _blank(raw_id):
+        from ..render import job_id_for  # the same default as `miga render`
+        job_id = job_id_for(prompt, values["seed"] or 0) if isinstance(prompt, str) and not _blank(prompt) else ""
+    else:
+        job_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else repr(raw_id)
+        if not SAFE_ID.fullmatch(job_id) or job_id in RESERVED_IDS or job_id.startswith(".tmp-"):
+            problems.append(f"row {n}: unsafe id {job_id!r}: ids are storage keys, use [A-Za-z0-9._-]{{1,128}}")
+    if len(problems) > bad:
+        return None
+    return PromptRow(n, job_id, prompt.strip(), values["frames"], values["seed"], None if _blank(negative) else negative)
+
+
+def parse_prompts(records: list[dict[str, Any]], source: str = "prompts") -> list[PromptRow]:
+    """Validate raw records; raise PromptFileError listing every bad row (with its number) at once."""
+    problems: list[str] = []
+    if not records:
+        raise PromptFileError(f"{source}: no rows")
+    unknown = sorted({k for r in records for k in r} - set(COLUMNS))
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(map(repr, unknown))}; expected {', '.join(COLUMNS)}")
+    rows, first_seen = [], {}
+    for n, record in enumerate(records, start=1):
+        row = _check_row(n, record, problems)
+        if row is None:
+            continue
+        if row.id in first_seen:
+            problems.append(f"row {n}: duplicate id {row.id!r} (first on row {first_seen[row.id]})")
+            continue
+        first_seen[row.id] = n
+        rows.append(row)
+    if problems:
+        raise PromptFileError(f"{source}: {len(problems)} problem(s), nothing rendered:\n  " + "\n  ".join(problems))
+    return rows
+
+
+def read_prompts(path: str | Path) -> list[PromptRow]:
+    """Read and validate a prompt file (see the module doc)."""
+    path = Path(path)
+    return parse_prompts(read_records(path), str(path))
