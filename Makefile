@@ -1,6 +1,7 @@
 # The two set-up commands of README.md: `make demo` and `make test`. Both install first.
 PYTHON ?= python3
-# Tests run in a loopback-only network namespace so no connection can leave the machine.
+# Tests run in a loopback-only network namespace so no connection can leave the machine, one
+# BLAS thread per process (the suite runs renders, Ray workers and servers side by side).
 ISOLATE ?= unshare -rn sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
 .PHONY: install test demo
@@ -9,7 +10,7 @@ install:
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 test: install
-	$(ISOLATE) $(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(ISOLATE) $(PYTHON) -m pytest -q --durations=15
 
 demo: install
 	$(PYTHON) -m miga_ray.cli demo --config configs/demo.yaml --out out/demo
