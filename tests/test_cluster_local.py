@@ -26,6 +26,7 @@ from miga_ray.cluster.report import write_manifest
 from miga_ray.cluster.worker import CONCURRENCY_GROUPS, RenderWorker, actor_options
 from miga_ray.config import load_config
 from miga_ray.storage import LocalStore, open_store, read_job, read_manifest
+from ray_helpers import wait_ready
 
 TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 BASE = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
@@ -116,18 +117,6 @@ def workers(cluster):
     yield handles
     for h in handles:
         ray.kill(h)
-
-
-def wait_ready(workers, timeout_s: float = 120.0):
-    """Each worker's info once it answers (a restarting actor refuses calls until it is back)."""
-    give_up = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ray.get([w.ready.remote() for w in workers], timeout=timeout_s)
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > give_up:
-                raise
-            time.sleep(0.5)
 
 
 def latents(store_root: Path | str, job_id: str) -> list[bytes]:
