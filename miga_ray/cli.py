@@ -68,8 +68,7 @@ def render_jobs(prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[s
     from .storage import StoreError, open_store
 
     try:
-        store = open_store(out)
-        store.check()
+        store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
     from .render import JobRun, load_for  # after the store check: a bad --out fails before diffusers loads
