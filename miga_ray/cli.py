@@ -3,6 +3,7 @@ errors, 1 for runtime failures (with the cause, never a bare traceback)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -111,7 +112,7 @@ def render(
     out: Annotated[str, typer.Option("--out", "-o", help="local directory or s3://bucket/prefix")] = "out",
     frames: Annotated[Optional[int], typer.Option(help="output frames")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="miga | fifo")] = None,
-    model: Annotated[Optional[str], typer.Option(help="toy | PATH | HUB_ID | wan2.1-1.3b-random")] = None,
+    model: Annotated[Optional[str], typer.Option(help="toy | wan2.1-1.3b-random | vc2-random | HUB_ID | DIR (diffusers Wan) | FILE.ckpt (VideoCrafter2)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="write the sampler's call trace (JSON lines) here")] = None,
@@ -309,18 +310,32 @@ def eval_(
 
 bench_app = typer.Typer(help="Benchmarks that print measured numbers (recorded in docs/PERF.md).")
 app.add_typer(bench_app, name="bench")
+BENCHES = {
+    "sampler": "Model calls per output latent and sampler bookkeeping time, with a zero-cost model.",
+    "frames": "Model forwards and wall time per output frame: the base sampler, FIFO and MIGA with the real model.",
+    "memory": "Peak process memory of whole renders at two lengths, each in a fresh process.",
+    "overhead": "Share of a render's wall time outside the model forward and the VAE decode.",
+    "storage": "S3 (SeaweedFS on loopback) against a local directory: render time, checkpoints, restarts.",
+    "cluster": "Ray on this machine: throughput with 1 vs 2 workers, driver overhead, reflection fan-out.",
+    "gpu": "Wan2.1-1.3B architecture with random weights: one forward, seconds per frame, peak GPU memory.",
+    "vc2": "VideoCrafter2 architecture with random weights: parameters and one window forward at a reduced size.",
+}
+# a benchmark's options and --help are those of its module: everything after the name goes to it
+BENCH_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-@bench_app.command("sampler")
-def bench_sampler(latents: int = 600) -> None:
-    """Model calls per output latent and sampler bookkeeping time.
+def _add_bench(name: str, summary: str) -> None:
+    """Register ``miga bench <name>``, which runs ``python -m miga_ray.benchmarks.<name>`` with the same arguments."""
 
-    Example: miga bench sampler --latents 600
-    """
-    from .benchmarks import sampler
+    def command(ctx: typer.Context) -> None:
+        module = importlib.import_module(f"miga_ray.benchmarks.{name}")
+        module.main(ctx.args, prog=f"miga bench {name}")
 
-    sys.argv = ["miga bench sampler", "--latents", str(latents)]
-    sampler.main()
+    bench_app.command(name, help=f"{summary} Options and an example: miga bench {name} --help", context_settings=BENCH_CONTEXT)(command)
+
+
+for _name, _summary in BENCHES.items():
+    _add_bench(_name, _summary)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 class ModelSettings(_Strict):
     """Which base model, where, in what precision."""
 
-    name: str = Field("toy", description="toy | wan2.1-1.3b | wan2.1-1.3b-random | a diffusers Wan directory or hub id")
+    name: str = Field("toy", description="toy | wan2.1-1.3b | wan2.1-1.3b-random | vc2-random | a diffusers Wan directory or hub id | a VideoCrafter2 .ckpt or .safetensors file")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 

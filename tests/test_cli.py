@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -57,9 +57,10 @@ def test_unwritable_output_exits_2_before_rendering(tmp_path):
 
 
 def test_shipped_configs_validate():
-    for path in sorted(os.listdir("configs")):
-        cfg = load_config(f"configs/{path}")
-        assert cfg.frames >= 1
+    paths = sorted(Path("configs").rglob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        assert load_config(path).frames >= 1
     assert load_config("configs/wan2.1-1.3b-miga.yaml").sampler.miga_config().group == 7
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, ["model.weights=/x"])

@@ -6,6 +6,8 @@ on 127.0.0.1 (run it inside ``unshare -rn`` like the tests), prints tables, shut
 Throughput is output latents per second of wall time from the first dispatch to the last result,
 with every worker's model already loaded; the driver overhead of a job is its round trip (dispatch to
 result in the driver) minus the time the worker spent on it.
+
+Example: unshare -rn sh -c 'ip link set lo up && miga bench cluster --frames 29'
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from miga_ray.cluster.batch import BatchDriver
 from miga_ray.cluster.jobs import BatchJob
 from miga_ray.cluster.runtime import WorkerSpec, connect, start_workers
 from miga_ray.config import RenderConfig, load_config
+
+from .measure import model_identity
 
 SMALL = ["model.device=cpu", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4", "video.fps=8"]
 PROMPTS = ["a red circle moving over sand", "a blue square moving over grass", "a yellow triangle moving over snow", "a green circle moving over water"]
@@ -73,16 +77,17 @@ def reflection(model: str, n: int, frames: int) -> dict[str, float]:
             "sent": stats["sent_requests"], "local": stats["local_requests"], "run_s": outcome.run_s}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Start a local Ray, print the throughput and reflection tables, shut Ray down."""
+    parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("MIGA_TEST_TOY", "toy"))
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--frames", type=int, default=29)
     parser.add_argument("--reflect-frames", type=int, default=41)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = connect(num_cpus=2, object_store_mb=128)
     try:
-        print(f"model {args.model}, {args.jobs} jobs x {args.frames} frames, T=16, CPU ({os.cpu_count()} cores)\n")
+        print(f"model {model_identity(args.model)}, {args.jobs} jobs x {args.frames} frames, T=16, CPU ({os.cpu_count()} cores)\n")
         print("| workers x torch threads | worker start (s) | batch wall (s) | output latents | latents/s | driver overhead per job (ms, mean / max) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for n, threads in ((1, 1), (1, 2), (2, 1)):

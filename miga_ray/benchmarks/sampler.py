@@ -3,6 +3,8 @@
 ``python -m miga_ray.benchmarks.sampler`` prints a table. Calls are counted in steady state
 (the difference between two lengths, so the base clip, the warm-up and the tail cancel out) and
 over a whole video of the longer length.
+
+Example: miga bench sampler --latents 600
 """
 
 from __future__ import annotations
@@ -89,12 +91,13 @@ def peak_held(preset: Preset, num_latents: int) -> int:
     return peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Print call costs, peak latents held and bookkeeping time."""
+    parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", type=int, default=500)
     parser.add_argument("--long", type=int, default=1500)
     parser.add_argument("--latents", type=int, default=600, help="output latents for the timing runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"model calls per output latent (steady state: {args.short} -> {args.long} latents; whole: {args.long} latents incl. base clip and tail)")
     print(f"{'preset':<12} {'sampler':<18} {'steady':>8} {'whole':>8} {'base model (T/f)':>17}")

@@ -10,24 +10,22 @@
   decoder cache, first new latent decoded), plus what a command-line restart adds before that
   (Python imports, model load).
 
-The S3 server is started the way the developer script ``infra/seaweedfs.sh`` starts it (``weed
-mini`` on loopback, an enforced identity with fresh random keys, free ports) and stopped at the end.
+The S3 server is ``miga_ray.storage.seaweed`` (the developer script ``infra/seaweedfs.sh``: ``weed
+mini`` on loopback, an enforced identity with fresh random keys, free ports), stopped at the end.
+
+Example: miga bench storage --frames 200 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,84 +36,18 @@ from miga_ray.config import RenderConfig, load_config
 from miga_ray.models.registry import LoadedModel
 from miga_ray.render import JobRun, Progress, load_for
 from miga_ray.storage import CheckpointStore, JobLayout, LatentWriter, ObjectStore, open_store
+from miga_ray.storage.seaweed import SeaweedServer
 
-SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "seaweedfs.sh"
-PORT_FLAGS = [
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
-]  # fmt: skip
+from .measure import model_identity
+
 PROMPT = "a red circle moving over sand"
 BUCKET = "miga-bench"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _wait_ready(uri: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    """Poll until the bucket accepts a signed write (bounded); raise with the server's exit code if it died."""
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {proc.returncode}")
-        try:
-            open_store(uri, max_attempts=1, retry_deadline_s=0.0, connect_timeout_s=1.0)
-            return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.2)
-    raise RuntimeError(f"weed mini did not become ready in {timeout_s:g}s")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a live process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Server:
-    """A running loopback SeaweedFS: its bucket URI and process id."""
-
-    uri: str
-    pid: int
-
-
-@contextmanager
-def seaweedfs(workdir: Path) -> Iterator[Server]:
-    """Run infra/seaweedfs.sh on free loopback ports with a fresh identity.
-
-    Sets this process's standard AWS variables (keys, endpoint) so ``open_store`` finds the server
-    exactly as the command line would.
-    """
-    if not SCRIPT.is_file():
-        raise SystemExit(f"{SCRIPT} not found: run from a source checkout")
-    access, secret = "bench-" + secrets.token_hex(8), secrets.token_hex(20)
-    identity = {"identities": [{"name": "bench", "credentials": [{"accessKey": access, "secretKey": secret}],
-                                "actions": ["Admin", "Read", "Write", "List"]}]}  # fmt: skip
-    (workdir / "identity.json").write_text(json.dumps(identity))
-    (workdir / "data").mkdir()
-    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
-    env = os.environ | {"WEED_DIR": str(workdir / "data"), "WEED_S3_CONFIG": str(workdir / "identity.json"), "WEED_BUCKET": BUCKET}
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{ports['s3.port']}", AWS_EC2_METADATA_DISABLED="true",
-    )  # fmt: skip
-    with (workdir / "weed.log").open("ab") as log:
-        proc = subprocess.Popen(["bash", str(SCRIPT), *(f"-{k}={v}" for k, v in ports.items())], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(f"s3://{BUCKET}", proc)
-        yield Server(f"s3://{BUCKET}", proc.pid)  # bash execs weed: the same process
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 class ReadTimer(ObjectStore):
@@ -334,23 +266,24 @@ def report_restarts(stores: dict[str, ObjectStore], cfg: RenderConfig, model: Lo
     print(f"a command-line restart adds before that: imports {import_seconds():.2f} s, model load {model_load_seconds(cfg):.2f} s")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Parse arguments, start SeaweedFS, print the three measurements."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toy", help="toy or a diffusers Wan directory")
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=2, help="renders per store, in the order local, S3, S3, local, ...")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     parser.add_argument("--set", action="append", default=[], help="extra config overrides, key=value")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(None, ["model.device=cpu", f"model.name={args.model}", *args.set], frames=args.frames)
     model = load_for(cfg)
-    print(f"model {args.model}, {args.frames} frames, sampler {cfg.sampler.kind} preset {cfg.sampler.preset}, "
+    print(f"model {model_identity(args.model)}, {args.frames} frames, sampler {cfg.sampler.kind} preset {cfg.sampler.preset}, "
           f"checkpoint every {cfg.checkpoint.every_latents} latents / {cfg.checkpoint.every_seconds:g} s, {args.threads} torch thread(s)")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="miga-bench-storage-") as tmp, seaweedfs(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory(prefix="miga-bench-storage-") as tmp, SeaweedServer(Path(tmp, "data"), BUCKET) as server:
+        os.environ.update(server.aws_env())  # open_store finds the server exactly as the command line would
         stores = {"local": open_store(Path(tmp, "out")), "s3": open_store(f"{server.uri}/render")}
-        runs = compare_renders(stores, server.pid, cfg, model, args.repeats)
+        runs = compare_renders(stores, server.proc.pid, cfg, model, args.repeats)
         report_checkpoints(stores, runs)
         report_restarts(stores, cfg, model)
 

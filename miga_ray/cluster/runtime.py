@@ -61,6 +61,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, resources: 
     else:
         ensure_private_token()
         ray.init(
+            address="local",  # a new instance even where `ray start` ran (None would try to join that one)
             num_cpus=num_cpus,
             resources=resources,
             include_dashboard=False,

@@ -1,12 +1,14 @@
 """Model options by name: ``load_model(name_or_path)`` for the render layer and the command line.
 
-A name is one of ``MODELS``; anything else is a diffusers Wan pipeline directory or hub id. A
+A name is one of ``MODELS``; a path ending in ``.ckpt`` or ``.safetensors`` is a VideoCrafter2
+checkpoint; anything else is a diffusers Wan pipeline directory or hub id. A
 directory may carry ``miga.json`` (``{"resolution": [H, W], "window": n}``) with its defaults;
 without one, Wan2.1's apply (480x832, 21 latents per window).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +21,13 @@ from torch import Tensor
 from ..sampling.denoiser import Denoiser
 from ..sampling.grid import LevelGrid
 from .decode import StreamingDecoder
+from .vc2 import load_vc2, random_vc2
+from .vc2.autoencoder import FrameDecoder
 from .wan import load_wan, random_wan
 
 TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-wan"
 WAN21_DEFAULTS = ((480, 832), 21)
+VC2_SUFFIXES = (".ckpt", ".safetensors")
 
 
 class LoadedModel(Protocol):
@@ -40,7 +45,7 @@ class LoadedModel(Protocol):
 
     def grid(self, num_levels: int, shift: float | None = None) -> LevelGrid: ...
 
-    def decoder(self) -> StreamingDecoder: ...
+    def decoder(self) -> StreamingDecoder | FrameDecoder: ...
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ MODELS: dict[str, ModelOption] = {
     "wan2.1-1.3b-random": ModelOption(
         "Wan2.1-1.3B architecture, random weights, random text embeddings (speed/memory only)", random_wan
     ),
+    "vc2-random": ModelOption(
+        "VideoCrafter2 architecture, random weights, random text embeddings (speed/memory only)", random_vc2
+    ),
 }
 
 
@@ -78,11 +86,16 @@ def default_device() -> torch.device:
 def load_model(
     name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> LoadedModel:
-    """Load a model by name, directory or hub id; dtype defaults to bfloat16 on GPU, float32 elsewhere."""
+    """Load a model by name, checkpoint file, directory or hub id; dtype defaults to bfloat16 on GPU, float32 elsewhere."""
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     option = MODELS.get(name_or_path)
-    load = option.load if option is not None else pipeline_loader(name_or_path)
+    if option is not None:
+        load = option.load
+    elif name_or_path.endswith(VC2_SUFFIXES):
+        load = functools.partial(load_vc2, name_or_path)
+    else:
+        load = pipeline_loader(name_or_path)
     return load(device, dtype)
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Protocol
 
 import diffusers
 import torch
 from diffusers import AutoencoderKLWan, SchedulerMixin, UniPCMultistepScheduler, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch import Tensor
-from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase, UMT5EncoderModel
+from transformers import BatchEncoding, PreTrainedTokenizerBase, T5Tokenizer, UMT5EncoderModel
 
 from ..sampling.grid import LevelGrid, flow_grid_from_sigmas
 from .decode import StreamingDecoder
+from .prompts import PromptEncoder, encode_with_negative
 
 WAN21_1_3B_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
@@ -79,12 +79,6 @@ class WanDenoiser:
             latents.to(device, dtype), t, context.to(device, dtype), return_dict=False
         )[0]
         return out.to(latents.dtype)
-
-
-class PromptEncoder(Protocol):
-    """Prompts -> text embeddings ``[B, L, D]`` on the CPU."""
-
-    def __call__(self, prompts: list[str], device: torch.device) -> Tensor: ...
 
 
 class T5PromptEncoder:
@@ -154,17 +148,8 @@ class WanModel:
         self.default_resolution, self.default_window = default_resolution, default_window
 
     def encode_prompt(self, prompts: list[str], negative: str | None = None) -> tuple[Tensor, Tensor]:
-        """Positive ``[B, L, D]`` and negative embeddings (same shape) on the model's device and dtype.
-
-        Each distinct text is encoded once; ``negative=None`` is the empty prompt, the unconditional
-        embedding (as in WanPipeline and in the toy model's CFG dropout).
-        """
-        negative = negative or ""
-        texts = list(dict.fromkeys([*prompts, negative]))
-        table = dict(zip(texts, self.text(texts, self.device)))
-        pos = torch.stack([table[p] for p in prompts]).to(self.device, self.dtype)
-        neg = table[negative].to(self.device, self.dtype).expand_as(pos)
-        return pos, neg
+        """Positive and negative embeddings ``[B, L, D]`` (see ``encode_with_negative``)."""
+        return encode_with_negative(self.text, prompts, negative, self.device, self.dtype)
 
     def grid(self, num_levels: int, shift: float | None = None) -> LevelGrid:
         """The scheduler's grid for ``num_levels`` steps (its sigmas and model timesteps), level 0 clean.
@@ -200,7 +185,7 @@ def load_wan(
     transformer = WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
     vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
     text = T5PromptEncoder(
-        AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
+        T5Tokenizer.from_pretrained(source, subfolder="tokenizer"),  # Wan's class; AutoTokenizer would also ask for a config.json Wan repos lack, which fails offline
         UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype),
     )
     return WanModel(

@@ -34,13 +34,17 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # VideoCrafter2: 64-step DDIM (eta 1), CFG 12, window 16; reflection off in the reference config
-    # (the code's constants if turned on: judged 13 steps below noise, 3 reference groups, 5 candidates).
+    # VideoCrafter2 (XiaokunFeng/MIGA configs/videocrafter2.yaml and videocraft_based/): 64-step DDIM
+    # (eta 1), CFG 12, window 16, 320x512 with fps condition 8 (the model's defaults); reflection off
+    # in the reference config (the code's constants if turned on: judged 13 steps below noise, 3
+    # reference groups, 5 candidates, and the judge's own threshold 0.001: the config's
+    # resample_threshold never reaches it). A loaded VC2 steps on MIGA's DDIM spacing, not on
+    # Preset.grid()'s (docs/VC2.md).
     "vc2": Preset(
         name="vc2",
         num_levels=64,
         miga=MigaConfig(window=16, group=4, guidance=4, stage2_levels=10, refine=True, stride=8, reflect=False,
-                        reflect_candidates=5, reflect_after=13, reflect_refs=3, reflect_delta=0.01),
+                        reflect_candidates=5, reflect_after=13, reflect_refs=3, reflect_delta=0.001),
         fifo=FifoConfig(window=16, lookahead=True),
         cfg_scale=12.0,
         solver_kind="ddim",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-import torch
 from torch import Tensor
 
 from .grid import LevelGrid

@@ -1,0 +1,119 @@
+"""The Wan2.1-1.3B architecture with random weights on a GPU: one forward of a window, seconds per output
+frame for the base sampler, FIFO-Diffusion and MIGA (the wan2.1-1.3b preset: T=54, window 21, CFG 5),
+and peak GPU memory of MIGA at two video lengths.
+
+Needs torch, diffusers and transformers only (no Ray, PyAV, boto3 or pydantic): the engines are built
+from the preset here rather than through the render path, and frames are decoded but not written.
+It always times one window call first (f latents at f different levels; two rows under CFG, as one
+batch), after a warm-up call. Then the parts (``--parts``): ``frames`` runs base, FIFO and MIGA
+(``--samplers``) for ``--frames`` frames; ``memory`` runs MIGA for each of ``--memory-frames`` with
+the peaks reset in between. At full size a part can take longer than a lent GPU's 10-minute command
+limit: run parts and samplers apart (``--parts none`` times the forward alone).
+
+    python -m miga_ray.benchmarks.gpu                                  # 832x480, bf16, cuda: everything
+    python -m miga_ray.benchmarks.gpu --parts frames --samplers base
+    python -m miga_ray.benchmarks.gpu --model toy --preset toy --device cpu --height 64 --width 64 --frames 13 --memory-frames 13,25
+
+Example: miga bench gpu --parts frames --samplers base,fifo --frames 81
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+import torch
+
+from miga_ray.models.registry import load_model
+from miga_ray.sampling import Conditioning, FifoEngine, MigaEngine, NoiseSource, Preset, StreamingEngine, WindowRunner, get_preset, guided_forward
+
+from .measure import COST_HEADER, PROMPT, TimedModel, load_average, measure_base, measure_stream, model_identity, peak_device_bytes, peak_rss_bytes, reset_peaks
+
+MIB = 2**20
+
+
+def make_runner(model: TimedModel, preset: Preset, height: int, width: int, seed: int = 0) -> WindowRunner:
+    """The preset's solver on the model's grid, the prompt with CFG and the noise at ``height`` x ``width``."""
+    s = model.vae_scale[1]
+    pos, neg = model.encode_prompt([PROMPT])
+    noise = NoiseSource(seed, (1, model.latent_channels, height // s, width // s), model.dtype, model.device)
+    solver = preset.solver(model.grid(preset.num_levels, preset.shift))
+    return WindowRunner(model.denoiser, solver, Conditioning(pos, neg, preset.cfg_scale), noise)
+
+
+def make_engine(model: TimedModel, preset: Preset, sampler: str, frames: int, height: int, width: int) -> StreamingEngine:
+    """A FIFO or MIGA engine with the preset's settings for a video of ``frames`` frames."""
+    runner = make_runner(model, preset, height, width)
+    latents = 1 + math.ceil((frames - 1) / model.vae_scale[0])
+    if sampler == "miga":
+        return MigaEngine(runner, preset.miga, latents, model.dtype, model.device)
+    return FifoEngine(runner, preset.fifo, latents, model.dtype, model.device)
+
+
+def time_forward(model: TimedModel, preset: Preset, height: int, width: int, repeats: int) -> tuple[float, int]:
+    """Mean seconds of one window call (after a warm-up) and the model rows it runs."""
+    runner = make_runner(model, preset, height, width)
+    f = preset.miga.window
+    x = runner.noise.frames("bench", list(range(f)), [preset.num_levels] * f)
+    t = runner.solver.grid.timesteps[torch.linspace(1, preset.num_levels, f).long()].float()
+    guided_forward(model.denoiser, x, t, runner.cond)
+    model.reset()
+    for _ in range(repeats):
+        guided_forward(model.denoiser, x, t, runner.cond)
+    return model.forward.seconds / model.forward.calls, model.rows // repeats
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Print the selected parts."""
+    p = argparse.ArgumentParser(prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="wan2.1-1.3b-random", help="a model name or directory (default: wan2.1-1.3b-random)")
+    p.add_argument("--preset", default="wan2.1-1.3b", help="sampler preset: wan2.1-1.3b | toy | vc2 (default: wan2.1-1.3b)")
+    p.add_argument("--levels", type=int, help="T, denoising levels (default: the preset's; fewer for a quick test)")
+    p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (default: cuda)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"], help="transformer dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--frames", type=int, default=81, help="output frames of the FIFO and MIGA videos (default 81)")
+    p.add_argument("--samplers", default="base,fifo,miga", help="rows of the frames part, comma-separated (default base,fifo,miga)")
+    p.add_argument("--memory-frames", default="100,1000", help="MIGA video lengths for peak memory (default 100,1000)")
+    p.add_argument("--parts", default="frames,memory", help="comma-separated: frames, memory, or none (default frames,memory)")
+    p.add_argument("--repeats", type=int, default=3, help="timed window calls after the warm-up (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    torch.set_num_threads(args.threads)
+    device, preset = torch.device(args.device), get_preset(args.preset)
+    if args.levels:
+        preset = dataclasses.replace(preset, num_levels=args.levels)
+    model = TimedModel(load_model(args.model, device, None if args.dtype == "auto" else getattr(torch, args.dtype)))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"model {model_identity(args.model)} in {model.dtype} on {gpu}, {args.height}x{args.width}, preset {preset.name} "
+          f"(T={preset.num_levels}, window {preset.miga.window}, CFG {preset.cfg_scale:g}), {args.threads} torch thread(s), "
+          f"load average {load_average()}", flush=True)  # fmt: skip
+    seconds, rows = time_forward(model, preset, args.height, args.width, args.repeats)
+    print(f"one window call ({preset.miga.window} latents, {rows} rows): {seconds:.3f} s (mean of {args.repeats})", flush=True)
+    if "frames" in parts:
+        print(COST_HEADER)
+        for sampler in args.samplers.split(","):
+            if sampler == "base":
+                cost = measure_base(model, make_runner(model, preset, args.height, args.width), preset.miga.window)
+            else:
+                cost = measure_stream(model, make_engine(model, preset, sampler, args.frames, args.height, args.width), sampler, args.frames)
+            print(cost.row(), flush=True)
+    if "memory" in parts:
+        print("| MIGA output frames | peak GPU allocated (MiB) | peak RSS (MiB) | wall s |\n| ---: | ---: | ---: | ---: |")
+        peaks = []
+        for frames in (int(n) for n in args.memory_frames.split(",")):
+            reset_peaks(device)
+            cost = measure_stream(model, make_engine(model, preset, "miga", frames, args.height, args.width), "miga", frames)
+            gpu_peak, rss_peak = peak_device_bytes(device), peak_rss_bytes()
+            peaks.append(gpu_peak or rss_peak)
+            print(f"| {frames} | {f'{gpu_peak / MIB:.0f}' if gpu_peak is not None else '-'} | {rss_peak / MIB:.1f} | {cost.wall:.1f} |", flush=True)
+        measured = "GPU allocated" if device.type == "cuda" else "RSS, in one process"
+        print(f"peak ratio, larger / smaller ({measured}): {max(peaks) / min(peaks):.3f} (target <= 1.05)")
+    print(f"load average at the end {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
