@@ -6,7 +6,9 @@ resumes from its last good checkpoint and produces the same video as an uninterr
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -154,6 +156,7 @@ class JobRun:
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RenderResult:
         """Render, resume, or (if this job is already done with this configuration) return its record."""
         t0 = time.perf_counter()
+        fix_mmap_threshold()
         finished = None if self.restart else self._finished()
         if finished is not None:
             return RenderResult(self.job.job_id, finished, skipped=True)
@@ -268,6 +271,23 @@ class JobRun:
 def _latent_of_frame(frame: int, temporal: int) -> int:
     """Index of the latent whose decode produces pixel frame ``frame``."""
     return 0 if frame == 0 else (frame - 1) // temporal + 1
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_mmap_threshold(size: int = 32 << 20) -> None:
+    """Pin glibc's mmap threshold so peak RSS does not creep with render length (docs/PERF.md, peak memory).
+
+    glibc raises the threshold to the size of every freed mapped buffer, after which large temporaries
+    come from a fragmenting heap whose high-water mark grows with the number of windows. A user's own
+    ``MALLOC_MMAP_THRESHOLD_`` wins; elsewhere than glibc this does nothing."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, size)
+    except (OSError, AttributeError):
+        pass
 
 
 def load_for(cfg: RenderConfig) -> LoadedModel:

@@ -5,7 +5,8 @@ Each (sampler, length) renders in a fresh process, so the high-water marks are i
 high-water mark (``VmHWM``) over the process's life and over the render alone (reset after imports
 and the model load), and on a GPU torch's peak allocation. Linux only (``/proc``). The renders
 inherit this process's environment, so allocator settings (``MALLOC_ARENA_MAX=1 miga bench memory``)
-apply to them; the header names any ``MALLOC_*`` variable set.
+apply to them; the header names any ``MALLOC_*`` variable set (without one, ``JobRun`` pins glibc's mmap
+threshold at 32 MiB, see ``render.fix_mmap_threshold``).
 
 Example: miga bench memory --lengths 100,2000 --samplers miga,fifo
 """
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         child(args)
         return
     short, long = (int(n) for n in args.lengths.split(","))
-    allocator = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "glibc malloc defaults"
+    allocator = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "mmap threshold pinned at 32 MiB by JobRun"
     print(f"{header(args, config(args, 'miga', short))}; allocator: {allocator}", flush=True)
     weights = model_identity(args.model)
     print("| sampler | output frames | peak RSS, process (MiB) | peak RSS, render (MiB) | peak GPU allocated (MiB) | render wall s |")

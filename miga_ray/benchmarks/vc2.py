@@ -6,6 +6,8 @@ VAE decoder, at a reduced resolution.
     python -m miga_ray.benchmarks.vc2 --height 320 --width 512 --threads 2 --repeats 1
 
 A sampler call under classifier-free guidance (CFG 12 in the vc2 preset) is two window forwards.
+
+Example: miga bench vc2 --height 128 --width 128 --threads 1 --repeats 1
 """
 
 from __future__ import annotations
