@@ -24,7 +24,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import pytest
 
 from hub_standin import HUB_ID, install_hub_standin
 from miga_ray.storage import LocalStore, S3Store, read_manifest
+from miga_ray.storage.seaweed import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -214,17 +214,6 @@ def test_readme_gpu_render_runs_as_written(tmp_path, s3_env, hub_env):
     job = json.loads(s3.get_object(Bucket=bucket, Key=key.replace("/video.mp4", "/job.json"))["Body"].read())
     assert job["status"] == "done" and job["frames_done"] == 1201
     assert job["config"]["render"]["model"]["name"] == HUB_ID
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @contextmanager

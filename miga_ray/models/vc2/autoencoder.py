@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..decode import to_uint8
+from .unet import Upsample
 
 LATENT_SCALE = 0.18215
 """Sampler latents are VAE latents times this (``scale_factor`` of the VC2 config)."""
@@ -67,15 +68,6 @@ class AttnBlock(nn.Module):
         q, k, v = (p(h).flatten(2).transpose(1, 2)[:, None] for p in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)[:, 0].transpose(1, 2).reshape(x.shape)
         return x + self.proj_out(out)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Middle(nn.Module):
