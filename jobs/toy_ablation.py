@@ -28,6 +28,7 @@ from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
 from miga_ray.models.registry import LoadedModel
 from miga_ray.models.toy_world import analyze, sample_scene
+from miga_ray.benchmarks.rendering import positive_int
 from miga_ray.render import build_engine, load_for
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
@@ -170,10 +171,10 @@ def main() -> None:
     """Parse the command line, render what is missing, print and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/ablation"))
-    parser.add_argument("--prompts", type=int, default=12)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--latents", type=int, default=256, help="output latents per video (4 frames each after the first)")
-    parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
+    parser.add_argument("--prompts", type=positive_int, default=12)
+    parser.add_argument("--seeds", type=positive_int, default=2)
+    parser.add_argument("--latents", type=positive_int, default=256, help="output latents per video (4 frames each after the first)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="processes, one torch thread each")
     args = parser.parse_args()
     texts, seeds = prompts(args.prompts), list(range(args.seeds))
     rows = run(args.out, texts, seeds, args.latents, args.workers)

@@ -329,7 +329,7 @@ def _add_bench(name: str, summary: str) -> None:
 
     def command(ctx: typer.Context) -> None:
         module = importlib.import_module(f"miga_ray.benchmarks.{name}")
-        module.main(ctx.args, prog=f"miga bench {name}")
+        _guard(module.main, ctx.args, prog=f"miga bench {name}")
 
     bench_app.command(name, help=f"{summary} Options and an example: miga bench {name} --help", context_settings=BENCH_CONTEXT)(command)
 

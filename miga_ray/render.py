@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, RenderConfig
+from .models.decode import frames_of_latents, latents_for_frames
 from .models.registry import LoadedModel, load_model
 from .sampling import (
     DDIM,
@@ -81,15 +82,6 @@ def job_id_for(prompt: str, seed: int) -> str:
     """A stable, storage-safe job id: the same prompt and seed resume the same job."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "job"
     return f"{slug}-s{seed}"
-
-
-def frames_of_latents(count: int, temporal: int) -> int:
-    """Pixel frames decoded from the first ``count`` latents (the first latent gives one frame)."""
-    return 0 if count == 0 else 1 + temporal * (count - 1)
-
-
-def latents_for_frames(frames: int, temporal: int) -> int:
-    return 1 + -(-(frames - 1) // temporal)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -50,3 +50,10 @@ def test_interval_brackets_the_mean_and_skips_undefined():
     assert low < mean < high and abs(mean - 93.5) < 1e-9
     assert 90 <= low and high <= 97 and text.endswith("(n=4)")
     assert ablation.interval(np.array([np.nan]), 100) == "n/a"
+
+
+def test_nonsense_counts_exit_2_naming_the_option(tmp_path):
+    argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--prompts", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "argument --prompts: must be an integer >= 1" in done.stderr
+    assert not (tmp_path / "out").exists()

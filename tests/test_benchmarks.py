@@ -55,6 +55,17 @@ def test_help_shows_an_example_with_known_options(name):
     assert set(re.findall(r"--[\w-]+", example)) <= set(re.findall(r"--[\w-]+", result.output.split("options:")[1]))
 
 
+@pytest.mark.parametrize(
+    "args, option",
+    [(["memory", "--lengths", "100"], "--lengths"), (["memory", "--lengths", "100,0"], "--lengths"),
+     (["overhead", "--samplers", "miga,foo"], "--samplers"), (["frames", "--frames", "0"], "--frames"),
+     (["overhead", "--threads", "-1"], "--threads")],
+)  # fmt: skip
+def test_bad_options_exit_2_naming_the_option(args, option):
+    result = runner.invoke(app, ["bench", *args])
+    assert result.exit_code == 2 and f"argument {option}" in result.output, result.output
+
+
 def test_frames_counts_the_base_sampler_exactly():
     rows = {r["sampler"]: r for r in table(bench("frames", "--frames", "13", *SMALL), "sampler")}
     base, clip_frames = rows["base"], 1 + 4 * (WINDOW - 1)

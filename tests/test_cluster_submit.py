@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 
 import pytest
@@ -16,17 +15,12 @@ from typer.testing import CliRunner
 
 from miga_ray.cli import app
 from miga_ray.storage import LocalStore, read_job, read_manifest
+from miga_ray.storage.seaweed import free_ports
 
 TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 SETS = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
         "sampler.miga.reflect_after=4", "checkpoint.every_latents=2", "video.fps=8"]  # fmt: skip
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def head():
     temp = tempfile.mkdtemp(prefix="/tmp/ms")  # short: Ray's socket paths must fit in 107 bytes
     os.makedirs(os.path.join(temp, "ray"))
     token = os.environ.setdefault("MIGA_TEST_RAY_TOKEN", secrets.token_hex(32))  # Ray caches the first token it reads
-    port = free_port()
+    (port,) = free_ports(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.setenv("RAY_TMPDIR", temp)

@@ -12,16 +12,17 @@ Example: miga bench frames --frames 121 --model toy --device cpu
 
 from __future__ import annotations
 
-from miga_ray.render import build_engine, latents_for_frames
+from miga_ray.models.decode import latents_for_frames
+from miga_ray.render import build_engine
 
 from .measure import COST_HEADER, PROMPT, load_average, measure_base, measure_stream
-from .rendering import config, header, load, parser
+from .rendering import config, header, load, parser, positive_int
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Print one row per sampler: output frames, calls, forwards and milliseconds per frame."""
     p = parser(__doc__, prog)
-    p.add_argument("--frames", type=int, default=121, help="output frames of the FIFO and MIGA videos (default 121)")
+    p.add_argument("--frames", type=positive_int, default=121, help="output frames of the FIFO and MIGA videos (default 121)")
     args = p.parse_args(argv)
     cfg = config(args, "miga", args.frames)
     print(header(args, cfg), flush=True)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 
 import torch
 
+from miga_ray.models.decode import latents_for_frames
 from miga_ray.models.registry import load_model
 from miga_ray.sampling import Conditioning, FifoEngine, MigaEngine, NoiseSource, Preset, StreamingEngine, WindowRunner, get_preset, guided_forward
 
@@ -45,7 +45,7 @@ def make_runner(model: TimedModel, preset: Preset, height: int, width: int, seed
 def make_engine(model: TimedModel, preset: Preset, sampler: str, frames: int, height: int, width: int) -> StreamingEngine:
     """A FIFO or MIGA engine with the preset's settings for a video of ``frames`` frames."""
     runner = make_runner(model, preset, height, width)
-    latents = 1 + math.ceil((frames - 1) / model.vae_scale[0])
+    latents = latents_for_frames(frames, model.vae_scale[0])
     if sampler == "miga":
         return MigaEngine(runner, preset.miga, latents, model.dtype, model.device)
     return FifoEngine(runner, preset.fifo, latents, model.dtype, model.device)

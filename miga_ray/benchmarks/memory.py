@@ -21,14 +21,15 @@ import sys
 from typing import Any
 
 from .measure import load_average, model_identity, peak_device_bytes, peak_rss_bytes, reset_peaks
-from .rendering import config, header, load, parser, render
+from .rendering import config, header, int_list, load, parser, render, sampler_list
 
 MIB = 2**20
 
 
 def child(args: argparse.Namespace) -> None:
     """Measure one render in this process; print its numbers as one JSON line."""
-    cfg = config(args, args.samplers, int(args.lengths))
+    (sampler,), (frames,) = args.samplers, args.lengths
+    cfg = config(args, sampler, frames)
     model = load(args, cfg)
     loaded = peak_rss_bytes()
     reset_peaks(model.device)
@@ -56,21 +57,23 @@ def ratio(a: float | None, b: float | None) -> str:
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Print one row per render and, per sampler, the ratio of the peaks at the two lengths."""
     p = parser(__doc__, prog)
-    p.add_argument("--lengths", default="100,2000", help="two output frame counts, comma-separated (default 100,2000)")
-    p.add_argument("--samplers", default="miga,fifo", help="comma-separated: miga, fifo (default both)")
+    p.add_argument("--lengths", type=int_list, default="100,2000", help="two output frame counts, comma-separated (default 100,2000)")
+    p.add_argument("--samplers", type=sampler_list, default="miga,fifo", help="comma-separated: miga, fifo (default both)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(args)
         return
-    short, long = (int(n) for n in args.lengths.split(","))
+    if len(args.lengths) != 2:
+        p.error(f"argument --lengths: must be two comma-separated frame counts, got {len(args.lengths)}")
+    short, long = args.lengths
     allocator = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "mmap threshold pinned at 32 MiB by JobRun"
     print(f"{header(args, config(args, 'miga', short))}; allocator: {allocator}", flush=True)
     weights = model_identity(args.model)
     print("| sampler | output frames | peak RSS, process (MiB) | peak RSS, render (MiB) | peak GPU allocated (MiB) | render wall s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     ratios = []
-    for sampler in args.samplers.split(","):
+    for sampler in args.samplers:
         peaks = {}
         for frames in (short, long):
             peaks[frames] = m = measure(args, sampler, frames)

@@ -14,7 +14,7 @@ Example: miga bench overhead --frames 600 --samplers miga,fifo
 from __future__ import annotations
 
 from .measure import load_average
-from .rendering import config, header, load, parser, render
+from .rendering import config, header, load, parser, positive_int, render, sampler_list
 
 WARM_UP_FRAMES = 9
 
@@ -22,10 +22,10 @@ WARM_UP_FRAMES = 9
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Print, per sampler, the render's wall time split into model, decode and other, and other's share."""
     p = parser(__doc__, prog)
-    p.add_argument("--frames", type=int, default=600, help="output frames per render (default 600)")
-    p.add_argument("--samplers", default="miga,fifo", help="comma-separated: miga, fifo (default both)")
+    p.add_argument("--frames", type=positive_int, default=600, help="output frames per render (default 600)")
+    p.add_argument("--samplers", type=sampler_list, default="miga,fifo", help="comma-separated: miga, fifo (default both)")
     args = p.parse_args(argv)
-    samplers = args.samplers.split(",")
+    samplers = args.samplers
     cfg = config(args, samplers[0], args.frames)
     print(header(args, cfg), flush=True)
     model = load(args, cfg)

@@ -17,12 +17,37 @@ from miga_ray.storage import open_store
 from .measure import PROMPT, Cost, TimedModel, load_average, model_identity
 
 
+SAMPLERS = ("miga", "fifo")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option and exits 2 otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers >= 1."""
+    return [positive_int(v) for v in text.split(",")]
+
+
+def sampler_list(text: str) -> list[str]:
+    """An argparse type: comma-separated sampler names out of ``SAMPLERS``."""
+    names = text.split(",")
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown sampler(s) {', '.join(unknown)}; allowed: {', '.join(SAMPLERS)}")
+    return names
+
+
 def parser(doc: str, prog: str | None) -> argparse.ArgumentParser:
     """An argument parser with the options every render-path benchmark takes."""
     p = argparse.ArgumentParser(prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy", help="toy | a diffusers Wan directory | wan2.1-1.3b-random (default: toy)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings on a shared machine)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: steadier timings on a shared machine)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a render config override, e.g. sampler.num_levels=16")
     return p
 

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, RenderConfig
-from ..render import JobRun, Progress, build_engine, latents_for_frames, load_for
+from ..models.decode import latents_for_frames
+from ..render import JobRun, Progress, build_engine, load_for
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
 from ..storage import open_store
 from .fanout import FanoutCandidates

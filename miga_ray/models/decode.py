@@ -69,6 +69,16 @@ class StreamingDecoder:
         self.num_latents = num_latents
 
 
+def frames_of_latents(count: int, temporal: int) -> int:
+    """Pixel frames decoded from the first ``count`` latents (the first latent gives one frame)."""
+    return 0 if count == 0 else 1 + temporal * (count - 1)
+
+
+def latents_for_frames(frames: int, temporal: int) -> int:
+    """Latents whose decode covers ``frames`` pixel frames (the inverse of ``frames_of_latents``, rounded up)."""
+    return 1 + -(-(frames - 1) // temporal)
+
+
 def causal_context(decoder: nn.Module) -> int:
     """How many past latents a Wan decoder's conv cache depends on: each causal conv of temporal
     kernel k reaches k-1 frames back at its own frame rate, which doubles after every temporal upsampler."""
