@@ -14,6 +14,7 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from transformers import UMT5Config, UMT5EncoderModel
 
 from miga_ray.models.registry import TOY_DIR, WAN21_DEFAULTS, load_model
@@ -175,7 +176,6 @@ def test_random_prompt_embeddings_are_fixed_per_prompt() -> None:
     assert RandomPromptEncoder().text_len == 512 and RandomPromptEncoder().text_dim == 4096
 
 
-@pytest.mark.skipif(not (TOY_DIR / "model_index.json").is_file(), reason="toy checkpoint not built yet")
 def test_shipped_toy_checkpoint() -> None:
     files = [p for p in TOY_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
@@ -187,3 +187,17 @@ def test_shipped_toy_checkpoint() -> None:
     grid = model.grid(20)
     out = guided_forward(model.denoiser, x, grid.timesteps[torch.arange(1, 9)], Conditioning(pos, neg, 5.0))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_shipped_toy_vae_is_per_frame() -> None:
+    """The toy VAE compresses space only: its causal convolutions' taps on earlier frames are zero, so a
+    latent video decodes to exactly the frames each latent decodes to alone."""
+    vae = load_model("toy", device="cpu").decoder().vae
+    convs = [m for m in vae.modules() if isinstance(m, WanCausalConv3d) and m.kernel_size[0] > 1]
+    assert convs and all(not m.weight[:, :, :-1].any() for m in convs)
+    z = torch.randn(1, vae.config.z_dim, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = vae.decode(z).sample
+        alone = torch.cat([vae.decode(z[:, :, i : i + 1]).sample for i in range(5)], dim=2)
+    assert whole.shape == (1, 3, 5, 64, 64)
+    torch.testing.assert_close(whole, alone, rtol=0, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import av
@@ -11,11 +12,11 @@ import pytest
 from PIL import Image
 
 from miga_ray.config import ConfigError, load_config
+from miga_ray.models.decode import latents_for_frames
 from miga_ray.render import JobRun, load_for
 from miga_ray.storage import LocalStore, read_job
 
 PROMPT = "a red circle moving over sand"
-import os
 TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 
 
@@ -55,7 +56,7 @@ def test_render_writes_the_job_layout(tmp_path, toy):
     assert frames.shape == (29, 64, 64, 3)
     playlist = (job / "video.m3u8").read_text()
     assert "#EXT-X-ENDLIST" in playlist and playlist.count("#EXTINF") == len(list((job / "segments").glob("*.ts")))
-    assert len(list((job / "latents").glob("*.safetensors"))) == 8  # 1 + 4 * 7 frames
+    assert len(list((job / "latents").glob("*.safetensors"))) == latents_for_frames(29, toy.vae_scale[0])
     record = read_job(LocalStore(tmp_path), result.job_id)
     assert record.status == "done" and record.frames_done == 29
     assert record.config["fingerprint"] == cfg.fingerprint()
