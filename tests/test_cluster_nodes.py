@@ -18,6 +18,8 @@ from miga_ray.cluster.batch import BatchDriver, introduce
 from miga_ray.cluster.jobs import BatchJob
 from miga_ray.cluster.worker import CONCURRENCY_GROUPS, RenderWorker, actor_options
 from miga_ray.config import load_config
+from miga_ray.models.decode import latents_for_frames
+from miga_ray.models.registry import load_model
 from miga_ray.storage import LocalStore, open_store
 from ray_helpers import wait_ready
 
@@ -66,7 +68,7 @@ def nodes():
 def latents(root, job_id: str) -> list[bytes]:
     store = open_store(str(root))
     keys = store.list(f"{job_id}/latents/")
-    assert len(keys) == 8
+    assert len(keys) == latents_for_frames(29, load_model(TOY, device="cpu").vae_scale[0])
     return [store.get_bytes(k) for k in keys]
 
 

@@ -32,6 +32,8 @@ import boto3
 import numpy as np
 import pytest
 
+from miga_ray.models.decode import frames_of_latents
+from miga_ray.models.registry import load_model
 from miga_ray.storage import S3Store, read_job
 
 if TYPE_CHECKING:
@@ -40,9 +42,9 @@ if TYPE_CHECKING:
 PROMPT = "a red circle moving over sand"
 JOB = "a-red-circle-moving-over-sand-s0"
 TOY = os.environ.get("MIGA_TEST_TOY", "toy")
-FRAMES = 81  # 21 latents: the first gives 1 frame, each later one 4
 LATENTS = 21
-FPS = 8  # 16-frame segments: 5 full ones and a last one of 1 frame
+FRAMES = frames_of_latents(LATENTS, load_model(TOY, device="cpu").vae_scale[0])
+FPS = 8  # 16-frame segments, the last one short
 SEED = int(os.environ.get("MIGA_TEST_FAULT_SEED", "20261121"))
 SETTINGS = [
     "model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
