@@ -23,12 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKLWan,
-    UniPCMultistepScheduler,
-    WanPipeline,
-    WanTransformer3DModel,
-)
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from torch import Tensor
 from transformers import UMT5Config, UMT5EncoderModel
@@ -206,8 +201,8 @@ def train_transformer(
     for step in range(steps):
         idx = torch.randint(latents.shape[0], (batch,), generator=g)
         start = torch.randint(STREAM - WINDOW + 1, (batch,), generator=g) * (torch.rand(batch, generator=g) > 0.25)
-        x0 = torch.stack([latents[i, :, s : s + WINDOW] for i, s in zip(idx.tolist(), start.tolist())])
-        weight = torch.stack([weights[i, :, s : s + WINDOW] for i, s in zip(idx.tolist(), start.tolist())])
+        picks = list(zip(idx.tolist(), start.tolist()))
+        x0, weight = (torch.stack([t[i, :, s : s + WINDOW] for i, s in picks]) for t in (latents, weights))
         noise = torch.randn(x0.shape, generator=g)
         sigma = sample_sigmas(batch, g)
         s = sigma.view(batch, 1, WINDOW, 1, 1)
