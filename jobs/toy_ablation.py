@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from miga_ray.benchmarks.rendering import positive_int
 from miga_ray.config import load_config
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
 from miga_ray.models.registry import LoadedModel
 from miga_ray.models.toy_world import analyze, sample_scene
-from miga_ray.benchmarks.rendering import positive_int
 from miga_ray.render import build_engine, load_for
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"

@@ -10,7 +10,8 @@ long toy-world streams and set the VAE config's latent mean/std; (3) the transfo
 (``WanTransformer3DModel``) and the tiny UMT5 text encoder together, flow matching on windows
 cropped from those streams, with a level shared by the window, independent per latent, or
 independent and sorted (head cleaner, as in FIFO/MIGA queues), and 10% of prompts dropped to ""
-for classifier-free guidance.
+for classifier-free guidance; the saved weights are an exponential moving average of the trained ones.
+About 33 minutes with the default 2 threads on the 2-core development VM (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
@@ -34,6 +36,7 @@ from miga_ray.models.toy_tokenizer import build_toy_tokenizer
 from miga_ray.models.toy_world import BACKGROUNDS, COLORS, SHAPES, SIZES, analyze, render_clip, sample_scene
 from miga_ray.models.wan import WAN21_SCHEDULER, T5PromptEncoder, embed_tokens, frame_timesteps_to_tokens
 from miga_ray.sampling.denoiser import Conditioning, guided_forward
+from miga_ray.sampling.presets import get_preset
 from miga_ray.sampling.solvers import FlowEuler
 
 SIZE = 64  # pixels, square
@@ -47,20 +50,25 @@ GRAMMAR = ("a", "an", "and", "moving", "over", "on", "the")
 # spatial compression to 16 channels and none in time. With Wan's 4x temporal compression a CPU does not
 # train the temporal path in the recipe's budget (reconstructions recognised in about half the frames,
 # docs/RESULTS.md); per frame, images alone train it in minutes.
-VAE_CONFIG = dict(
-    base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, False],
-    is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=8,
-    scale_factor_temporal=1,
-)
+VAE_CONFIG = {
+    "base_dim": 16, "z_dim": 16, "dim_mult": [1, 2, 2], "num_res_blocks": 1, "temperal_downsample": [False, False],
+    "is_residual": True, "patch_size": 2, "in_channels": 12, "out_channels": 12, "scale_factor_spatial": 8,
+    "scale_factor_temporal": 1,
+}
 VAE_IMAGES = 12  # single frames per VAE step
 SPRITE_WEIGHT = 4.0  # extra reconstruction weight on pixels far from the frame's median colour (sprites)
 MOTION_WEIGHT = 4.0  # extra flow-matching weight on latents far from their stream's static background (sprites)
-TEXT_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0, feed_forward_proj="gated-gelu")
-TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, ffn_dim=384, num_layers=4, freq_dim=64
-)
+TEXT_CONFIG = {
+    "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4, "dropout_rate": 0.0,
+    "feed_forward_proj": "gated-gelu",
+}
+TRANSFORMER_CONFIG = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 384, "num_layers": 4,
+    "freq_dim": 64,
+}
 SCHEDULER_SHIFT = 3.0
 KL_WEIGHT = 1e-5  # per latent element, against the per-pixel L1: a light pull of the posterior towards N(0, 1)
+EMA_DECAY = 0.999  # the saved transformer and text encoder are this exponential moving average of the trained ones
 
 
 def video_tensor(frames: np.ndarray) -> Tensor:
@@ -186,14 +194,16 @@ def train_transformer(
     latents: Tensor, prompts: list[str], text: T5PromptEncoder, steps: int, batch: int, seed: int
 ) -> WanTransformer3DModel:
     """Flow matching of the transformer and text encoder on normalised latent windows, weighted towards
-    the moving sprites."""
+    the moving sprites; returns the exponential moving average of both (set into ``text`` too)."""
     g = torch.Generator().manual_seed(seed)
     channels = latents.shape[1]
     weights = motion_weights(latents)
     transformer = WanTransformer3DModel(
         **TRANSFORMER_CONFIG, in_channels=channels, out_channels=channels, text_dim=TEXT_CONFIG["d_model"]
     )
-    params = [*transformer.parameters(), *text.text_encoder.parameters()]
+    trained = torch.nn.ModuleList([transformer, text.text_encoder])
+    params = list(trained.parameters())
+    ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, 200))
     tokens_per_frame = (latents.shape[3] // 2) * (latents.shape[4] // 2)
@@ -218,7 +228,9 @@ def train_transformer(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        ema.update_parameters(trained)
         log(f"transformer {step + 1}/{steps} loss {loss.item():.4f}", step, steps)
+    transformer, text.text_encoder = ema.module
     text.text_encoder.eval()
     return transformer.eval()
 
@@ -295,11 +307,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--streams", type=int, default=120)
-    parser.add_argument("--transformer-steps", type=int, default=3000)
+    parser.add_argument("--streams", type=int, default=600)
+    parser.add_argument("--transformer-steps", type=int, default=8000)
     parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
     parser.add_argument("--levels", type=int, default=40, help="quality gate: grid levels")
-    parser.add_argument("--cfg", type=float, default=5.0, help="quality gate: guidance scale")
+    parser.add_argument(
+        "--cfg", type=float, default=get_preset("toy").cfg_scale, help="quality gate: guidance scale (the toy preset's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.eval:

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from miga_ray.cli import BENCHES, app
-from miga_ray.models.decode import frames_of_latents
-from miga_ray.models.registry import TOY_DIR, load_model
+from miga_ray.models.registry import TOY_DIR
 from miga_ray.storage import open_store
 from miga_ray.storage.seaweed import SeaweedServer
+from toy_model import toy_frames
 
 runner = CliRunner()
 T = 8  # levels: a short grid keeps every run to a few seconds
@@ -69,7 +69,7 @@ def test_bad_options_exit_2_naming_the_option(args, option):
 
 def test_frames_counts_the_base_sampler_exactly():
     rows = {r["sampler"]: r for r in table(bench("frames", "--frames", "13", *SMALL), "sampler")}
-    base, clip_frames = rows["base"], frames_of_latents(WINDOW, load_model("toy").vae_scale[0])
+    base, clip_frames = rows["base"], toy_frames(WINDOW)
     assert (int(base["output frames"]), int(base["window calls"]), int(base["model forwards"])) == (clip_frames, T, 2 * T)  # CFG: 2 per call
     assert base["forwards / frame"] == f"{2 * T / clip_frames:.3f}"
     for name in ("fifo", "miga"):

@@ -11,8 +11,8 @@ import typer
 import yaml
 
 from miga_ray.cli import app
-from miga_ray.config import load_config
 from miga_ray.cluster.prompts import read_prompts
+from miga_ray.config import load_config
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 

@@ -25,12 +25,10 @@ from miga_ray.cluster.jobs import BatchJob
 from miga_ray.cluster.report import write_manifest
 from miga_ray.cluster.worker import CONCURRENCY_GROUPS, RenderWorker, actor_options
 from miga_ray.config import load_config
-from miga_ray.models.decode import latents_for_frames
-from miga_ray.models.registry import load_model
 from miga_ray.storage import LocalStore, open_store, read_job, read_manifest
 from ray_helpers import wait_ready
+from toy_model import TOY, toy_latents
 
-TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 BASE = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
         "sampler.miga.reflect_after=4", "checkpoint.every_latents=2", "video.fps=8"]  # fmt: skip
 PROMPT = "a red circle moving over sand"
@@ -151,7 +149,7 @@ def test_batch_runs_longest_first_reports_progress_and_writes_the_manifest(refer
     rows = {r.id: r for r in read_manifest(LocalStore(out))}
     assert set(rows) == {"short", "long", "mid"} and rows["long"].frames == 29 and rows["mid"].seed == 4
     assert all(r.status == "done" and r.metrics["cluster"]["attempts"] == 1 for r in rows.values())
-    assert len(latents(out, "long")) == latents_for_frames(29, load_model(TOY, device="cpu").vae_scale[0])
+    assert len(latents(out, "long")) == toy_latents(29)
     assert read_job(LocalStore(out), "long").status == "done"
 
 

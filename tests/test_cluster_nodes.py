@@ -18,12 +18,10 @@ from miga_ray.cluster.batch import BatchDriver, introduce
 from miga_ray.cluster.jobs import BatchJob
 from miga_ray.cluster.worker import CONCURRENCY_GROUPS, RenderWorker, actor_options
 from miga_ray.config import load_config
-from miga_ray.models.decode import latents_for_frames
-from miga_ray.models.registry import load_model
 from miga_ray.storage import LocalStore, open_store
 from ray_helpers import wait_ready
+from toy_model import TOY, toy_latents
 
-TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 BASE = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
         "sampler.miga.reflect_after=4", "checkpoint.every_latents=2", "video.fps=8"]  # fmt: skip
 PROMPT = "a red circle moving over sand"
@@ -68,7 +66,7 @@ def nodes():
 def latents(root, job_id: str) -> list[bytes]:
     store = open_store(str(root))
     keys = store.list(f"{job_id}/latents/")
-    assert len(keys) == latents_for_frames(29, load_model(TOY, device="cpu").vae_scale[0])
+    assert len(keys) == toy_latents(29)
     return [store.get_bytes(k) for k in keys]
 
 

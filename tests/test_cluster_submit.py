@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from miga_ray.cli import app
 from miga_ray.storage import LocalStore, read_job, read_manifest
 from miga_ray.storage.seaweed import free_ports
+from toy_model import TOY
 
-TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 SETS = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
         "sampler.miga.reflect_after=4", "checkpoint.every_latents=2", "video.fps=8"]  # fmt: skip
 runner = CliRunner()

@@ -32,18 +32,16 @@ import boto3
 import numpy as np
 import pytest
 
-from miga_ray.models.decode import frames_of_latents
-from miga_ray.models.registry import load_model
 from miga_ray.storage import S3Store, read_job
+from toy_model import TOY, toy_frames
 
 if TYPE_CHECKING:
     from conftest import SeaweedServer
 
 PROMPT = "a red circle moving over sand"
 JOB = "a-red-circle-moving-over-sand-s0"
-TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 LATENTS = 21
-FRAMES = frames_of_latents(LATENTS, load_model(TOY, device="cpu").vae_scale[0])
+FRAMES = toy_frames(LATENTS)
 FPS = 8  # 16-frame segments, the last one short
 SEED = int(os.environ.get("MIGA_TEST_FAULT_SEED", "20261121"))
 SETTINGS = [

@@ -23,7 +23,15 @@ from miga_ray.models import registry
 from miga_ray.models.decode import to_uint8
 from miga_ray.models.vc2 import VC2Config, load_vc2, random_vc2, vc2_grid
 from miga_ray.models.vc2.autoencoder import LATENT_SCALE, DecoderConfig, FirstStage, FrameDecoder
-from miga_ray.models.vc2.model import PREFIXES, Parts, VC2Denoiser, build_parts, checkpoint_state_dict, lvdm_grid, read_state_dict
+from miga_ray.models.vc2.model import (
+    PREFIXES,
+    Parts,
+    VC2Denoiser,
+    build_parts,
+    checkpoint_state_dict,
+    lvdm_grid,
+    read_state_dict,
+)
 from miga_ray.models.vc2.text import BPE_FILE, ClipTokenizer, TextConfig
 from miga_ray.models.vc2.unet import UNet3D, UNetConfig
 from miga_ray.render import JobRun

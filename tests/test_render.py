@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import av
@@ -12,12 +11,11 @@ import pytest
 from PIL import Image
 
 from miga_ray.config import ConfigError, load_config
-from miga_ray.models.decode import latents_for_frames
 from miga_ray.render import JobRun, load_for
 from miga_ray.storage import LocalStore, read_job
+from toy_model import TOY, toy_latents
 
 PROMPT = "a red circle moving over sand"
-TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +54,7 @@ def test_render_writes_the_job_layout(tmp_path, toy):
     assert frames.shape == (29, 64, 64, 3)
     playlist = (job / "video.m3u8").read_text()
     assert "#EXT-X-ENDLIST" in playlist and playlist.count("#EXTINF") == len(list((job / "segments").glob("*.ts")))
-    assert len(list((job / "latents").glob("*.safetensors"))) == latents_for_frames(29, toy.vae_scale[0])
+    assert len(list((job / "latents").glob("*.safetensors"))) == toy_latents(29)
     record = read_job(LocalStore(tmp_path), result.job_id)
     assert record.status == "done" and record.frames_done == 29
     assert record.config["fingerprint"] == cfg.fingerprint()

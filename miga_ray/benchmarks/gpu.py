@@ -26,9 +26,30 @@ import torch
 
 from miga_ray.models.decode import latents_for_frames
 from miga_ray.models.registry import load_model
-from miga_ray.sampling import Conditioning, FifoEngine, MigaEngine, NoiseSource, Preset, StreamingEngine, WindowRunner, get_preset, guided_forward
+from miga_ray.sampling import (
+    Conditioning,
+    FifoEngine,
+    MigaEngine,
+    NoiseSource,
+    Preset,
+    StreamingEngine,
+    WindowRunner,
+    get_preset,
+    guided_forward,
+)
 
-from .measure import COST_HEADER, PROMPT, TimedModel, load_average, measure_base, measure_stream, model_identity, peak_device_bytes, peak_rss_bytes, reset_peaks
+from .measure import (
+    COST_HEADER,
+    PROMPT,
+    TimedModel,
+    load_average,
+    measure_base,
+    measure_stream,
+    model_identity,
+    peak_device_bytes,
+    peak_rss_bytes,
+    reset_peaks,
+)
 
 MIB = 2**20
 

@@ -16,7 +16,6 @@ from miga_ray.storage import open_store
 
 from .measure import PROMPT, Cost, TimedModel, load_average, model_identity
 
-
 SAMPLERS = ("miga", "fifo")
 
 

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from miga_ray.sampling import Conditioning, FifoEngine, MigaEngine, NoiseSource, Preset, StreamingEngine, WindowRunner, get_preset
+from miga_ray.sampling import (
+    Conditioning,
+    FifoEngine,
+    MigaEngine,
+    NoiseSource,
+    Preset,
+    StreamingEngine,
+    WindowRunner,
+    get_preset,
+)
 
 
 def zero_model(x: torch.Tensor, t: torch.Tensor, context: object) -> torch.Tensor:

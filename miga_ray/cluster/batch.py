@@ -19,8 +19,8 @@ from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
 
 from ..config import ConfigError, RenderConfig
 from ..storage import ObjectStore, read_job
-from .prompts import PromptFileError, PromptRow
 from .jobs import BatchJob, JobOutcome
+from .prompts import PromptFileError, PromptRow
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]

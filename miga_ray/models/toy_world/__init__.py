@@ -7,7 +7,16 @@ analyzer that knows the generator. No learned weights.
 from .analyze import ToyReport, analyze
 from .render import BACKGROUND_RGB, render_background, render_clip, shape_alpha, sprite_centers, sprite_radius
 from .world import (
-    BACKGROUNDS, COLOR_RGB, COLORS, MAX_SPRITES, SHAPES, SIZES, Scene, Sprite, parse_prompt, sample_scene,
+    BACKGROUNDS,
+    COLOR_RGB,
+    COLORS,
+    MAX_SPRITES,
+    SHAPES,
+    SIZES,
+    Scene,
+    Sprite,
+    parse_prompt,
+    sample_scene,
 )
 
 __all__ = [
