@@ -173,7 +173,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/ablation"))
     parser.add_argument("--prompts", type=positive_int, default=12)
     parser.add_argument("--seeds", type=positive_int, default=2)
-    parser.add_argument("--latents", type=positive_int, default=256, help="output latents per video (4 frames each after the first)")
+    parser.add_argument(
+        "--latents", type=positive_int, default=256, help="output latents per video (one frame each: per-frame toy VAE)"
+    )
     parser.add_argument("--workers", type=positive_int, default=2, help="processes, one torch thread each")
     args = parser.parse_args()
     texts, seeds = prompts(args.prompts), list(range(args.seeds))
