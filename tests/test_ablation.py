@@ -32,7 +32,7 @@ def test_ablation_renders_every_variant_and_resumes(tmp_path):
     assert "0 videos done, 4 to render" in first.stdout
     rows = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()]
     assert sorted({r["variant"] for r in rows}) == ["dce", "fifo", "miga", "tta"] and len(rows) == 4
-    assert all(r["frames"] == toy_frames(6) for r in rows)
+    assert all(r["frames"] == toy_frames(6, "toy") for r in rows)
     assert all(0 < r["overall"] <= 1 and 0 <= r["color_rate"] <= 1 for r in rows)
     calls = {r["variant"]: r["model_calls"] for r in rows if r["seed"] == 0 and r["prompt"] == rows[0]["prompt"]}
     assert len(set(calls.values())) > 1, "the variants must run different samplers"

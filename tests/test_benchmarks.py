@@ -69,7 +69,7 @@ def test_bad_options_exit_2_naming_the_option(args, option):
 
 def test_frames_counts_the_base_sampler_exactly():
     rows = {r["sampler"]: r for r in table(bench("frames", "--frames", "13", *SMALL), "sampler")}
-    base, clip_frames = rows["base"], toy_frames(WINDOW)
+    base, clip_frames = rows["base"], toy_frames(WINDOW, "toy")
     assert (int(base["output frames"]), int(base["window calls"]), int(base["model forwards"])) == (clip_frames, T, 2 * T)  # CFG: 2 per call
     assert base["forwards / frame"] == f"{2 * T / clip_frames:.3f}"
     for name in ("fifo", "miga"):

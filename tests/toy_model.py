@@ -12,16 +12,16 @@ TOY = os.environ.get("MIGA_TEST_TOY", "toy")
 
 
 @cache
-def toy_temporal() -> int:
-    """Frames per latent of the toy model's VAE (1 for the shipped per-frame VAE)."""
-    return load_model(TOY, device="cpu").vae_scale[0]
+def toy_temporal(source: str = TOY) -> int:
+    """Frames per latent of a toy model's VAE (1 for the shipped per-frame VAE)."""
+    return load_model(source, device="cpu").vae_scale[0]
 
 
-def toy_latents(frames: int) -> int:
-    """Latents the toy model renders for ``frames`` frames."""
-    return latents_for_frames(frames, toy_temporal())
+def toy_latents(frames: int, source: str = TOY) -> int:
+    """Latents the toy model ``source`` renders for ``frames`` frames."""
+    return latents_for_frames(frames, toy_temporal(source))
 
 
-def toy_frames(latents: int) -> int:
-    """Frames ``latents`` toy latents decode to."""
-    return frames_of_latents(latents, toy_temporal())
+def toy_frames(latents: int, source: str = TOY) -> int:
+    """Frames ``latents`` latents of the toy model ``source`` decode to."""
+    return frames_of_latents(latents, toy_temporal(source))
