@@ -296,16 +296,40 @@ def eval_(
     prompt: Annotated[Optional[str], typer.Option(help="for a bare video: its prompt (enables the toy-world analyzer)")] = None,
     dino: Annotated[Optional[Path], typer.Option(help="local DINO ViT-B/16 weights directory (subject consistency)")] = None,
     clip: Annotated[Optional[Path], typer.Option(help="local CLIP ViT-B/32 weights directory (background consistency)")] = None,
+    bins: Annotated[int, typer.Option(min=1, help="toy-world drift curves: bins of frames (at most one per frame)")] = 10,
 ) -> None:
     """VBench-form consistency numbers of a video or a finished job (JSON on stdout).
 
-    Without --dino/--clip a weight-free pixel fallback is used and labelled as such.
-    Example: miga eval out/a-red-circle-moving-over-sand-s0
+    Without --dino/--clip a weight-free pixel fallback is used and labelled as such. For a toy-world
+    prompt the analyzer's ground truth follows, and a drift section: per measure its mean, a curve over
+    --bins bins of frames and the drift figure (mean over the last quarter minus the first); save it and
+    compare variants with `miga compare`.
+    Example: miga eval out/a-red-circle-moving-over-sand-s0 > a.json
     """
     from .evaluation.report import evaluate
 
-    report = _guard(evaluate, target, prompt, str(dino) if dino else None, str(clip) if clip else None)
+    report = _guard(evaluate, target, prompt, str(dino) if dino else None, str(clip) if clip else None, bins)
+    if isinstance(report.get("toy_world"), str):
+        err.print(f"note: {escape(report['toy_world'])}", highlight=False, soft_wrap=True)
     print(json.dumps(report, indent=2))
+
+
+@app.command()
+def compare(
+    files: Annotated[list[Path], typer.Argument(help="one JSON file per variant: `miga eval` output or drift summaries (a list or .jsonl: one per video)")],
+    png: Annotated[Optional[Path], typer.Option(help="draw every metric's curves, one line per variant, into this PNG")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option(help="a metric to show (repeatable); default: subject and background consistency and the colour, shape, size and count rates")] = None,
+) -> None:
+    """Toy-world drift of several variants side by side: a table of means and drift figures, and curves in one PNG.
+
+    Example: miga eval fifo.mp4 --prompt "a red circle moving over sand" > fifo.json; (the same for miga.json);
+    miga compare fifo.json miga.json --png drift.png
+    """
+    from .evaluation.compare import compare as compare_variants
+
+    print(_guard(compare_variants, files, png, metric))
+    if png is not None:
+        print(png)
 
 
 bench_app = typer.Typer(help="Benchmarks that print measured numbers (recorded in docs/PERF.md).")

@@ -13,10 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from miga_ray.cli import app
+from miga_ray.evaluation.compare import LEGEND_HEIGHT, PALETTE, PANEL
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.report import decode_video, evaluate
 from miga_ray.evaluation.vbench import evaluate_frames, feature_consistency, motion_smoothness, temporal_flickering
-from miga_ray.models.toy_world import parse_prompt, render_clip
+from miga_ray.models.toy_world import drift_summary, parse_prompt, render_clip
 from miga_ray.storage import JobRecord, LocalStore, write_job
 
 PROMPT = "a red circle moving over sand"
@@ -89,3 +90,57 @@ def test_eval_reads_a_video_file_and_a_job(tmp_path):
     assert data["vbench"]["overall_is"] == "plain mean of the four dimensions"
     missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nothing-here")])
     assert missing.exit_code == 2
+
+
+def halfway_blue(frames: int = 64) -> np.ndarray:
+    """The red circle's clip whose second half shows a blue circle instead."""
+    clip = render_clip(parse_prompt(PROMPT), frames, 64, 64, seed=0)
+    clip[frames // 2 :] = render_clip(parse_prompt("a blue circle moving over sand"), frames, 64, 64, seed=0)[frames // 2 :]
+    return clip
+
+
+def test_eval_adds_a_drift_section_for_toy_prompts(tmp_path):
+    write_mp4(tmp_path / "v.mp4", halfway_blue())
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "v.mp4"), "--prompt", PROMPT, "--bins", "4"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["vbench"]["subject_consistency"] == data["vbench"]["background_consistency"]  # the pixel fallback
+    toy = data["toy_world"]
+    assert toy["subject_consistency"] < 0.6 and toy["background_consistency"] > 0.99  # the toy world tells them apart
+    assert data["drift"]["curves"]["color_rate"] == [1.0, 1.0, 0.0, 0.0]
+    assert data["drift"]["drift"]["color_rate"] == -1.0
+    assert data["drift"]["mean"]["subject_consistency"] == toy["subject_consistency"]
+    many = json.loads(CliRunner().invoke(app, ["eval", str(tmp_path / "v.mp4"), "--prompt", PROMPT, "--bins", "99"]).stdout)
+    assert len(many["drift"]["bin_starts"]) == 64  # at most one bin per frame
+
+
+def test_eval_outside_the_toy_grammar_still_gives_vbench_numbers(tmp_path):
+    write_mp4(tmp_path / "v.mp4", render_clip(parse_prompt(PROMPT), 9, 64, 64, seed=0))
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "v.mp4"), "--prompt", "a purple circle moving over sand"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "do not apply" in data["toy_world"] and "'purple'" in data["toy_world"]
+    assert "drift" not in data and 0 < data["vbench"]["overall"] <= 1
+    assert "'purple'" in result.stderr
+
+
+def test_compare_draws_each_variant_and_tabulates_drift(tmp_path):
+    steady = render_clip(parse_prompt(PROMPT), 64, 64, 64, seed=0)
+    (tmp_path / "steady.json").write_text(json.dumps(drift_summary(steady, PROMPT, bins=8)))
+    videos = [drift_summary(halfway_blue(), PROMPT, bins=8), drift_summary(steady, PROMPT, bins=8)]
+    (tmp_path / "flip.jsonl").write_text("\n".join(json.dumps(v) for v in videos))  # one video drifts, one does not
+    png = tmp_path / "c.png"
+    args = ["compare", str(tmp_path / "steady.json"), str(tmp_path / "flip.jsonl"), "--png", str(png), "--metric", "color_rate"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert rows["metric"] == ["steady", "flip"] and rows["videos"] == ["1", "2"]
+    assert rows["color_rate"] == ["1.000", "(+0.000)", "0.750", "(-0.500)"]
+    image = np.asarray(Image.open(png).convert("RGB"))[LEGEND_HEIGHT:]  # one panel: color_rate
+    rows_of = {c: np.flatnonzero(np.all(image == c, axis=-1).any(axis=1)) for c in PALETTE[:2]}
+    assert np.ptp(rows_of[PALETTE[0]]) <= 4  # steady: a flat line (it may hide under flip's in the first half)
+    assert np.ptp(rows_of[PALETTE[1]]) > 0.5 * (PANEL[1] - 60)  # flip: from 1.0 down to 0.5
+    bad = CliRunner().invoke(app, ["compare", str(tmp_path / "steady.json"), "--metric", "colour_rate"])
+    assert bad.exit_code == 2 and "colour_rate" in bad.output and "color_rate" in bad.output
+    (tmp_path / "vbench.json").write_text(json.dumps({"vbench": {}}))
+    assert CliRunner().invoke(app, ["compare", str(tmp_path / "vbench.json")]).exit_code == 2

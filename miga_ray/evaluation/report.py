@@ -32,8 +32,14 @@ def job_frames(store: ObjectStore, job_id: str) -> tuple[np.ndarray, str]:
     return decode_video(store.get_bytes(f"{job_id}/video.mp4")), "video.mp4"
 
 
-def evaluate(target: str, prompt: str | None = None, dino: str | None = None, clip: str | None = None) -> dict[str, Any]:
-    """Scores for a video path or a job (``<out>/<job_id>``); the prompt comes from job.json when not given."""
+def evaluate(
+    target: str, prompt: str | None = None, dino: str | None = None, clip: str | None = None, bins: int = 10
+) -> dict[str, Any]:
+    """Scores for a video path or a job (``<out>/<job_id>``); the prompt comes from job.json when not given.
+
+    A toy-world prompt adds the analyzer's ground truth and its drift summary over `bins` bins of
+    frames (at most one per frame).
+    """
     path = Path(target)
     if path.is_file():
         frames, source = decode_video(path), str(path)
@@ -47,18 +53,20 @@ def evaluate(target: str, prompt: str | None = None, dino: str | None = None, cl
         frames, source = job_frames(store, job_id)
         source = f"{target}/{source}"
     scores = evaluate_frames(frames, feature_extractor("dino", dino), feature_extractor("clip", clip))
-    report: dict[str, Any] = {"source": source, "frames": int(len(frames)), "vbench": scores.to_dict()}
+    report: dict[str, Any] = {"source": source, "frames": len(frames), "vbench": scores.to_dict()}
     if prompt:
-        report["toy_world"] = _toy_report(frames, prompt)
+        report.update(_toy_sections(frames, prompt, bins))
     return report
 
 
-def _toy_report(frames: np.ndarray, prompt: str) -> dict[str, Any] | str:
-    """The toy analyzer's ground truth, or why it does not apply to this prompt."""
+def _toy_sections(frames: np.ndarray, prompt: str, bins: int) -> dict[str, Any]:
+    """``toy_world`` (the analyzer's ground truth) and ``drift`` (its summary), or a ``toy_world`` line saying
+    why the toy numbers do not apply to this prompt."""
     from ..models.toy_world import analyze, parse_prompt
 
     try:
         scene = parse_prompt(prompt)
     except ValueError as exc:
-        return f"not a toy-world prompt: {exc}"
-    return analyze(frames, scene).to_dict(per_frame=False)
+        return {"toy_world": f"toy-world numbers do not apply: the prompt is outside the toy grammar ({exc})"}
+    toy = analyze(frames, scene)
+    return {"toy_world": toy.to_dict(per_frame=False), "drift": toy.summary(min(bins, len(frames)))}
