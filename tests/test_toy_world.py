@@ -338,6 +338,13 @@ def test_gradual_drift_the_rates_cannot_see_is_seen(monkeypatch: pytest.MonkeyPa
     assert abs(dimming["drift"]["background_consistency"]) < 1e-3
 
 
+def test_consistency_stays_within_zero_and_one_on_large_frames() -> None:
+    scene = GROUND_TRUTH_SCENES[5]
+    report = analyze(render_clip(scene, 12, 300, 200, seed=0), scene)  # float32 sums over many pixels
+    for values in (report.subject_frames, report.background_frames):
+        assert np.nanmax(values) <= 1.0 and np.nanmin(values) >= 0.98
+
+
 def test_summary_is_json_able_with_one_curve_point_per_bin() -> None:
     clip = render_clip(GROUND_TRUTH_SCENES[2], 50, 64, 64, seed=1)
     summary = json.loads(json.dumps(drift_summary(clip, GROUND_TRUTH_SCENES[2].prompt, bins=7)))

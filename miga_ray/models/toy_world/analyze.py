@@ -413,9 +413,9 @@ def _background_measures(
 
 
 def _cosine(dot: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
-    """Cosine from a dot product and two norms; 0 where either vector is zero."""
+    """Cosine from a dot product and two norms, clipped to [-1, 1] against float32 rounding; 0 where a vector is zero."""
     norms = norm_a * norm_b
-    return np.where(norms > 0, dot / np.where(norms > 0, norms, 1), 0.0)
+    return np.where(norms > 0, np.clip(dot / np.where(norms > 0, norms, 1), -1, 1), 0.0)
 
 
 def _vbench_form(prev: np.ndarray, first: np.ndarray) -> np.ndarray:
