@@ -52,10 +52,7 @@ class Variant:
         """Bin centres in frames and the metric's mean per bin over videos (NaN where undefined)."""
         centres = np.array([_bin_centres(s) for s in self.summaries])
         values = np.array([[_number(v) for v in s["curves"][metric]] for s in self.summaries])
-        finite = np.isfinite(values)
-        with np.errstate(invalid="ignore"):
-            mean = np.where(finite, values, 0).sum(axis=0) / finite.sum(axis=0)
-        return centres.mean(axis=0), mean
+        return centres.mean(axis=0), np.array([_nanmean(column) for column in values.T])
 
 
 def _number(value: float | None) -> float:
