@@ -9,6 +9,7 @@ import pytest
 
 from miga_ray.models.toy_world import (
     BACKGROUNDS,
+    COLOR_RGB,
     COLORS,
     SHAPES,
     SIZES,
@@ -55,6 +56,24 @@ def gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """Round and clip float frames to uint8."""
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+
+
+def paint(frame: np.ndarray, sprite: Sprite, center: np.ndarray, keep: str = "all") -> None:
+    """Paint the sprite (only its left or right half when keep says so) centred at (x, y), in place."""
+    height, width, _ = frame.shape
+    radius = sprite_radius(sprite.size, height, width)
+    dx = np.arange(width)[None, :] + 0.5 - center[0]
+    dy = np.arange(height)[:, None] + 0.5 - center[1]
+    alpha = shape_alpha(sprite.shape, dx, dy, radius) * {"all": 1, "left": dx < 0, "right": dx >= 0}[keep]
+    frame[:] = to_uint8(frame + alpha[..., None] * (np.array(COLOR_RGB[sprite.color]) - frame))
+
+
+def far_corners(frame: np.ndarray, radius: float, avoid: np.ndarray) -> list[np.ndarray]:
+    """Sprite centres in the frame's corners, farthest from every point in avoid [N, 2] first."""
+    height, width, _ = frame.shape
+    margin = radius + 3
+    corners = [np.array([x, y]) for x in (margin, width - margin) for y in (margin, height - margin)]
+    return sorted(corners, key=lambda c: -np.linalg.norm(avoid - c, axis=1).min())
 
 
 # --- prompts ---------------------------------------------------------------------------------
@@ -232,6 +251,38 @@ def test_vanishing_sprite_shows_in_drift() -> None:
     assert max(report.drift["color_rate"][2:]) <= 0.05
     assert report.drift["background_rate"] == [1.0] * 4
     assert report.color_rate == pytest.approx(0.5, abs=0.05)
+
+
+def test_count_sees_an_extra_blob_and_a_split_sprite() -> None:
+    scene = GROUND_TRUTH_SCENES[2]  # cyan triangle, yellow diamond over water
+    clip = render_clip(scene, 24, 64, 64, seed=3)
+    assert analyze(clip, scene).count_rate == 1.0
+    centers = sprite_centers(scene, 24, 64, 64, seed=3)
+    extra, split = clip.copy(), clip.copy()
+    stranger = Sprite("circle", "red", "small")  # a colour the prompt does not name
+    background = render_background(scene.background, 64, 64)
+    large = scene.sprites[0]
+    for t in range(8, 16):
+        paint(extra[t], stranger, far_corners(clip[t], sprite_radius("small", 64, 64), centers[t])[0])
+        # the large triangle leaves; its two halves appear in the two corners farthest from the diamond
+        radius = sprite_radius(large.size, 64, 64)
+        box = np.s_[
+            int(centers[t, 0, 1] - radius) - 2 : int(centers[t, 0, 1] + radius) + 3,
+            int(centers[t, 0, 0] - radius) - 2 : int(centers[t, 0, 0] + radius) + 3,
+        ]
+        split[t][box] = background[box]
+        left, right = far_corners(clip[t], radius, centers[t, 1:])[:2]
+        paint(split[t], large, left, keep="left")
+        paint(split[t], large, right, keep="right")
+    for video in (extra, split):
+        report = analyze(video, scene)
+        assert not report.count_ok[8:16].any()
+        assert report.count_ok[:8].all() and report.count_ok[16:].all()
+        assert report.count_rate == pytest.approx(16 / 24)
+    extra_report = analyze(extra, scene)
+    assert extra_report.color_rate == 1.0  # the colour rate cannot see an extra blob
+    assert extra_report.drift["count_rate"] == [0.5, 1.0]  # frames 0-15 (8 wrong), 16-23
+    assert extra_report.to_dict()["count_rate"] == pytest.approx(16 / 24)
 
 
 # --- robustness ------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class ToyReport:
     present: np.ndarray  # bool [F, S]: a blob of the sprite's colour is present
     shape_ok: np.ndarray  # bool [F, S]: ... and the prompted shape is its best-fitting template
     size_ok: np.ndarray  # bool [F, S]: ... and its area is nearest the prompted size
+    count_ok: np.ndarray  # bool [F]: the number of sprite-coloured blobs of at least MIN_AREA equals the prompted number
     area_ratio: np.ndarray  # float [F, S]: blob area / expected area (0 where absent)
     centroids: np.ndarray  # float [F, S, 2]: blob centroid (x, y) in input pixels, NaN where absent
     background_ok: np.ndarray  # bool [F]: the background statistics are nearest the prompted background
@@ -53,6 +54,7 @@ class ToyReport:
     color_rate: float
     shape_rate: float
     size_rate: float
+    count_rate: float
     background_rate: float
     flicker: float
     smoothness: float
@@ -74,9 +76,9 @@ class ToyReport:
         return out
 
 
-_SUMMARY = ("color_rate", "shape_rate", "size_rate", "background_rate", "flicker", "smoothness", "motion")
+_SUMMARY = ("color_rate", "shape_rate", "size_rate", "count_rate", "background_rate", "flicker", "smoothness", "motion")
 _PER_FRAME = (
-    "present", "shape_ok", "size_ok", "area_ratio", "centroids",
+    "present", "shape_ok", "size_ok", "count_ok", "area_ratio", "centroids",
     "background_ok", "background_distance", "flicker_pairs", "smoothness_frames",
 )
 
@@ -143,20 +145,33 @@ def _sprite_labels(frames: np.ndarray) -> np.ndarray:
     return np.where(member, nearest, len(COLORS))
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4-connected components of a [F, h, w] mask, frames apart: flat positions and root per masked pixel.
+@dataclass(frozen=True)
+class _Blobs:
+    """The sprite pixels of [F, h, w] labels grouped into 4-connected blobs of one colour each."""
 
-    Min-label propagation over the edges between masked pixels with pointer jumping, so the
-    cost grows with the number of masked pixels rather than with the frame size.
+    shape: tuple[int, int, int]  # the labels' [F, h, w]
+    pos: np.ndarray  # flat position of every sprite pixel
+    color: np.ndarray  # its index into COLORS
+    root: np.ndarray  # index into pos of its blob's root pixel
+    area: np.ndarray  # per index into pos: the area of the blob rooted there (0 where no blob is)
+
+
+def _blobs(labels: np.ndarray) -> _Blobs:
+    """Group sprite pixels into blobs by min-label propagation over the edges between 4-neighbours of one colour.
+
+    Pointer jumping keeps the iterations few; the cost grows with the number of sprite pixels
+    rather than with the frame size.
     """
-    _, height, width = mask.shape
-    pos = np.flatnonzero(mask)
-    index = np.full(mask.size + width, -1, np.int64)  # padded so a 'down' neighbour never overflows
+    _, height, width = labels.shape
+    flat = np.concatenate([labels.ravel(), np.full(width, len(COLORS), labels.dtype)])  # 'down' never overflows
+    pos = np.flatnonzero(flat < len(COLORS))
+    index = np.full(flat.size, -1, np.int64)
     index[pos] = np.arange(pos.size)
     last_col = pos % width == width - 1
     last_row = pos // width % height == height - 1
-    right = np.where(last_col, -1, index[pos + 1])
-    ends = np.concatenate([right, np.where(last_row, -1, index[pos + width])])
+    right = np.where(last_col | (flat[pos + 1] != flat[pos]), -1, index[pos + 1])
+    down = np.where(last_row | (flat[pos + width] != flat[pos]), -1, index[pos + width])
+    ends = np.concatenate([right, down])
     starts = np.tile(np.arange(pos.size), 2)[ends >= 0]
     ends = ends[ends >= 0]
     label = np.arange(pos.size)
@@ -167,30 +182,29 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.minimum.at(updated, ends, lowest)
         updated = updated[updated[updated]]
         if np.array_equal(updated, label):
-            return pos, label
+            break
         label = updated
+    return _Blobs(labels.shape, pos, flat[pos], label, np.bincount(label, minlength=pos.size))
 
 
-def _top_blobs(mask: np.ndarray, k: int) -> np.ndarray:
-    """Stats [3 + len(SHAPES), F, k] of the k largest blobs per frame, largest first.
+def _top_blobs(blobs: _Blobs, color: int, k: int) -> np.ndarray:
+    """Stats [3 + len(SHAPES), F, k] of the k largest blobs of one colour per frame, largest first.
 
     Rows: area, centroid x, centroid y, then per shape the mean coverage of the blob's pixels by
     that shape's template of equal area placed at the blob's centroid (1 = perfect fit). Missing
     blobs have area 0 and NaN elsewhere.
     """
-    num, height, width = mask.shape
-    pos, label = _components(mask)
-    area = np.bincount(label, minlength=pos.size)
-    roots = np.flatnonzero(area)
-    frame = pos[roots] // (height * width)
-    order = np.lexsort((-area[roots], frame))
+    num, height, width = blobs.shape
+    roots = np.flatnonzero((blobs.area > 0) & (blobs.color == color))
+    frame = blobs.pos[roots] // (height * width)
+    order = np.lexsort((-blobs.area[roots], frame))
     roots, frame = roots[order], frame[order]
     rank = np.arange(roots.size) - np.searchsorted(frame, frame)
     keep = rank < k
-    slots = np.full(pos.size, -1)
+    slots = np.full(blobs.pos.size, -1)
     slots[roots[keep]] = frame[keep] * k + rank[keep]
-    slot = slots[label]
-    pos, slot = pos[slot >= 0], slot[slot >= 0]
+    slot = slots[blobs.root]
+    pos, slot = blobs.pos[slot >= 0], slot[slot >= 0]
     ys, xs = pos // width % height + 0.5, pos % width + 0.5
     count = np.bincount(slot, minlength=num * k).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -204,31 +218,47 @@ def _top_blobs(mask: np.ndarray, k: int) -> np.ndarray:
     return np.stack([count, cx, cy, *fits]).reshape(-1, num, k)
 
 
+def _expected_area(sprite: Sprite, height: int, width: int) -> float:
+    """Area in pixels of the sprite as the renderer draws it at this resolution."""
+    return SHAPE_AREA[sprite.shape] * sprite_radius(sprite.size, height, width) ** 2
+
+
+def _count_ok(blobs: _Blobs, scene: Scene) -> np.ndarray:
+    """Per frame [F]: the blobs of any sprite colour that are large enough to count number the prompted sprites.
+
+    Large enough: MIN_AREA of the smallest prompted sprite's expected area.
+    """
+    num, height, width = blobs.shape
+    smallest = min(_expected_area(s, height, width) for s in scene.sprites)
+    roots = np.flatnonzero(blobs.area >= MIN_AREA * smallest)
+    return np.bincount(blobs.pos[roots] // (height * width), minlength=num) == len(scene.sprites)
+
+
 def _judge(blob: np.ndarray, sprite: Sprite, height: int, width: int) -> np.ndarray:
     """Judge blobs [3 + len(SHAPES), F] as the sprite: [F, 6] present, shape_ok, size_ok, area ratio, x, y.
 
     The shape is right when the prompted shape's template fits the blob best; the size is right
     when the area is nearer the prompted size's area than any other size's.
     """
-    ratio = blob[0] / (SHAPE_AREA[sprite.shape] * sprite_radius(sprite.size, height, width) ** 2)
+    ratio = blob[0] / _expected_area(sprite, height, width)
     present = ratio >= MIN_AREA
     shape_ok = present & (np.nan_to_num(blob[3:], nan=-1.0).argmax(axis=0) == SHAPES.index(sprite.shape))
     size_ok = present & (np.abs(np.log(np.maximum(ratio, 1e-9))) < _SIZE_TOLERANCE)
     return np.stack([present, shape_ok, size_ok, ratio, blob[1], blob[2]], axis=1)
 
 
-def _sprite_measures(labels: np.ndarray, scene: Scene) -> np.ndarray:
+def _sprite_measures(blobs: _Blobs, scene: Scene) -> np.ndarray:
     """Per frame and prompted sprite [F, S, 6]: present, shape_ok, size_ok, area ratio, centroid x, y.
 
     Sprites sharing a colour take that colour's largest blobs in the pairing that passes most checks.
     """
-    num, height, width = labels.shape
+    num, height, width = blobs.shape
     out = np.zeros((num, len(scene.sprites), 6))
     for color in dict.fromkeys(s.color for s in scene.sprites):
         members = [i for i, s in enumerate(scene.sprites) if s.color == color]
-        blobs = _top_blobs(labels == COLORS.index(color), len(members))
+        top = _top_blobs(blobs, COLORS.index(color), len(members))
         judged = [
-            [_judge(blobs[:, :, p], scene.sprites[i], height, width) for p, i in zip(perm, members)]
+            [_judge(top[:, :, p], scene.sprites[i], height, width) for p, i in zip(perm, members)]
             for perm in itertools.permutations(range(len(members)))
         ]
         pairings = np.stack([np.stack(row, axis=1) for row in judged])  # [pairings, F, members, 6]
@@ -317,7 +347,9 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     work, factor = _working_frames(np.asarray(frames))
     _, height, width, _ = work.shape
     labels = _sprite_labels(work)
-    sprites = _sprite_measures(labels, scene)
+    blobs = _blobs(labels)
+    sprites = _sprite_measures(blobs, scene)
+    count_ok = _count_ok(blobs, scene)
     present, shape_ok, size_ok = (sprites[..., i] > 0.5 for i in range(3))
     centroids = np.where(present[..., None], sprites[..., 4:6], np.nan)
     static = ~_dilate(labels < len(COLORS), max(1, round(KEEPOUT * min(height, width))))
@@ -325,7 +357,8 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     flicker = _flicker(work, static)
     smooth = _smoothness(centroids, SMOOTH_SCALE * min(height, width))
     series = {
-        "color_rate": present, "shape_rate": shape_ok, "size_rate": size_ok, "background_rate": background_ok,
+        "color_rate": present, "shape_rate": shape_ok, "size_rate": size_ok, "count_rate": count_ok,
+        "background_rate": background_ok,
         "background_distance": background_distance, "flicker": flicker, "smoothness": smooth,
     }
     return ToyReport(
@@ -334,6 +367,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
         present=present,
         shape_ok=shape_ok,
         size_ok=size_ok,
+        count_ok=count_ok,
         area_ratio=sprites[..., 3],
         centroids=centroids * factor,
         background_ok=background_ok,
@@ -343,6 +377,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
         color_rate=float(present.mean()),
         shape_rate=float(shape_ok.mean()),
         size_rate=float(size_ok.mean()),
+        count_rate=float(count_ok.mean()),
         background_rate=float(background_ok.mean()),
         flicker=_nanmean(flicker),
         smoothness=_nanmean(smooth),
