@@ -17,6 +17,7 @@ from miga_ray.sampling import (
     FifoConfig,
     FifoEngine,
     FlowEuler,
+    LevelGrid,
     MigaConfig,
     MigaEngine,
     NoiseSource,
@@ -41,6 +42,15 @@ def flow(T=24, shift=3.0):
     return FlowEuler(flow_grid(T, shift=shift))
 
 
+def identity_last(T=20, eta=1.0):
+    """DDIM on a grid whose level 1 is training step 0, like MIGA's VideoCrafter2 grid: its last step is the identity."""
+    g = ddpm_grid(T)
+    same = [g.timesteps.clone(), g.signal.clone(), g.sigmas.clone()]
+    for v in same:
+        v[1] = v[0]
+    return DDIM(LevelGrid("ddpm", *same), eta=eta)
+
+
 def run_miga(cfg, N, solver, model=None, **kw):
     runner = make_runner(model or MixingDenoiser(SHAPE[1]), solver, **kw)
     engine = MigaEngine(runner, cfg, N, dtype=F64)
@@ -60,6 +70,7 @@ MIGA_CASES = {
                    reflect_delta=0.0, reflect_after=3, reflect_refs=1, reflect_candidates=2),
         20, lambda: DDIM(ddpm_grid(16), eta=0.5, prediction="v")),
     "recent-entry-short": (MigaConfig(window=10, group=4, guidance=4, stage2_levels=5, entry="recent"), 7, lambda: flow(18)),
+    "identity-last-step": (MigaConfig(window=8, group=2, guidance=2, stage2_levels=4, stride=4), 19, lambda: identity_last()),
 }
 
 
@@ -85,6 +96,17 @@ def test_fifo_stream_equals_batch(lookahead, T, f):
     batch = fifo_batch(make_runner(MixingDenoiser(SHAPE[1]), flow(T)), cfg, N)
     assert len(stream) == N
     assert all(torch.equal(a, b) for a, b in zip(stream, batch))
+
+
+@pytest.mark.parametrize("solver,lowest", [(identity_last, 2), (lambda: DDIM(ddpm_grid(20), eta=1.0), 1), (flow, 1)])
+def test_stage2_runs_no_identity_step(solver, lowest):
+    """Stage 2 and refine stop at the grid's lowest real step: E - lowest + 1 sweeps each (official VC2: 9, index 9..1)."""
+    cfg = MigaConfig(window=6, group=2, guidance=2, stage2_levels=5, stride=3)
+    _, calls = traced(lambda tr: MigaEngine(make_runner(MixingDenoiser(3), solver(), trace=tr), cfg, 30, dtype=F64))
+    for phase in ("stage2", "refine"):
+        levels = {c["levels"][0] for c in calls if c["phase"] == phase}
+        assert min(levels) == lowest
+    assert {c["levels"][0] for c in calls if c["phase"] == "stage2"} == set(range(lowest, 6))
 
 
 def test_analytic_model_lands_on_its_data():

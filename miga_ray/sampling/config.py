@@ -43,7 +43,8 @@ class MigaConfig:
 
     ``window`` f: latents per model call. ``group`` L_zig: latents sharing a level in stage 1.
     ``guidance`` m_guid: slots per window filled with less-noisy latents from ahead (outputs discarded).
-    ``stage2_levels`` E: latents leave stage 1 at level E and are denoised E -> 0 at one shared level.
+    ``stage2_levels`` E: latents leave stage 1 at level E and are denoised to clean at one shared level
+    (on a grid whose last step is the identity, that step is not run: E - 1 sweeps, as the reference does).
     ``refine``: re-noise to level E and run stage 2 once more. ``stride``: latents written per window
     (default ``window // 2``). ``entry``: how a new latent starts (pure noise, the base clip's last
     latent noised to level T as in the reference, or the newest latent that left stage 1, noised).
@@ -75,14 +76,14 @@ class MigaConfig:
         """Queue latents per stage-1 window besides the guidance slots."""
         return self.window - self.guidance
 
-    def validate(self, num_levels: int) -> None:
-        """Check every rule against the level count T of the grid in use."""
+    def validate(self, num_levels: int, lowest_step: int = 1) -> None:
+        """Check every rule against the level count T and the lowest real step (``LevelGrid.lowest_step``) of the grid in use."""
         T = num_levels
         _require(self.window >= 2, "window", "window >= 2", self.window)
         _require(self.group >= 1, "group", "group (L_zig) >= 1", self.group)
         _require(0 <= self.guidance < self.window, "guidance", f"0 <= guidance (m_guid) < window ({self.window})", self.guidance)
         _require(0 <= self.stage2_levels < T, "stage2_levels", f"0 <= stage2_levels < num_levels ({T})", self.stage2_levels)
-        _require(not self.refine or self.stage2_levels >= 1, "refine", "refine needs stage2_levels >= 1", self.refine)
+        _require(not self.refine or self.stage2_levels >= lowest_step, "refine", f"refine needs stage2_levels >= {lowest_step} (a stage 2 to re-noise after)", self.refine)
         stride = self.write_stride
         _require(1 <= stride <= self.current_width, "stride", f"1 <= stride <= window - guidance ({self.current_width})", stride)
         _require(self.entry in ("noise", "anchor", "recent"), "entry", "one of noise, anchor, recent", self.entry)

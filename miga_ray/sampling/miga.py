@@ -36,7 +36,7 @@ class MigaEngine(StreamingEngine):
         candidates: CandidateRunner | None = None,
     ) -> None:
         self.T = runner.solver.grid.num_levels
-        config.validate(self.T)
+        config.validate(self.T, runner.solver.grid.lowest_step)
         super().__init__(runner, num_latents, dtype, device)
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)

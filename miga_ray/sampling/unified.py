@@ -26,10 +26,11 @@ class Sweep:
     offset: int  # window offset of this sweep
 
 
-def unified_sweeps(entry_level: int, refine: bool, stride: int) -> list[Sweep]:
-    """Stage 2 from ``entry_level`` to clean, then (optionally) the same again after re-noising."""
+def unified_sweeps(entry_level: int, refine: bool, stride: int, lowest: int) -> list[Sweep]:
+    """Stage 2 from ``entry_level`` down to ``lowest`` (a grid's identity last step is not run), then
+    (optionally) the same again after re-noising."""
     phases = ["stage2", "refine"] if refine else ["stage2"]
-    return [Sweep(ph, entry_level - i, i % stride) for ph in phases for i in range(entry_level)]
+    return [Sweep(ph, entry_level - i, i % stride) for ph in phases for i in range(entry_level - lowest + 1)]
 
 
 class UnifiedStage:
@@ -38,7 +39,8 @@ class UnifiedStage:
     def __init__(self, runner: WindowRunner, entry_level: int, refine: bool, window: int, stride: int, total: int) -> None:
         self.runner, self.window, self.stride, self.total = runner, window, stride, total
         self.entry_level = entry_level
-        self.sweeps = unified_sweeps(entry_level, refine, stride)
+        self.sweeps = unified_sweeps(entry_level, refine, stride, runner.solver.grid.lowest_step)
+        self.renoise_after = sum(sw.phase == "stage2" for sw in self.sweeps) - 1 if refine else -1  # last stage-2 sweep
         self.frontier = [0] * len(self.sweeps)  # ids below frontier[p] are written by sweep p
         self.arrived = 0
         self.base = 0  # id of self.xs[0]
@@ -68,7 +70,7 @@ class UnifiedStage:
     def _window(self, p: int, sweep: Sweep, a: int, b: int, end: int) -> None:
         ids = list(range(a, end))
         out = self.runner(sweep.phase, [self.xs[i - self.base] for i in ids], [sweep.level] * len(ids), ids, [i < b for i in ids])
-        if sweep.phase == "stage2" and sweep.level == 1 and p + 1 < len(self.sweeps):
+        if p == self.renoise_after:
             out = self._renoise(ids[: b - a], out)
         self.xs[a - self.base : b - self.base] = out
         self.frontier[p] = b
