@@ -109,11 +109,11 @@ def miga_batch(runner: WindowRunner, cfg: MigaConfig, N: int) -> list[Tensor]:
                             X[i] = x
                         last = scores[best]
     low = runner.solver.grid.lowest_step  # a grid whose last step is the identity stops one level early
-    phases = [("stage2", E)] + ([("refine", E)] if cfg.refine else [])
+    phases = [("stage2", E)] + ([("refine", E + 1)] if cfg.refine else [])  # refine: one level above the stage-2 entry
     for phase, entry in phases:
         if phase == "refine":
             for i in range(N):
-                X[i], lev[i] = _noised(runner, X[i], "refine", i, E), E
+                X[i], lev[i] = _noised(runner, X[i], "refine", i, entry), entry
         for p in range(entry - low + 1):
             for a, b in sweep_blocks(N, f, s, p % s):
                 _denoise(runner, phase, X, lev, list(range(a, min(N, a + f))), set(range(a, b)))

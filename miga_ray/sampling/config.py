@@ -45,9 +45,10 @@ class MigaConfig:
     ``guidance`` m_guid: slots per window filled with less-noisy latents from ahead (outputs discarded).
     ``stage2_levels`` E: latents leave stage 1 at level E and are denoised to clean at one shared level
     (on a grid whose last step is the identity, that step is not run: E - 1 sweeps, as the reference does).
-    ``refine``: re-noise to level E and run stage 2 once more. ``stride``: latents written per window
-    (default ``window // 2``). ``entry``: how a new latent starts (pure noise, the base clip's last
-    latent noised to level T as in the reference, or the newest latent that left stage 1, noised).
+    ``refine``: re-noise to level E + 1 (the reference's index 10 for E = 10) and run down to clean
+    once more. ``stride``: latents written per window (default ``window // 2``). ``entry``: how a new
+    latent starts (pure noise, the base clip's last latent noised to level T as in the reference, or
+    the newest latent that left stage 1, noised).
     Reflection: the group ``reflect_after`` steps below pure noise is scored against the
     ``reflect_refs`` groups ahead of it; a drop of more than ``reflect_delta`` from the last score
     draws ``reflect_candidates`` candidates from the frozen references and keeps the best if better.
