@@ -92,7 +92,7 @@ def miga_batch(runner: WindowRunner, cfg: MigaConfig, N: int) -> list[Tensor]:
             head += size
         if cfg.reflect and (cfg.reflect_during == "always" or head == 0):
             judged = [i for i in range(head, tail) if lev[i] == T - cfg.reflect_after]
-            if judged and judged[0] - cfg.reflect_refs * L >= head:
+            if judged and judged[0] - cfg.reflect_refs * L >= head + L:  # references behind the head group
                 j = judged[0]
                 refs_ids = list(range(j - cfg.reflect_refs * L, j))
                 refs = torch.stack([X[i] for i in refs_ids], 2)

@@ -263,6 +263,21 @@ def test_reflection_replaces_a_planted_inconsistent_group():
     assert all(torch.allclose(kept[i][0], -pattern, atol=1e-3) for i in planted0), "unreflected, the plant stays"
 
 
+def test_reflection_judges_once_the_head_is_below_the_references():
+    """As the reference (judged index 50, 3 reference groups, judging once the head is below 47): no judgment
+    while the head group would be one of the references; the first judgment only records its score."""
+    cfg = MigaConfig(window=8, group=2, guidance=2, stage2_levels=3, stride=4, reflect=True, reflect_delta=0.0,
+                     reflect_after=4, reflect_refs=3, reflect_candidates=1)
+    engine = MigaEngine(make_runner(MixingDenoiser(3), flow(24)), cfg, 60, dtype=F64)
+    judged_level, expected = 24 - cfg.reflect_after, 0
+    while engine.head == 0:
+        engine._advance()
+        expected += engine.head == 0 and engine.levels[0] < judged_level - cfg.reflect_refs
+        r = engine.counters.reflections
+        assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
+    assert expected > 1 and engine.counters.reflections["triggered"] > 0
+
+
 def test_reflection_with_infinite_threshold_changes_nothing():
     engine, _, _, outs = _planted_run(delta=float("inf"))
     assert engine.counters.reflections["judged"] > 0 and engine.counters.reflections["triggered"] == 0

@@ -93,11 +93,11 @@ class MigaConfig:
             _require(self.reflect_candidates >= 1, "reflect_candidates", "reflect_candidates >= 1", self.reflect_candidates)
             _require(self.reflect_delta >= 0, "reflect_delta", "reflect_delta >= 0", self.reflect_delta)
             _require(self.reflect_refs >= 1, "reflect_refs", "reflect_refs >= 1", self.reflect_refs)
-            limit = T - self.stage2_levels - self.reflect_refs
+            limit = T - self.stage2_levels - self.reflect_refs - 1
             _require(
                 1 <= self.reflect_after < limit,
                 "reflect_after",
-                f"1 <= reflect_after < num_levels - stage2_levels - reflect_refs ({limit}), so the judged group has references ahead in stage 1",
+                f"1 <= reflect_after < num_levels - stage2_levels - reflect_refs - 1 ({limit}), so the judged group has references behind the head group in stage 1",
                 self.reflect_after,
             )
 
