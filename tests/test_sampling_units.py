@@ -155,6 +155,7 @@ def test_impossible_fifo_configs_name_the_parameter():
 def test_presets_carry_the_reference_hyperparameters():
     vc2, wan = get_preset("vc2"), get_preset("wan2.1-1.3b")
     assert (vc2.num_levels, vc2.miga.group, vc2.miga.guidance, vc2.miga.stage2_levels, vc2.miga.reflect) == (64, 4, 4, 10, False)
+    assert vc2.miga.entry == "anchor"  # the reference starts fill latents and candidates from the base clip's last latent
     assert (wan.num_levels, wan.miga.group, wan.miga.guidance, wan.miga.stage2_levels) == (54, 7, 4, 10)
     assert (wan.miga.reflect, wan.miga.reflect_candidates, wan.miga.reflect_delta, wan.miga.window) == (True, 3, 0.01, 21)
     for p in (vc2, wan):
