@@ -17,6 +17,7 @@ from miga_ray.sampling import (
     FifoConfig,
     FifoEngine,
     FlowEuler,
+    LevelGrid,
     MigaConfig,
     MigaEngine,
     NoiseSource,
@@ -41,6 +42,15 @@ def flow(T=24, shift=3.0):
     return FlowEuler(flow_grid(T, shift=shift))
 
 
+def identity_last(T=20, eta=1.0):
+    """DDIM on a grid whose level 1 is training step 0, like MIGA's VideoCrafter2 grid: its last step is the identity."""
+    g = ddpm_grid(T)
+    same = [g.timesteps.clone(), g.signal.clone(), g.sigmas.clone()]
+    for v in same:
+        v[1] = v[0]
+    return DDIM(LevelGrid("ddpm", *same), eta=eta)
+
+
 def run_miga(cfg, N, solver, model=None, **kw):
     runner = make_runner(model or MixingDenoiser(SHAPE[1]), solver, **kw)
     engine = MigaEngine(runner, cfg, N, dtype=F64)
@@ -60,6 +70,7 @@ MIGA_CASES = {
                    reflect_delta=0.0, reflect_after=3, reflect_refs=1, reflect_candidates=2),
         20, lambda: DDIM(ddpm_grid(16), eta=0.5, prediction="v")),
     "recent-entry-short": (MigaConfig(window=10, group=4, guidance=4, stage2_levels=5, entry="recent"), 7, lambda: flow(18)),
+    "identity-last-step": (MigaConfig(window=8, group=2, guidance=2, stage2_levels=4, stride=4), 19, lambda: identity_last()),
 }
 
 
@@ -85,6 +96,15 @@ def test_fifo_stream_equals_batch(lookahead, T, f):
     batch = fifo_batch(make_runner(MixingDenoiser(SHAPE[1]), flow(T)), cfg, N)
     assert len(stream) == N
     assert all(torch.equal(a, b) for a, b in zip(stream, batch))
+
+
+@pytest.mark.parametrize("solver,lowest", [(identity_last, 2), (lambda: DDIM(ddpm_grid(20), eta=1.0), 1), (flow, 1)])
+def test_stage2_and_refine_levels(solver, lowest):
+    """Stage 2 and refine stop at the grid's lowest real step (official VC2: stage 2 at index 9..1, refine 10..1)."""
+    cfg = MigaConfig(window=6, group=2, guidance=2, stage2_levels=5, stride=3)
+    _, calls = traced(lambda tr: MigaEngine(make_runner(MixingDenoiser(3), solver(), trace=tr), cfg, 30, dtype=F64))
+    for phase, top in (("stage2", 5), ("refine", 6)):  # refine re-noises one level above the stage-2 entry (official: index 10)
+        assert {c["levels"][0] for c in calls if c["phase"] == phase} == set(range(lowest, top + 1))
 
 
 def test_analytic_model_lands_on_its_data():
@@ -241,6 +261,21 @@ def test_reflection_replaces_a_planted_inconsistent_group():
     assert all(torch.allclose(outs[i][0], pattern, atol=1e-3) for i in planted)
     _, _, planted0, kept = _planted_run(delta=0.2, reflect=False)
     assert all(torch.allclose(kept[i][0], -pattern, atol=1e-3) for i in planted0), "unreflected, the plant stays"
+
+
+def test_reflection_judges_once_the_head_is_below_the_references():
+    """As the reference (judged index 50, 3 reference groups, judging once the head is below 47): no judgment
+    while the head group would be one of the references; the first judgment only records its score."""
+    cfg = MigaConfig(window=8, group=2, guidance=2, stage2_levels=3, stride=4, reflect=True, reflect_delta=0.0,
+                     reflect_after=4, reflect_refs=3, reflect_candidates=1)
+    engine = MigaEngine(make_runner(MixingDenoiser(3), flow(24)), cfg, 60, dtype=F64)
+    judged_level, expected = 24 - cfg.reflect_after, 0
+    while engine.head == 0:
+        engine._advance()
+        expected += engine.head == 0 and engine.levels[0] < judged_level - cfg.reflect_refs
+        r = engine.counters.reflections
+        assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
+    assert expected > 1 and engine.counters.reflections["triggered"] > 0
 
 
 def test_reflection_with_infinite_threshold_changes_nothing():

@@ -36,7 +36,7 @@ class MigaEngine(StreamingEngine):
         candidates: CandidateRunner | None = None,
     ) -> None:
         self.T = runner.solver.grid.num_levels
-        config.validate(self.T)
+        config.validate(self.T, runner.solver.grid.lowest_step)
         super().__init__(runner, num_latents, dtype, device)
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)
@@ -156,7 +156,7 @@ class MigaEngine(StreamingEngine):
             return
         j = self.levels.index(level)
         r = j - c.reflect_refs * L
-        if r < 0:
+        if r < L:  # as the reference: references are full groups behind the head group (head below 50 - 3)
             return
         refs = torch.stack(self.xs[r:j], dim=2)
         judged = torch.stack(self.xs[j : min(j + L, len(self.xs))], dim=2)
