@@ -16,6 +16,7 @@ from miga_ray.models.toy_world import (
     Scene,
     Sprite,
     analyze,
+    drift_summary,
     parse_prompt,
     render_background,
     render_clip,
@@ -182,6 +183,9 @@ def test_ground_truth_scores_high(scene: Scene, size: int) -> None:
     assert report.smoothness >= 0.9
     assert report.flicker >= 0.99
     assert 0 < report.motion < 1 / 20
+    assert report.count_rate == 1.0
+    assert report.subject_consistency >= 0.98
+    assert report.background_consistency >= 0.999
 
 
 def test_centroids_follow_the_rendered_trajectory() -> None:
@@ -285,6 +289,67 @@ def test_count_sees_an_extra_blob_and_a_split_sprite() -> None:
     assert extra_report.to_dict()["count_rate"] == pytest.approx(16 / 24)
 
 
+# --- drift: curves over the video and last quarter against the first ---------------------------
+
+
+def halfway(first: str, second: str, frames: int = 64) -> np.ndarray:
+    """A clip of the first prompt whose second half is the second prompt's clip (same seed, size 64)."""
+    clip = render_clip(parse_prompt(first), frames, 64, 64, seed=0)
+    clip[frames // 2 :] = render_clip(parse_prompt(second), frames, 64, 64, seed=0)[frames // 2 :]
+    return clip
+
+
+def test_sprite_changing_colour_halfway_drifts_in_subject_not_background() -> None:
+    prompt = "a large red circle moving over sand"
+    truth = drift_summary(render_clip(parse_prompt(prompt), 64, 64, 64, seed=0), prompt, bins=4)
+    changed = drift_summary(halfway(prompt, "a large blue circle moving over sand"), prompt, bins=4)
+    assert changed["drift"]["color_rate"] == -1.0 and truth["drift"]["color_rate"] == 0.0
+    assert changed["curves"]["color_rate"] == [1.0, 1.0, 0.0, 0.0]
+    assert changed["drift"]["subject_consistency"] < -0.9 and abs(truth["drift"]["subject_consistency"]) < 0.01
+    assert changed["mean"]["subject_consistency"] < 0.6 and truth["mean"]["subject_consistency"] > 0.98
+    assert changed["mean"]["background_consistency"] == pytest.approx(truth["mean"]["background_consistency"], abs=1e-3)
+    assert abs(changed["drift"]["background_consistency"]) < 1e-3
+    assert changed["drift"]["count_rate"] == 0.0  # still one sprite, just the wrong colour
+
+
+def test_background_changing_halfway_drifts_in_background_not_subject() -> None:
+    prompt = "a large red circle moving over sand"
+    report = analyze(halfway(prompt, "a large red circle moving over night"), prompt)
+    summary = report.summary(bins=8)
+    assert summary["drift"]["background_consistency"] < -0.3
+    assert summary["mean"]["background_consistency"] < 0.8
+    assert summary["curves"]["background_consistency"][:4] == pytest.approx([1.0] * 4, abs=1e-3)
+    assert abs(summary["drift"]["subject_consistency"]) < 0.01
+    assert summary["mean"]["subject_consistency"] > 0.98
+    assert report.subject_consistency == summary["mean"]["subject_consistency"]  # one number, two views
+
+
+def test_gradual_drift_the_rates_cannot_see_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sprite dims from red (220, 40, 40) to (160, 40, 40): still red to every rate, not to the subject."""
+    scene = RED_CIRCLE
+    frames = []
+    for t in range(64):
+        monkeypatch.setitem(COLOR_RGB, "red", (220 - 60 * t // 63, 40, 40))
+        frames.append(render_clip(scene, 1, 64, 64, seed=0, start=t)[0])
+    dimming = drift_summary(np.stack(frames), scene.prompt, bins=4)
+    steady = drift_summary(render_clip(scene, 64, 64, 64, seed=0), scene.prompt, bins=4)
+    assert dimming["drift"]["color_rate"] == 0.0 and dimming["drift"]["shape_rate"] == 0.0
+    assert dimming["drift"]["subject_consistency"] < -0.02 < steady["drift"]["subject_consistency"]
+    assert abs(dimming["drift"]["background_consistency"]) < 1e-3
+
+
+def test_summary_is_json_able_with_one_curve_point_per_bin() -> None:
+    clip = render_clip(GROUND_TRUTH_SCENES[2], 50, 64, 64, seed=1)
+    summary = json.loads(json.dumps(drift_summary(clip, GROUND_TRUTH_SCENES[2].prompt, bins=7)))
+    assert summary["num_frames"] == 50 and summary["bin_starts"] == [0, 7, 14, 21, 28, 35, 42]
+    assert set(summary["curves"]) == set(summary["mean"]) == set(summary["drift"]) >= {
+        "subject_consistency", "background_consistency", "color_rate", "shape_rate", "size_rate", "count_rate",
+    }
+    assert all(len(curve) == 7 for curve in summary["curves"].values())
+    with pytest.raises(ValueError, match="bins"):
+        drift_summary(clip, GROUND_TRUTH_SCENES[2].prompt, bins=51)
+
+
 # --- robustness ------------------------------------------------------------------------------
 
 
@@ -297,3 +362,6 @@ def test_blur_and_noise_keep_colour_and_background(size: int) -> None:
         report = analyze(degraded, scene)
         assert report.color_rate >= 0.9, scene.prompt
         assert report.background_rate >= 0.9, scene.prompt
+        assert report.count_rate >= 0.9, scene.prompt
+        assert report.subject_consistency >= 0.95, scene.prompt
+        assert report.background_consistency >= 0.95, scene.prompt

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 from torch import Tensor
@@ -21,6 +22,7 @@ from torch import Tensor
 from .features import FeatureExtractor
 
 Interpolator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Cosines = TypeVar("Cosines", np.ndarray, Tensor)
 
 
 def temporal_flickering(frames: np.ndarray) -> float:
@@ -28,11 +30,16 @@ def temporal_flickering(frames: np.ndarray) -> float:
     return float((255.0 - diffs.reshape(len(diffs), -1).mean(axis=1).mean()) / 255.0)
 
 
+def frame_consistency(prev: Cosines, first: Cosines) -> Cosines:
+    """VBench's subject/background score of frames t >= 1 from their feature cosines to frames t-1 and 0."""
+    return (prev.clip(min=0) + first.clip(min=0)) / 2
+
+
 def feature_consistency(features: Tensor) -> float:
     """VBench's subject/background formula on L2-normalised per-frame features ``[F, D]``."""
-    prev = (features[1:] * features[:-1]).sum(dim=1).clamp(min=0)
-    first = (features[1:] * features[:1]).sum(dim=1).clamp(min=0)
-    return float(((prev + first) / 2).mean())
+    prev = (features[1:] * features[:-1]).sum(dim=1)
+    first = (features[1:] * features[:1]).sum(dim=1)
+    return float(frame_consistency(prev, first).mean())
 
 
 def linear_interpolation(a: np.ndarray, b: np.ndarray) -> np.ndarray:

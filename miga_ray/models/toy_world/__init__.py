@@ -4,7 +4,7 @@ It trains the tiny text-to-video model and measures generated videos from pixels
 analyzer that knows the generator. No learned weights.
 """
 
-from .analyze import ToyReport, analyze
+from .analyze import ToyReport, analyze, drift_summary
 from .render import BACKGROUND_RGB, render_background, render_clip, shape_alpha, sprite_centers, sprite_radius
 from .world import (
     BACKGROUNDS,
@@ -22,6 +22,6 @@ from .world import (
 __all__ = [
     "BACKGROUNDS", "BACKGROUND_RGB", "COLORS", "COLOR_RGB", "MAX_SPRITES", "SHAPES", "SIZES",
     "Scene", "Sprite", "ToyReport",
-    "analyze", "parse_prompt", "render_background", "render_clip", "sample_scene",
+    "analyze", "drift_summary", "parse_prompt", "render_background", "render_clip", "sample_scene",
     "shape_alpha", "sprite_centers", "sprite_radius",
 ]

@@ -4,18 +4,24 @@ It knows the generator: sprite colours, shape templates, expected areas and back
 statistics all come from the renderer. A pixel shows sprite colour c when it is nearer c than
 the frame's background colour and lies near the blend line between the two, i.e. inside the
 50% coverage contour of a blurred sprite, which tolerates blur, noise and mild colour shifts.
+
+Beside recognition rates (colour, shape, size, count, background) it scores consistency the way
+VBench does, but on what the toy world knows is subject and background: each sprite's own pixels,
+and the static pixels with every sprite masked out. ToyReport.summary turns every per-frame series
+into a curve over bins of frames and a drift figure (last quarter minus first).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from ...evaluation.vbench import frame_consistency
 from .render import SHAPE_AREA, SHAPE_CENTROID_Y, SIZE_RADIUS, _background_float, shape_alpha, sprite_radius
 from .world import BACKGROUNDS, COLOR_RGB, COLORS, SHAPES, Scene, Sprite, parse_prompt
 
@@ -28,11 +34,23 @@ SMOOTH_FLOOR = 0.5  # pixels of prediction error forgiven as centroid quantisati
 TEXTURE_WEIGHT = 0.5  # weight of the luminance std against the mean colour in background distance
 MAX_SIDE = 128  # frames are block-averaged until their short side is at most this
 MIN_SIDE = 32  # smaller frames leave too few pixels per sprite to judge a shape
+GREY = 127.5  # consistency features are colours relative to mid-grey, so hue and brightness changes both turn them
+APPEARANCE_SPAN = 1.5  # a sprite's appearance crop reaches this many prompted radii from its centroid
 LUT_BITS = 6  # colour quantisation of the nearest-sprite-colour table (error <= 2 levels per channel)
 # Half the log-area gap between neighbouring sizes: an area nearer the prompted size than any other.
 _SIZE_TOLERANCE = min(math.log(b / a) for a, b in itertools.pairwise(sorted(SIZE_RADIUS.values())))
 _COLOR_ARRAY = np.array([COLOR_RGB[c] for c in COLORS], np.float32)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _series_mean(name: str, doc: str) -> property:
+    """A ToyReport summary: the mean over frames of its series `name` (NaN where it is nowhere defined)."""
+
+    def mean(report: ToyReport) -> float:
+        """The summary."""
+        return _nanmean(report.series[name])
+
+    return property(mean, doc=doc)
 
 
 @dataclass
@@ -51,15 +69,66 @@ class ToyReport:
     background_distance: np.ndarray  # float [F]: feature distance to the prompted background / 255
     flicker_pairs: np.ndarray  # float [F-1]: VBench-form score of frames t, t+1 on static pixels
     smoothness_frames: np.ndarray  # float [F, S]: centroid linear-prediction score, NaN where undefined
-    color_rate: float
-    shape_rate: float
-    size_rate: float
-    count_rate: float
-    background_rate: float
-    flicker: float
-    smoothness: float
-    motion: float  # mean centroid displacement per frame as a fraction of the frame width
-    drift: dict[str, list[float]] = field(default_factory=dict)  # per chunk of frames, named as the summaries
+    subject_frames: np.ndarray  # float [F, S]: VBench-form consistency of each sprite's appearance crop, NaN at frame 0
+    background_frames: np.ndarray  # float [F]: VBench-form consistency of the static background pixels, NaN at frame 0
+    motion_frames: np.ndarray  # float [F]: mean sprite centroid displacement from frame t-1 / frame width, NaN at 0
+
+    color_rate = _series_mean("color_rate", "Share of frames x sprites where a blob of the sprite's colour is present.")
+    shape_rate = _series_mean("shape_rate", "Share of frames x sprites present with the prompted shape.")
+    size_rate = _series_mean("size_rate", "Share of frames x sprites present with the prompted size.")
+    count_rate = _series_mean("count_rate", "Share of frames showing exactly the prompted number of sprites.")
+    background_rate = _series_mean("background_rate", "Share of frames whose background is nearest the prompted one.")
+    subject_consistency = _series_mean("subject_consistency", "VBench-form consistency of the sprites only.")
+    background_consistency = _series_mean("background_consistency", "VBench-form consistency of the static background.")
+    flicker = _series_mean("flicker", "VBench-form temporal flickering on static pixels.")
+    smoothness = _series_mean("smoothness", "Sprite trajectory smoothness in [0, 1].")
+    motion = _series_mean("motion", "Mean sprite centroid displacement per frame as a fraction of the frame width.")
+
+    @property
+    def series(self) -> dict[str, np.ndarray]:
+        """Per-frame float [F] curve behind each summary, and the background distance (NaN where undefined)."""
+        return {
+            "color_rate": self.present.mean(axis=1),
+            "shape_rate": self.shape_ok.mean(axis=1),
+            "size_rate": self.size_ok.mean(axis=1),
+            "count_rate": self.count_ok.astype(float),
+            "background_rate": self.background_ok.astype(float),
+            "subject_consistency": _row_nanmean(self.subject_frames),
+            "background_consistency": self.background_frames,
+            "background_distance": self.background_distance,
+            "flicker": np.concatenate([[math.nan], self.flicker_pairs]),
+            "smoothness": _row_nanmean(self.smoothness_frames),
+            "motion": self.motion_frames,
+        }
+
+    @property
+    def drift(self) -> dict[str, list[float]]:
+        """Each series' mean per chunk of frames."""
+        starts = np.arange(0, self.present.shape[0], self.chunk)
+        return {name: _bin_means(values, starts) for name, values in self.series.items()}
+
+    def summary(self, bins: int) -> dict[str, Any]:
+        """JSON-able drift summary: per series its mean, curve over `bins` equal bins of frames, and drift figure.
+
+        The drift figure is the series' mean over the last quarter of the frames minus its mean over the first.
+        """
+        num = self.present.shape[0]
+        if not 1 <= bins <= num:
+            raise ValueError(f"bins must be between 1 and the number of frames ({num}), got {bins}")
+        starts = np.arange(bins) * num // bins
+        quarter = max(1, num // 4)
+        series = self.series
+        return {
+            "prompt": self.prompt,
+            "num_frames": num,
+            "bin_starts": starts.tolist(),
+            "mean": {name: _json(_nanmean(values)) for name, values in series.items()},
+            "drift": {
+                name: _json(_nanmean(values[num - quarter :]) - _nanmean(values[:quarter]))
+                for name, values in series.items()
+            },
+            "curves": {name: _json(_bin_means(values, starts)) for name, values in series.items()},
+        }
 
     def to_dict(self, per_frame: bool = True) -> dict[str, Any]:
         """JSON-able summary (NaN becomes None), with the per-frame arrays when per_frame is set."""
@@ -67,8 +136,7 @@ class ToyReport:
             "prompt": self.prompt,
             "num_frames": int(self.present.shape[0]),
             "chunk": self.chunk,
-            **{name: _json(getattr(self, name)) for name in _SUMMARY},
-            "background_distance": _json(_nanmean(self.background_distance)),
+            **{name: _json(_nanmean(values)) for name, values in self.series.items()},
             "drift": {name: _json(values) for name, values in self.drift.items()},
         }
         if per_frame:
@@ -76,10 +144,9 @@ class ToyReport:
         return out
 
 
-_SUMMARY = ("color_rate", "shape_rate", "size_rate", "count_rate", "background_rate", "flicker", "smoothness", "motion")
 _PER_FRAME = (
-    "present", "shape_ok", "size_ok", "count_ok", "area_ratio", "centroids",
-    "background_ok", "background_distance", "flicker_pairs", "smoothness_frames",
+    "present", "shape_ok", "size_ok", "count_ok", "area_ratio", "centroids", "background_ok",
+    "background_distance", "flicker_pairs", "smoothness_frames", "subject_frames", "background_frames", "motion_frames",
 )
 
 
@@ -95,6 +162,19 @@ def _nanmean(values: np.ndarray) -> float:
     """Mean of the finite entries; NaN, without a warning, when there are none."""
     finite = np.isfinite(values)
     return float(values[finite].mean()) if finite.any() else math.nan
+
+
+def _row_nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean of the finite entries of each row of [F, S]; NaN, without a warning, where a row has none."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0).sum(axis=1)
+    count = finite.sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), math.nan)
+
+
+def _bin_means(values: np.ndarray, starts: np.ndarray) -> list[float]:
+    """Mean of the finite values in each bin of frames; a bin runs from its start to the next one's."""
+    return [_nanmean(part) for part in np.split(np.asarray(values, np.float64), starts[1:])]
 
 
 def _working_frames(frames: np.ndarray) -> tuple[np.ndarray, int]:
@@ -187,12 +267,12 @@ def _blobs(labels: np.ndarray) -> _Blobs:
     return _Blobs(labels.shape, pos, flat[pos], label, np.bincount(label, minlength=pos.size))
 
 
-def _top_blobs(blobs: _Blobs, color: int, k: int) -> np.ndarray:
-    """Stats [3 + len(SHAPES), F, k] of the k largest blobs of one colour per frame, largest first.
+def _top_blobs(blobs: _Blobs, color: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stats [3 + len(SHAPES), F, k] and roots [F, k] (-1 if missing) of the k largest blobs of one colour per frame.
 
-    Rows: area, centroid x, centroid y, then per shape the mean coverage of the blob's pixels by
-    that shape's template of equal area placed at the blob's centroid (1 = perfect fit). Missing
-    blobs have area 0 and NaN elsewhere.
+    Largest first. Rows: area, centroid x, centroid y, then per shape the mean coverage of the
+    blob's pixels by that shape's template of equal area placed at the blob's centroid (1 = perfect
+    fit). Missing blobs have area 0 and NaN elsewhere.
     """
     num, height, width = blobs.shape
     roots = np.flatnonzero((blobs.area > 0) & (blobs.color == color))
@@ -203,6 +283,8 @@ def _top_blobs(blobs: _Blobs, color: int, k: int) -> np.ndarray:
     keep = rank < k
     slots = np.full(blobs.pos.size, -1)
     slots[roots[keep]] = frame[keep] * k + rank[keep]
+    top_roots = np.full(num * k, -1)
+    top_roots[slots[roots[keep]]] = roots[keep]
     slot = slots[blobs.root]
     pos, slot = blobs.pos[slot >= 0], slot[slot >= 0]
     ys, xs = pos // width % height + 0.5, pos % width + 0.5
@@ -215,7 +297,7 @@ def _top_blobs(blobs: _Blobs, color: int, k: int) -> np.ndarray:
             dy = ys - cy[slot] + SHAPE_CENTROID_Y[shape] * radius[slot]
             cover = shape_alpha(shape, xs - cx[slot], dy, radius[slot])
             fits.append(np.bincount(slot, cover, num * k) / count)
-    return np.stack([count, cx, cy, *fits]).reshape(-1, num, k)
+    return np.stack([count, cx, cy, *fits]).reshape(-1, num, k), top_roots.reshape(num, k)
 
 
 def _expected_area(sprite: Sprite, height: int, width: int) -> float:
@@ -247,24 +329,25 @@ def _judge(blob: np.ndarray, sprite: Sprite, height: int, width: int) -> np.ndar
     return np.stack([present, shape_ok, size_ok, ratio, blob[1], blob[2]], axis=1)
 
 
-def _sprite_measures(blobs: _Blobs, scene: Scene) -> np.ndarray:
-    """Per frame and prompted sprite [F, S, 6]: present, shape_ok, size_ok, area ratio, centroid x, y.
+def _sprite_measures(blobs: _Blobs, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame and prompted sprite: [F, S, 6] present, shape_ok, size_ok, area ratio, centroid x, y; [F, S] blob root.
 
-    Sprites sharing a colour take that colour's largest blobs in the pairing that passes most checks.
+    Sprites sharing a colour take that colour's largest blobs in the pairing that passes most
+    checks. The root (index into blobs.pos, -1 where none) names the blob a sprite was given.
     """
     num, height, width = blobs.shape
     out = np.zeros((num, len(scene.sprites), 6))
+    sprite_roots = np.full((num, len(scene.sprites)), -1)
     for color in dict.fromkeys(s.color for s in scene.sprites):
         members = [i for i, s in enumerate(scene.sprites) if s.color == color]
-        top = _top_blobs(blobs, COLORS.index(color), len(members))
-        judged = [
-            [_judge(top[:, :, p], scene.sprites[i], height, width) for p, i in zip(perm, members)]
-            for perm in itertools.permutations(range(len(members)))
-        ]
+        top, top_roots = _top_blobs(blobs, COLORS.index(color), len(members))
+        perms = np.array(list(itertools.permutations(range(len(members)))))  # [pairings, members]
+        judged = [[_judge(top[:, :, p], scene.sprites[i], height, width) for p, i in zip(perm, members)] for perm in perms]
         pairings = np.stack([np.stack(row, axis=1) for row in judged])  # [pairings, F, members, 6]
         best = pairings[..., :3].sum(axis=(2, 3)).argmax(axis=0)
         out[:, members] = pairings[best, np.arange(num)]
-    return out
+        sprite_roots[:, members] = np.take_along_axis(top_roots, perms[best], axis=1)
+    return out, sprite_roots
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -329,10 +412,76 @@ def _background_measures(
     return np.isfinite(distances[:, prompted]) & (nearest == prompted), distances[:, prompted] / 255
 
 
-def _chunk_means(values: np.ndarray, chunk: int) -> list[float]:
-    """Mean of the finite values in each window of `chunk` rows."""
-    values = np.asarray(values, np.float64)
-    return [_nanmean(values[i : i + chunk]) for i in range(0, values.shape[0], chunk)]
+def _cosine(dot: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
+    """Cosine from a dot product and two norms; 0 where either vector is zero."""
+    norms = norm_a * norm_b
+    return np.where(norms > 0, dot / np.where(norms > 0, norms, 1), 0.0)
+
+
+def _vbench_form(prev: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per-frame score [F] from the cosines [F - 1] of frames 1.. to their previous and to the first frame."""
+    return np.concatenate([[math.nan], frame_consistency(prev, first)])
+
+
+def _feature_consistency(features: np.ndarray) -> np.ndarray:
+    """VBench-form score [F] of per-frame features [F, D] (zero vectors score 0), NaN at frame 0."""
+    norms = np.linalg.norm(features, axis=1)
+    prev = _cosine((features[1:] * features[:-1]).sum(axis=1), norms[1:], norms[:-1])
+    return _vbench_form(prev, _cosine(features[1:] @ features[0], norms[1:], norms[0]))
+
+
+def _subject_consistency(
+    work: np.ndarray, blobs: _Blobs, roots: np.ndarray, centroids: np.ndarray, scene: Scene
+) -> np.ndarray:
+    """Per frame and sprite [F, S]: VBench-form consistency of the sprite's appearance, NaN at frame 0.
+
+    The appearance is the colour (relative to GREY) of the sprite's own blob pixels in a crop of
+    APPEARANCE_SPAN prompted radii around its centroid, resampled bilinearly so that the crop is
+    centred to a fraction of a pixel; everything else in the crop, and the whole crop when the
+    sprite is absent (NaN centroid), is zero.
+    """
+    num, height, width, _ = work.shape
+    blob_of = np.full(num * height * width, -1, np.int32)
+    blob_of[blobs.pos] = blobs.root
+    pixels = work.reshape(-1, 3) - GREY
+    out = np.empty((num, len(scene.sprites)))
+    for i, sprite in enumerate(scene.sprites):
+        reach = math.ceil(APPEARANCE_SPAN * sprite_radius(sprite.size, height, width))
+        offsets = np.arange(-reach, reach + 2)
+        corner = np.nan_to_num(centroids[:, i] - 0.5, nan=0.0)  # pixel centres sit at integer + 0.5
+        base = np.floor(corner).astype(int)
+        ys = base[:, 1, None, None] + offsets[None, :, None]
+        xs = base[:, 0, None, None] + offsets[None, None, :]
+        flat = np.arange(num)[:, None, None] * height * width + np.clip(ys, 0, height - 1) * width + np.clip(xs, 0, width - 1)
+        own = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width) & (blob_of[flat] == roots[:, i, None, None])
+        own &= np.isfinite(centroids[:, i, 0])[:, None, None]
+        crop = np.where(own[..., None], pixels[flat], 0.0)  # [F, K + 1, K + 1, 3]
+        fx, fy = (corner - base)[:, 0, None, None, None], (corner - base)[:, 1, None, None, None]
+        crop = (1 - fx) * crop[:, :, :-1] + fx * crop[:, :, 1:]
+        crop = (1 - fy) * crop[:, :-1] + fy * crop[:, 1:]
+        out[:, i] = _feature_consistency(crop.reshape(num, -1))
+    return out
+
+
+def _background_consistency(work: np.ndarray, static: np.ndarray) -> np.ndarray:
+    """VBench-form consistency [F] of the static pixels' colours (relative to GREY), NaN at frame 0.
+
+    Each pair of frames is compared on the pixels static in both, so moving sprites never count.
+    """
+    keep = static.astype(np.float32)
+    pixels = (work - GREY) * keep[..., None]
+    energy = np.einsum("fhwc,fhwc->fhw", pixels, pixels)
+    prev = _cosine(
+        np.einsum("fhwc,fhwc->f", pixels[1:], pixels[:-1]),
+        np.sqrt(np.einsum("fhw,fhw->f", energy[1:], keep[:-1])),
+        np.sqrt(np.einsum("fhw,fhw->f", energy[:-1], keep[1:])),
+    )
+    first = _cosine(
+        np.einsum("fhwc,hwc->f", pixels[1:], pixels[0]),
+        np.sqrt(np.einsum("fhw,hw->f", energy[1:], keep[0])),
+        np.sqrt(np.einsum("fhw,hw->f", keep[1:], energy[0])),
+    )
+    return _vbench_form(prev, first)
 
 
 def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyReport:
@@ -348,7 +497,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     _, height, width, _ = work.shape
     labels = _sprite_labels(work)
     blobs = _blobs(labels)
-    sprites = _sprite_measures(blobs, scene)
+    sprites, sprite_roots = _sprite_measures(blobs, scene)
     count_ok = _count_ok(blobs, scene)
     present, shape_ok, size_ok = (sprites[..., i] > 0.5 for i in range(3))
     centroids = np.where(present[..., None], sprites[..., 4:6], np.nan)
@@ -356,11 +505,9 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     background_ok, background_distance = _background_measures(work, static, scene.background)
     flicker = _flicker(work, static)
     smooth = _smoothness(centroids, SMOOTH_SCALE * min(height, width))
-    series = {
-        "color_rate": present, "shape_rate": shape_ok, "size_rate": size_ok, "count_rate": count_ok,
-        "background_rate": background_ok,
-        "background_distance": background_distance, "flicker": flicker, "smoothness": smooth,
-    }
+    step = np.linalg.norm(np.diff(centroids, axis=0), axis=-1) / width
+    subject = _subject_consistency(work, blobs, sprite_roots, centroids, scene)
+    background = _background_consistency(work, static)
     return ToyReport(
         prompt=scene.prompt,
         chunk=chunk,
@@ -374,13 +521,12 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
         background_distance=background_distance,
         flicker_pairs=flicker,
         smoothness_frames=smooth,
-        color_rate=float(present.mean()),
-        shape_rate=float(shape_ok.mean()),
-        size_rate=float(size_ok.mean()),
-        count_rate=float(count_ok.mean()),
-        background_rate=float(background_ok.mean()),
-        flicker=_nanmean(flicker),
-        smoothness=_nanmean(smooth),
-        motion=_nanmean(np.linalg.norm(np.diff(centroids, axis=0), axis=-1) / width),
-        drift={name: _chunk_means(values, chunk) for name, values in series.items()},
+        subject_frames=subject,
+        background_frames=background,
+        motion_frames=np.concatenate([[math.nan], _row_nanmean(step)]),
     )
+
+
+def drift_summary(frames: np.ndarray, prompt: str | Scene, bins: int = 10) -> dict[str, Any]:
+    """Measure a uint8 [F, H, W, 3] toy-world video and return ToyReport.summary(bins): means, curves, drift figures."""
+    return analyze(frames, prompt).summary(bins)
