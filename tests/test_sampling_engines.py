@@ -239,18 +239,27 @@ def test_state_refuses_another_config():
 
 
 # -- self-reflection on a planted inconsistent group ---------------------------------------------
-def _planted_run(delta, reflect=True):
-    """A world of one scene; the newest group is planted as its negative, which the model keeps."""
+def _planted_engine(delta, reflect=True, batch=1, planted_in=(0,)):
+    """A world of one scene; the newest group is planted as its negative (in the batch elements
+    ``planted_in``), which the model keeps."""
     grid = flow_grid(16, shift=1.0)
     pattern = 4.0 * torch.randn(SHAPE[1:], generator=torch.Generator().manual_seed(5), dtype=F64)
     cfg = MigaConfig(window=6, group=2, guidance=2, stage2_levels=3, stride=2, reflect=reflect, reflect_during="always",
                      reflect_delta=delta, reflect_after=3, reflect_refs=2, reflect_candidates=3)
-    engine = MigaEngine(make_runner(TwoSceneDenoiser(pattern), FlowEuler(grid), cond=Conditioning(None)), cfg, 24, dtype=F64)
+    runner = make_runner(TwoSceneDenoiser(pattern), FlowEuler(grid), cond=Conditioning(None), shape=(batch, *SHAPE[1:]))
+    engine = MigaEngine(runner, cfg, 24, dtype=F64)
     while engine.pushed < 14:
         engine._advance()
     n = len(engine.xs)
     planted = [engine.head + j for j in range(n - 2, n)]
-    engine.xs[n - 2 :] = [-pattern.unsqueeze(0)] * 2
+    for j in range(n - 2, n):
+        engine.xs[j] = engine.xs[j].clone()
+        engine.xs[j][list(planted_in)] = -pattern
+    return engine, pattern, planted
+
+
+def _planted_run(delta, reflect=True, batch=1, planted_in=(0,)):
+    engine, pattern, planted = _planted_engine(delta, reflect, batch, planted_in)
     return engine, pattern, planted, dict(iter(engine))
 
 
@@ -276,6 +285,34 @@ def test_reflection_judges_once_the_head_is_below_the_references():
         r = engine.counters.reflections
         assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
     assert expected > 1 and engine.counters.reflections["triggered"] > 0
+
+
+def test_batch_elements_are_reflected_on_their_own():
+    """A B=2 run: element 0 draws the noise a B=1 run draws (counter-based, first half of the batch), so it
+    gets the B=1 run's judgments, triggers, accepts and latents, whatever element 1 does."""
+    cfg, N, solver = MIGA_CASES["reflect-always"]
+    single, one = run_miga(cfg, N, solver())
+    double, two = run_miga(cfg, N, solver(), shape=(2, *SHAPE[1:]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(one, two))
+    r1, r2 = single.counters.reflections, double.counters.reflections
+    assert r1["accepted"] > 0 and r2["judged"] == r1["judged"]
+    assert r2["triggered"] > r1["triggered"] and r2["accepted"] > r1["accepted"]  # element 1 has events of its own
+    batch = miga_batch(make_runner(MixingDenoiser(SHAPE[1]), solver(), shape=(2, *SHAPE[1:])), cfg, N)
+    assert all(torch.equal(a, b) for a, b in zip(two, batch))
+
+
+def test_only_the_inconsistent_batch_element_is_replaced():
+    engine, pattern, planted, outs = _planted_run(delta=0.2, batch=2, planted_in=(1,))
+    r = engine.counters.reflections
+    assert r["triggered"] == r["accepted"] == 1  # element 1 once; element 0 never drops
+    assert all(torch.allclose(outs[i][1], pattern, atol=1e-3) for i in planted)
+    reflected, _, _ = _planted_engine(delta=0.2, batch=2, planted_in=(1,))
+    plain, _, _ = _planted_engine(delta=0.2, reflect=False, batch=2, planted_in=(1,))
+    while not reflected.counters.reflections["accepted"]:
+        reflected._advance()
+        plain._advance()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.xs, plain.xs)), "element 0 keeps its own groups"
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.xs, plain.xs))
 
 
 def test_reflection_with_infinite_threshold_changes_nothing():

@@ -111,6 +111,8 @@ def test_consistency_score_ranks_similar_above_dissimilar():
     refs = scene.repeat(1, 1, 3, 1, 1) + 0.1 * torch.randn(1, 4, 3, 8, 8, generator=g)
     assert consistency_score(scene.repeat(1, 1, 2, 1, 1), refs) > 0.95
     assert consistency_score(-scene.repeat(1, 1, 2, 1, 1), refs) < -0.9
+    both = consistency_score(torch.cat([scene, -scene]).repeat(1, 1, 2, 1, 1), refs.repeat(2, 1, 1, 1, 1))
+    assert both.shape == (2,) and both[0] > 0.95 and both[1] < -0.9  # each batch element scored on its own
 
 
 @pytest.mark.parametrize(
