@@ -1,13 +1,18 @@
-"""The MIGA paper's ablation on the toy world: FIFO, TTA only, DCE only and full MIGA, same model and seeds.
+"""Long-horizon comparisons on the toy world: samplers x base models, same prompts and seeds.
 
-    python jobs/toy_ablation.py [--out out/ablation] [--prompts 12] [--seeds 2] [--latents 256] [--workers 2]
+    python jobs/toy_ablation.py [--out out/ablation] [--models toy] [--variants fifo,tta,dce,miga]
+                                [--prompts 12] [--seeds 2] [--latents 256] [--device cpu] [--workers 2]
 
-Each variant is a render config in ``configs/ablation/``. Every (variant, prompt, seed) video is
-sampled with the shipped toy model, decoded in memory and scored with VBench's four dimensions
-(weight-free fallbacks, labelled) and the toy world's analyzer; one JSON line per video goes to
-``<out>/videos.jsonl`` as soon as it is done, so a stopped run continues where it left off. The
-summary (means with 95% bootstrap intervals over prompts, seeds averaged first, and the paired difference
-to FIFO) is printed and written to ``<out>/table.md``.
+Each variant is a render config in ``configs/ablation/`` (FIFO, TTA only, DCE only, full MIGA), built
+as ``miga render`` builds it; ``--models`` names the base models (``toy`` is the shipped one, trained
+with one level per clip; a directory such as the mixed-level control). The videos of one (model,
+variant, seed) are sampled as one batch of all prompts (every random tensor is drawn for the batch, so
+a row is a function of the seed and the prompt list, the same for every variant), decoded in memory,
+and scored in ``--workers`` processes: VBench's four dimensions (weight-free fallbacks, labelled) and
+the toy world's analyzer, with its per-bin curves. One JSON line per video goes to
+``<out>/videos.jsonl`` as soon as its batch is scored, so a stopped run continues where it left off.
+The summary (means with 95% bootstrap intervals over prompts, seeds averaged first, and the paired
+difference to FIFO on the same model) is printed and written to ``<out>/table.md``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from miga_ray.benchmarks.rendering import positive_int
+from miga_ray.benchmarks.options import positive_int
 from miga_ray.config import load_config
+from miga_ray.engines import build_engine, load_for
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
-from miga_ray.models.registry import LoadedModel
 from miga_ray.models.toy_world import analyze, sample_scene
-from miga_ray.render import build_engine, load_for
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
 VARIANTS = {"fifo": "FIFO-Diffusion", "tta": "TTA only", "dce": "DCE only", "miga": "MIGA (TTA + DCE)"}
@@ -41,7 +45,7 @@ COLUMNS = {
     "shape_rate": "shape", "flicker": "toy flicker", "smoothness": "toy smooth", "late_color_rate": "colour, last quarter",
 }
 
-_MODEL: LoadedModel | None = None
+DRIFT_BIN = 100  # frames per point of the analyzer's curves
 
 
 def prompts(count: int, seed: int = 2026) -> list[str]:
@@ -50,66 +54,72 @@ def prompts(count: int, seed: int = 2026) -> list[str]:
     return [sample_scene(rng).prompt for _ in range(count)]
 
 
-def _init_worker(threads: int) -> None:
-    """Per process: one BLAS thread budget and the toy model loaded once."""
-    global _MODEL
-    torch.set_num_threads(threads)
-    _MODEL = load_for(load_config(CONFIGS / "miga.yaml"))
-
-
-@torch.no_grad()
-def render_and_score(variant: str, prompt: str, seed: int, latents: int) -> dict[str, Any]:
-    """Sample one video in memory, decode it, and return its scores and sampler counters."""
-    cfg = load_config(CONFIGS / f"{variant}.yaml", seed=seed)
-    start = time.monotonic()
-    engine = build_engine(_MODEL, cfg, prompt, latents)
-    decoder = _MODEL.decoder()
-    frames = [decoder.push(latent.unsqueeze(2))[0] for _, latent in engine]
-    video = torch.cat(frames).numpy()
-    seconds = time.monotonic() - start
+def score(video: np.ndarray, prompt: str) -> dict[str, Any]:
+    """VBench-form dimensions and the analyzer's rates, late colour rate and per-bin curves of one video."""
+    torch.set_num_threads(1)
     vbench = evaluate_frames(video, PixelFeatures(), PixelFeatures())
-    toy = analyze(video, prompt)
+    toy = analyze(video, prompt, chunk=DRIFT_BIN)
     quarter = toy.present[-len(video) // 4 :, 0]
     return {
-        "variant": variant, "prompt": prompt, "seed": seed, "latents": latents, "frames": len(video),
         **{k: v for k, v in vbench.to_dict().items() if k in VBENCH},
         **{k: None if math.isnan(getattr(toy, k)) else getattr(toy, k) for k in TOY},  # JSON has no NaN
         "late_color_rate": float(quarter.mean()),
+        "curves": toy.to_dict(per_frame=False)["drift"],
         "features": vbench.subject_features, "interpolator": vbench.interpolator,
-        "model_calls": engine.counters.total_calls, "reflections": dict(engine.counters.reflections),
-        "seconds": seconds,
     }
 
 
-def _done(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+@torch.no_grad()
+def render_batch(model_name: str, variant: str, texts: list[str], seed: int, latents: int, device: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Sample one batch (a row per prompt) and decode it: uint8 ``[B, F, H, W, 3]`` and the run's costs."""
+    cfg = load_config(CONFIGS / f"{variant}.yaml", [f"model.name={model_name}", f"model.device={device}"], seed=seed)
+    model = load_for(cfg)
+    start = time.monotonic()
+    engine = build_engine(model, cfg, texts, latents)
+    decoder = model.decoder()
+    frames = [decoder.push(latent.unsqueeze(2)).cpu() for _, latent in engine]
+    seconds = time.monotonic() - start
+    video = torch.cat(frames, dim=1).numpy()
+    costs = {"model_calls": engine.counters.total_calls, "reflections": dict(engine.counters.reflections),
+             "batch_seconds": seconds, "batch": len(texts), "device": str(model.device)}
+    return video, costs
+
+
+def _done(path: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     """Rows already written by an earlier (possibly stopped) run."""
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["variant"], r["prompt"], r["seed"]): r for r in rows}
+    return {(r["model"], r["variant"], r["prompt"], r["seed"]): r for r in rows}
 
 
-def run(out: Path, texts: list[str], seeds: list[int], latents: int, workers: int) -> list[dict[str, Any]]:
-    """Every (variant, prompt, seed) video not yet in ``<out>/videos.jsonl``; returns all rows."""
+def run(out: Path, models: list[str], variants: list[str], texts: list[str], seeds: list[int], latents: int,
+        device: str, workers: int) -> list[dict[str, Any]]:
+    """Every (model, variant, seed) batch with a prompt not yet in ``<out>/videos.jsonl``; returns all rows."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "videos.jsonl"
     rows = _done(path)
-    todo = [(v, p, s) for v in VARIANTS for p in texts for s in seeds if (v, p, s) not in rows or rows[(v, p, s)]["latents"] != latents]
-    print(f"{len(rows)} videos done, {len(todo)} to render", flush=True)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(1,)) as pool, path.open("a") as sink:
-        futures = [pool.submit(render_and_score, v, p, s, latents) for v, p, s in todo]
-        for i, future in enumerate(futures, 1):
-            row = future.result()
-            sink.write(json.dumps(row, allow_nan=False) + "\n")
+    batches = [(m, v, s) for m in models for v in variants for s in seeds
+               if any(rows.get((m, v, p, s), {}).get("latents") != latents for p in texts)]
+    print(f"{len(rows)} videos done, {len(batches) * len(texts)} to render", flush=True)
+    with ProcessPoolExecutor(workers) as pool, path.open("a") as sink:
+        for i, (model, variant, seed) in enumerate(batches, 1):
+            video, costs = render_batch(model, variant, texts, seed, latents, device)
+            for prompt, scores in zip(texts, pool.map(score, video, texts)):
+                row = {"model": model, "variant": variant, "prompt": prompt, "seed": seed, "latents": latents,
+                       "frames": video.shape[1], **scores, **costs}
+                sink.write(json.dumps(row, allow_nan=False) + "\n")
+                rows[(model, variant, prompt, seed)] = row
             sink.flush()
-            rows[(row["variant"], row["prompt"], row["seed"])] = row
-            print(f"[{i}/{len(todo)}] {row['variant']:4s} seed {row['seed']} {row['seconds']:.0f}s  {row['prompt']}", flush=True)
-    return [r for r in rows.values() if r["prompt"] in texts and r["seed"] in seeds and r["latents"] == latents]
+            print(f"[{i}/{len(batches)}] {model} {variant} seed {seed}: {costs['batch_seconds']:.0f}s for {len(texts)} videos", flush=True)
+    return [r for r in rows.values() if r["model"] in models and r["variant"] in variants and r["prompt"] in texts
+            and r["seed"] in seeds and r["latents"] == latents]
 
 
-def per_prompt(rows: list[dict[str, Any]], variant: str, metric: str, texts: list[str]) -> np.ndarray:
+def per_prompt(rows: list[dict[str, Any]], model: str, variant: str, metric: str, texts: list[str]) -> np.ndarray:
     """One value per prompt: the metric averaged over that prompt's seeds (NaN where no seed defines it)."""
-    values = [[np.nan if r[metric] is None else r[metric] for r in rows if r["variant"] == variant and r["prompt"] == p] for p in texts]
+    values = [[np.nan if r[metric] is None else r[metric] for r in rows
+               if (r["model"], r["variant"], r["prompt"]) == (model, variant, p)] for p in texts]
     return np.array([np.nan if np.isnan(v).all() else np.nanmean(v) for v in values])
 
 
@@ -127,60 +137,82 @@ def interval(values: np.ndarray, scale: float, resamples: int = 10_000) -> str:
     return f"{scale * values.mean():.2f} [{scale * low:.2f}, {scale * high:.2f}]{note}"
 
 
-def table(rows: list[dict[str, Any]], texts: list[str], metrics: tuple[str, ...], paired: bool) -> str:
-    """A markdown table, one row per variant: mean [95% CI] over prompts (or of the paired difference to FIFO), in %."""
-    head = "| variant | " + " | ".join(COLUMNS[m] for m in metrics) + " |"
-    lines = [head, "| --- |" + " ---: |" * len(metrics)]
-    for variant, label in VARIANTS.items():
-        if paired and variant == "fifo":
-            continue
-        cells = []
-        for m in metrics:
-            values = per_prompt(rows, variant, m, texts)
-            if paired:
-                values = values - per_prompt(rows, "fifo", m, texts)
-            cells.append(interval(values, 100))
-        lines.append(f"| {label}{' − FIFO' if paired else ''} | " + " | ".join(cells) + " |")
+def table(rows: list[dict[str, Any]], models: list[str], variants: list[str], texts: list[str],
+          metrics: tuple[str, ...], paired: bool) -> str:
+    """A markdown table, one row per (model, variant): mean [95% CI] over prompts, in %, or of the paired
+    difference to FIFO on the same model."""
+    lines = ["| model | variant | " + " | ".join(COLUMNS[m] for m in metrics) + " |", "| --- | --- |" + " ---: |" * len(metrics)]
+    for model in models:
+        for variant in variants:
+            if paired and variant == "fifo":
+                continue
+            cells = []
+            for m in metrics:
+                values = per_prompt(rows, model, variant, m, texts)
+                if paired:
+                    values = values - per_prompt(rows, model, "fifo", m, texts)
+                cells.append(interval(values, 100))
+            lines.append(f"| {model} | {VARIANTS[variant]}{' − FIFO' if paired else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def report(rows: list[dict[str, Any]], texts: list[str], seeds: list[int], latents: int) -> str:
+def report(rows: list[dict[str, Any]], models: list[str], variants: list[str], texts: list[str], seeds: list[int], latents: int) -> str:
     """The whole summary: VBench-form and toy ground-truth tables, absolute and paired, plus costs."""
     toy = (*TOY, "late_color_rate")
-    calls = {v: np.mean([r["model_calls"] / r["latents"] for r in rows if r["variant"] == v]) for v in VARIANTS}
-    secs = {v: np.mean([r["seconds"] for r in rows if r["variant"] == v]) for v in VARIANTS}
-    refl = {v: sum(r["reflections"].get("triggered", 0) for r in rows if r["variant"] == v) for v in VARIANTS}
-    accepted = {v: sum(r["reflections"].get("accepted", 0) for r in rows if r["variant"] == v) for v in VARIANTS}
     first = rows[0]
+    costs = []
+    for model in models:
+        for v in variants:
+            mine = [r for r in rows if (r["model"], r["variant"]) == (model, v)]
+            calls = np.mean([r["model_calls"] / r["latents"] for r in mine])
+            per_frame = np.mean([r["batch_seconds"] / (r["batch"] * r["frames"]) for r in mine])
+            judged = sum(r["reflections"].get("triggered", 0) for r in mine) // len(texts)
+            accepted = sum(r["reflections"].get("accepted", 0) for r in mine) // len(texts)
+            costs.append(f"| {model} | {VARIANTS[v]} | {calls:.2f} | {1000 * per_frame:.2f} | {judged} / {accepted} |")
+    has_fifo = "fifo" in variants
     parts = [
-        f"{len(texts)} prompts x {len(seeds)} seeds, {latents} latents ({first['frames']} frames) per video; "
-        f"mean [95% bootstrap interval] over prompts (seeds averaged first), in %. Features: {first['features']}; "
-        f"motion smoothness: {first['interpolator']}.",
-        "", "VBench-form dimensions:", "", table(rows, texts, VBENCH, paired=False),
-        "", "Paired difference to FIFO (same prompt and seed):", "", table(rows, texts, VBENCH, paired=True),
-        "", "Toy-world ground truth (analyzer):", "", table(rows, texts, toy, paired=False),
-        "", "Paired difference to FIFO:", "", table(rows, texts, toy, paired=True),
-        "", "| variant | model calls / latent | seconds / video | reflections triggered / accepted |",
-        "| --- | ---: | ---: | ---: |",
-        *(f"| {VARIANTS[v]} | {calls[v]:.2f} | {secs[v]:.1f} | {refl[v]} / {accepted[v]} |" for v in VARIANTS),
+        f"{len(texts)} prompts x {len(seeds)} seeds, {latents} latents ({first['frames']} frames) per video, batches of "
+        f"{first['batch']} on {first['device']}; mean [95% bootstrap interval] over prompts (seeds averaged first), in %. "
+        f"Features: {first['features']}; motion smoothness: {first['interpolator']}.",
+        "", "VBench-form dimensions:", "", table(rows, models, variants, texts, VBENCH, paired=False),
+        *(["", "Paired difference to FIFO (same model, prompt and seed):", "", table(rows, models, variants, texts, VBENCH, paired=True)] if has_fifo else []),
+        "", "Toy-world ground truth (analyzer):", "", table(rows, models, variants, texts, toy, paired=False),
+        *(["", "Paired difference to FIFO:", "", table(rows, models, variants, texts, toy, paired=True)] if has_fifo else []),
+        "", "| model | variant | model calls / latent (per batch) | ms / frame (batch wall / videos x frames) | reflection batches triggered / accepted |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *costs,
     ]
     return "\n".join(parts)
+
+
+def _names(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """A comma-separated list for argparse; names outside ``allowed`` are a usage error."""
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if allowed is not None and n not in allowed]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of {', '.join(allowed or ('names',))}")
+    return names
 
 
 def main() -> None:
     """Parse the command line, render what is missing, print and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/ablation"))
+    parser.add_argument("--models", type=_names, default=["toy"], help="base models: names or directories (default toy)")
+    parser.add_argument("--variants", type=lambda t: _names(t, tuple(VARIANTS)), default=list(VARIANTS),
+                        help="comma-separated: fifo, tta, dce, miga (default all)")
     parser.add_argument("--prompts", type=positive_int, default=12)
+    parser.add_argument("--prompt-seed", type=int, default=2026, help="draws the prompts (another seed: a held-out set)")
     parser.add_argument("--seeds", type=positive_int, default=2)
     parser.add_argument(
         "--latents", type=positive_int, default=256, help="output latents per video (one frame each: per-frame toy VAE)"
     )
-    parser.add_argument("--workers", type=positive_int, default=2, help="processes, one torch thread each")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu | cuda (default cpu)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="scoring processes (default 2)")
     args = parser.parse_args()
-    texts, seeds = prompts(args.prompts), list(range(args.seeds))
-    rows = run(args.out, texts, seeds, args.latents, args.workers)
-    text = report(rows, texts, seeds, args.latents)
+    texts, seeds = prompts(args.prompts, args.prompt_seed), list(range(args.seeds))
+    rows = run(args.out, args.models, args.variants, texts, seeds, args.latents, args.device, args.workers)
+    text = report(rows, args.models, args.variants, texts, seeds, args.latents)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
 

@@ -72,7 +72,8 @@ def render_jobs(prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[s
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
-    from .render import JobRun, load_for  # after the store check: a bad --out fails before diffusers loads
+    from .engines import load_for
+    from .render import JobRun  # after the store check: a bad --out fails before diffusers loads
 
     model = load_for(cfg)
     videos = []

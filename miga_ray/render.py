@@ -19,23 +19,10 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, RenderConfig
+from .engines import build_engine
 from .models.decode import frames_of_latents, latents_for_frames
-from .models.registry import LoadedModel, load_model
-from .sampling import (
-    DDIM,
-    CallTrace,
-    CandidateRunner,
-    Conditioning,
-    Counters,
-    FifoEngine,
-    FlowEuler,
-    MigaEngine,
-    NoiseSource,
-    Solver,
-    StreamingEngine,
-    WindowRunner,
-    get_preset,
-)
+from .models.registry import LoadedModel
+from .sampling import CandidateRunner, Counters, StreamingEngine
 from .storage import (
     CheckpointStore,
     JobLayout,
@@ -51,7 +38,6 @@ from .storage import (
 from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -82,47 +68,6 @@ def job_id_for(prompt: str, seed: int) -> str:
     """A stable, storage-safe job id: the same prompt and seed resume the same job."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "job"
     return f"{slug}-s{seed}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def make_solver(model: LoadedModel, cfg: RenderConfig) -> Solver:
-    """The model scheduler's grid at T levels, stepped per latent as the preset says."""
-    s = cfg.sampler
-    grid = model.grid(s.levels(), s.shift)
-    if grid.kind == "flow":
-        return FlowEuler(grid)
-    return DDIM(grid, eta=get_preset(s.preset).eta)
-
-
-def build_engine(
-    model: LoadedModel,
-    cfg: RenderConfig,
-    prompt: str,
-    num_latents: int,
-    trace: TextIO | None = None,
-    candidates: CandidateRunner | None = None,
-) -> StreamingEngine:
-    """The sampler for one prompt on a loaded model."""
-    height, width = cfg.video.height or model.default_resolution[0], cfg.video.width or model.default_resolution[1]
-    spatial = model.vae_scale[1]
-    if height % (2 * spatial) or width % (2 * spatial):
-        raise ConfigError(f"video.height/width: {height}x{width} must be multiples of {2 * spatial} for this model")
-    pos, neg = model.encode_prompt([prompt], cfg.negative_prompt)
-    cond = Conditioning(pos, neg, cfg.sampler.guidance_scale())
-    shape = (1, model.latent_channels, height // spatial, width // spatial)
-    noise = NoiseSource(cfg.seed, shape, model.dtype, model.device)
-    runner = WindowRunner(model.denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None)
-    try:
-        if cfg.sampler.kind == "miga":
-            return MigaEngine(runner, cfg.sampler.miga_config(model.default_window), num_latents, model.dtype, model.device, candidates)
-        return FifoEngine(runner, cfg.sampler.fifo_config(model.default_window), num_latents, model.dtype, model.device)
-    except ValueError as exc:
-        raise ConfigError(f"sampler.{cfg.sampler.kind}.{exc}") from None
 
 
 class JobRun:
@@ -280,10 +225,3 @@ def fix_mmap_threshold(size: int = 32 << 20) -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, size)
     except (OSError, AttributeError):
         pass
-
-
-def load_for(cfg: RenderConfig) -> LoadedModel:
-    """Load the configured model on the configured device and dtype."""
-    device = resolve_device(cfg.model.device)
-    dtype = None if cfg.model.dtype == "auto" else DTYPES[cfg.model.dtype]
-    return load_model(cfg.model.name, device, dtype)

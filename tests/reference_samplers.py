@@ -92,31 +92,36 @@ def miga_batch(runner: WindowRunner, cfg: MigaConfig, N: int) -> list[Tensor]:
             head += size
         if cfg.reflect and (cfg.reflect_during == "always" or head == 0):
             judged = [i for i in range(head, tail) if lev[i] == T - cfg.reflect_after]
-            if judged and judged[0] - cfg.reflect_refs * L >= head:
+            if judged and judged[0] - cfg.reflect_refs * L >= head + L:  # references behind the head group
                 j = judged[0]
                 refs_ids = list(range(j - cfg.reflect_refs * L, j))
                 refs = torch.stack([X[i] for i in refs_ids], 2)
-                score = consistency_score(torch.stack([X[i] for i in judged], 2), refs)
+                score = consistency_score(torch.stack([X[i] for i in judged], 2), refs).tolist()  # per batch element
                 previous, last = last, score
-                if previous is not None and previous - score > cfg.reflect_delta:
+                drops = [e for e in range(len(score)) if previous is not None and previous[e] - score[e] > cfg.reflect_delta]
+                if drops:
                     behind = list(range(j, tail))
                     groups = [behind[k : k + L] for k in range(0, len(behind), L)]
                     cands = [_candidate(runner, cfg, refs_ids, X, lev, groups, anchor(), c + 1) for c in range(cfg.reflect_candidates)]
-                    scores = [consistency_score(torch.stack(c[: len(groups[0])], 2), refs) for c in cands]
-                    best = max(range(len(scores)), key=lambda k: scores[k])
-                    if scores[best] > score:
-                        for i, x in zip(behind, cands[best]):
-                            X[i] = x
-                        last = scores[best]
-    phases = [("stage2", E)] + ([("refine", E)] if cfg.refine else [])
+                    scores = [consistency_score(torch.stack(c[: len(groups[0])], 2), refs).tolist() for c in cands]
+                    last = list(score)
+                    for e in drops:  # each element keeps its own groups unless its own best candidate beats them
+                        best = max(range(len(scores)), key=lambda k: scores[k][e])
+                        if scores[best][e] > score[e]:
+                            for i, x in zip(behind, cands[best]):
+                                X[i] = X[i].clone()
+                                X[i][e] = x[e]
+                            last[e] = scores[best][e]
+    low = runner.solver.grid.lowest_step  # a grid whose last step is the identity stops one level early
+    phases = [("stage2", E)] + ([("refine", E + 1)] if cfg.refine else [])  # refine: one level above the stage-2 entry
     for phase, entry in phases:
         if phase == "refine":
             for i in range(N):
-                X[i], lev[i] = _noised(runner, X[i], "refine", i, E), E
-        for p in range(entry):
+                X[i], lev[i] = _noised(runner, X[i], "refine", i, entry), entry
+        for p in range(entry - low + 1):
             for a, b in sweep_blocks(N, f, s, p % s):
                 _denoise(runner, phase, X, lev, list(range(a, min(N, a + f))), set(range(a, b)))
-    assert all(lev[i] == 0 for i in range(N))
+    assert all(lev[i] == low - 1 for i in range(N))
     return [X[i] for i in range(N)]
 
 

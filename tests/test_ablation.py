@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from toy_model import toy_frames
 
@@ -36,9 +37,10 @@ def test_ablation_renders_every_variant_and_resumes(tmp_path):
     assert all(0 < r["overall"] <= 1 and 0 <= r["color_rate"] <= 1 for r in rows)
     calls = {r["variant"]: r["model_calls"] for r in rows if r["seed"] == 0 and r["prompt"] == rows[0]["prompt"]}
     assert len(set(calls.values())) > 1, "the variants must run different samplers"
+    assert all(r["model"] == "toy" and r["curves"]["color_rate"] for r in rows)
     table = (tmp_path / "table.md").read_text()
     for label in ("FIFO-Diffusion", "TTA only", "DCE only", "MIGA (TTA + DCE)", "TTA only − FIFO"):
-        assert f"| {label} |" in table
+        assert f"| toy | {label} |" in table
     again = run(tmp_path)
     assert "4 videos done, 0 to render" in again.stdout
     assert (tmp_path / "videos.jsonl").read_text().count("\n") == 4
@@ -54,8 +56,24 @@ def test_interval_brackets_the_mean_and_skips_undefined():
     assert ablation.interval(np.array([np.nan]), 100) == "n/a"
 
 
-def test_nonsense_counts_exit_2_naming_the_option(tmp_path):
-    argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--prompts", "0"]
+def test_a_batch_row_is_the_same_video_whatever_the_variant_list(tmp_path):
+    """Rows of one (model, variant, seed) batch do not depend on which other variants the command runs."""
+    argv = ["--prompts", "2", "--seeds", "1", "--latents", "5", "--workers", "1"]
+    for out, variants in ((tmp_path / "a", "fifo"), (tmp_path / "b", "miga,fifo")):
+        subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--variants", variants, *argv], capture_output=True, check=True, timeout=600)
+    a, b = ([json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()] for out in (tmp_path / "a", tmp_path / "b"))
+    fifo = [{k: r[k] for k in ("prompt", "subject_consistency", "color_rate", "model_calls")} for r in b if r["variant"] == "fifo"]
+    assert fifo == [{k: r[k] for k in ("prompt", "subject_consistency", "color_rate", "model_calls")} for r in a]
+    assert len({r["prompt"] for r in a}) == 2 and all(r["batch"] == 2 for r in a)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--prompts", "0", "argument --prompts: must be an integer >= 1"),
+     ("--variants", "fifo,nope", "argument --variants: must be a comma-separated list of fifo, tta, dce, miga")],
+)
+def test_nonsense_options_exit_2_naming_the_option(tmp_path, option, value, message):
+    argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), option, value]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "argument --prompts: must be an integer >= 1" in done.stderr
+    assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "out").exists()

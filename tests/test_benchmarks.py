@@ -99,10 +99,17 @@ def test_memory_measures_each_length_in_its_own_process():
 def test_gpu_script_runs_on_the_cpu_without_ray_av_or_boto3():
     blocked = "import sys; sys.modules.update(dict.fromkeys(['ray', 'av', 'boto3'])); from miga_ray.benchmarks.gpu import main; main()"
     args = ["--model", "toy", "--preset", "toy", "--levels", "16", "--device", "cpu", "--height", "64", "--width", "64",
-            "--frames", "13", "--memory-frames", "5,9"]  # fmt: skip
+            "--parts", "steady,frames,memory", "--frames", "13", "--memory-frames", "5,9",
+            "--warm", "20", "--span", "20", "--calls", "3", "--memory-latents", "20,60"]  # fmt: skip
     done = subprocess.run([sys.executable, "-c", blocked, *args], capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(rf"one window call \({WINDOW} latents, 2 rows\): \d+\.\d+ s", done.stdout)
+    steady = table(done.stdout, "steady state")
+    assert [r["steady state"] for r in steady] == ["base", "fifo", "miga", "miga"]
+    calls = {r["steady state"]: float(r["calls / output latent (counted)"]) for r in steady}
+    assert calls["base"] == 16 / WINDOW and calls["miga"] > calls["fifo"] > calls["base"]  # FIFO: 2T/f with lookahead
+    assert calls["fifo"] == 2 * 16 / WINDOW
+    assert all(float(r["s / frame (composed)"]) > 0 for r in steady)
     assert [r["sampler"] for r in table(done.stdout, "sampler")] == ["base", "fifo", "miga"]
     assert [r["MIGA output frames"] for r in table(done.stdout, "MIGA output frames")] == ["5", "9"]
     assert float(re.search(r"peak ratio, larger / smaller \(RSS, in one process\): (\d+\.\d+)", done.stdout).group(1)) >= 1.0

@@ -220,6 +220,7 @@ def test_ddim_over_the_vc2_grid() -> None:
     xt = ddim.add_noise(x0, eps, levels)
     stepped = ddim.step(xt, eps, levels, noise)
     torch.testing.assert_close(stepped[:, :, 2], xt[:, :, 2])  # level 1 and level 0 are both training step 0: no noise
+    assert grid.lowest_step == 2  # so stage 2 and refine skip that identity step, as the reference does
     a, a_prev = grid.signal[20].item() ** 2, grid.signal[19].item() ** 2
     sigma = math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
     expected = math.sqrt(a_prev) * x0[:, :, 1] + math.sqrt(1 - a_prev - sigma**2) * eps[:, :, 1] + sigma * noise[:, :, 1]

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from miga_ray.config import ConfigError, load_config
-from miga_ray.render import JobRun, load_for
+from miga_ray.engines import load_for
+from miga_ray.render import JobRun
 from miga_ray.storage import LocalStore, read_job
 from toy_model import TOY, toy_latents
 

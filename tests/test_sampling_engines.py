@@ -17,6 +17,7 @@ from miga_ray.sampling import (
     FifoConfig,
     FifoEngine,
     FlowEuler,
+    LevelGrid,
     MigaConfig,
     MigaEngine,
     NoiseSource,
@@ -41,6 +42,15 @@ def flow(T=24, shift=3.0):
     return FlowEuler(flow_grid(T, shift=shift))
 
 
+def identity_last(T=20, eta=1.0):
+    """DDIM on a grid whose level 1 is training step 0, like MIGA's VideoCrafter2 grid: its last step is the identity."""
+    g = ddpm_grid(T)
+    same = [g.timesteps.clone(), g.signal.clone(), g.sigmas.clone()]
+    for v in same:
+        v[1] = v[0]
+    return DDIM(LevelGrid("ddpm", *same), eta=eta)
+
+
 def run_miga(cfg, N, solver, model=None, **kw):
     runner = make_runner(model or MixingDenoiser(SHAPE[1]), solver, **kw)
     engine = MigaEngine(runner, cfg, N, dtype=F64)
@@ -60,6 +70,7 @@ MIGA_CASES = {
                    reflect_delta=0.0, reflect_after=3, reflect_refs=1, reflect_candidates=2),
         20, lambda: DDIM(ddpm_grid(16), eta=0.5, prediction="v")),
     "recent-entry-short": (MigaConfig(window=10, group=4, guidance=4, stage2_levels=5, entry="recent"), 7, lambda: flow(18)),
+    "identity-last-step": (MigaConfig(window=8, group=2, guidance=2, stage2_levels=4, stride=4), 19, lambda: identity_last()),
 }
 
 
@@ -85,6 +96,15 @@ def test_fifo_stream_equals_batch(lookahead, T, f):
     batch = fifo_batch(make_runner(MixingDenoiser(SHAPE[1]), flow(T)), cfg, N)
     assert len(stream) == N
     assert all(torch.equal(a, b) for a, b in zip(stream, batch))
+
+
+@pytest.mark.parametrize("solver,lowest", [(identity_last, 2), (lambda: DDIM(ddpm_grid(20), eta=1.0), 1), (flow, 1)])
+def test_stage2_and_refine_levels(solver, lowest):
+    """Stage 2 and refine stop at the grid's lowest real step (official VC2: stage 2 at index 9..1, refine 10..1)."""
+    cfg = MigaConfig(window=6, group=2, guidance=2, stage2_levels=5, stride=3)
+    _, calls = traced(lambda tr: MigaEngine(make_runner(MixingDenoiser(3), solver(), trace=tr), cfg, 30, dtype=F64))
+    for phase, top in (("stage2", 5), ("refine", 6)):  # refine re-noises one level above the stage-2 entry (official: index 10)
+        assert {c["levels"][0] for c in calls if c["phase"] == phase} == set(range(lowest, top + 1))
 
 
 def test_analytic_model_lands_on_its_data():
@@ -219,18 +239,27 @@ def test_state_refuses_another_config():
 
 
 # -- self-reflection on a planted inconsistent group ---------------------------------------------
-def _planted_run(delta, reflect=True):
-    """A world of one scene; the newest group is planted as its negative, which the model keeps."""
+def _planted_engine(delta, reflect=True, batch=1, planted_in=(0,)):
+    """A world of one scene; the newest group is planted as its negative (in the batch elements
+    ``planted_in``), which the model keeps."""
     grid = flow_grid(16, shift=1.0)
     pattern = 4.0 * torch.randn(SHAPE[1:], generator=torch.Generator().manual_seed(5), dtype=F64)
     cfg = MigaConfig(window=6, group=2, guidance=2, stage2_levels=3, stride=2, reflect=reflect, reflect_during="always",
                      reflect_delta=delta, reflect_after=3, reflect_refs=2, reflect_candidates=3)
-    engine = MigaEngine(make_runner(TwoSceneDenoiser(pattern), FlowEuler(grid), cond=Conditioning(None)), cfg, 24, dtype=F64)
+    runner = make_runner(TwoSceneDenoiser(pattern), FlowEuler(grid), cond=Conditioning(None), shape=(batch, *SHAPE[1:]))
+    engine = MigaEngine(runner, cfg, 24, dtype=F64)
     while engine.pushed < 14:
         engine._advance()
     n = len(engine.xs)
     planted = [engine.head + j for j in range(n - 2, n)]
-    engine.xs[n - 2 :] = [-pattern.unsqueeze(0)] * 2
+    for j in range(n - 2, n):
+        engine.xs[j] = engine.xs[j].clone()
+        engine.xs[j][list(planted_in)] = -pattern
+    return engine, pattern, planted
+
+
+def _planted_run(delta, reflect=True, batch=1, planted_in=(0,)):
+    engine, pattern, planted = _planted_engine(delta, reflect, batch, planted_in)
     return engine, pattern, planted, dict(iter(engine))
 
 
@@ -241,6 +270,49 @@ def test_reflection_replaces_a_planted_inconsistent_group():
     assert all(torch.allclose(outs[i][0], pattern, atol=1e-3) for i in planted)
     _, _, planted0, kept = _planted_run(delta=0.2, reflect=False)
     assert all(torch.allclose(kept[i][0], -pattern, atol=1e-3) for i in planted0), "unreflected, the plant stays"
+
+
+def test_reflection_judges_once_the_head_is_below_the_references():
+    """As the reference (judged index 50, 3 reference groups, judging once the head is below 47): no judgment
+    while the head group would be one of the references; the first judgment only records its score."""
+    cfg = MigaConfig(window=8, group=2, guidance=2, stage2_levels=3, stride=4, reflect=True, reflect_delta=0.0,
+                     reflect_after=4, reflect_refs=3, reflect_candidates=1)
+    engine = MigaEngine(make_runner(MixingDenoiser(3), flow(24)), cfg, 60, dtype=F64)
+    judged_level, expected = 24 - cfg.reflect_after, 0
+    while engine.head == 0:
+        engine._advance()
+        expected += engine.head == 0 and engine.levels[0] < judged_level - cfg.reflect_refs
+        r = engine.counters.reflections
+        assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
+    assert expected > 1 and engine.counters.reflections["triggered"] > 0
+
+
+def test_batch_elements_are_reflected_on_their_own():
+    """A B=2 run: element 0 draws the noise a B=1 run draws (counter-based, first half of the batch), so it
+    gets the B=1 run's judgments, triggers, accepts and latents, whatever element 1 does."""
+    cfg, N, solver = MIGA_CASES["reflect-always"]
+    single, one = run_miga(cfg, N, solver())
+    double, two = run_miga(cfg, N, solver(), shape=(2, *SHAPE[1:]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(one, two))
+    r1, r2 = single.counters.reflections, double.counters.reflections
+    assert r1["accepted"] > 0 and r2["judged"] == r1["judged"]
+    assert r2["triggered"] > r1["triggered"] and r2["accepted"] > r1["accepted"]  # element 1 has events of its own
+    batch = miga_batch(make_runner(MixingDenoiser(SHAPE[1]), solver(), shape=(2, *SHAPE[1:])), cfg, N)
+    assert all(torch.equal(a, b) for a, b in zip(two, batch))
+
+
+def test_only_the_inconsistent_batch_element_is_replaced():
+    engine, pattern, planted, outs = _planted_run(delta=0.2, batch=2, planted_in=(1,))
+    r = engine.counters.reflections
+    assert r["triggered"] == r["accepted"] == 1  # element 1 once; element 0 never drops
+    assert all(torch.allclose(outs[i][1], pattern, atol=1e-3) for i in planted)
+    reflected, _, _ = _planted_engine(delta=0.2, batch=2, planted_in=(1,))
+    plain, _, _ = _planted_engine(delta=0.2, reflect=False, batch=2, planted_in=(1,))
+    while not reflected.counters.reflections["accepted"]:
+        reflected._advance()
+        plain._advance()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.xs, plain.xs)), "element 0 keeps its own groups"
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.xs, plain.xs))
 
 
 def test_reflection_with_infinite_threshold_changes_nothing():

@@ -13,6 +13,7 @@ from miga_ray.sampling import (
     Conditioning,
     FifoConfig,
     FlowEuler,
+    LevelGrid,
     MigaConfig,
     NoiseSource,
     consistency_score,
@@ -33,6 +34,14 @@ def test_grids_run_from_clean_to_noise():
     d = ddpm_grid(64)
     assert d.timesteps[1] == 1 and d.timesteps[-1] == 63 * 15 + 1 and d.timesteps[0] == 0
     assert bool((d.signal[1:] < d.signal[:-1]).all()) and torch.allclose(d.signal**2 + d.sigmas**2, torch.ones(65, dtype=torch.float64))
+
+
+def test_lowest_step_is_2_only_where_the_last_step_is_the_identity():
+    assert ddpm_grid(64).lowest_step == 1 and flow_grid(54, shift=5.0).lowest_step == 1
+    g = ddpm_grid(16)
+    same = LevelGrid("ddpm", torch.cat([g.timesteps[:1], g.timesteps[:1], g.timesteps[2:]]),
+                     torch.cat([g.signal[:1], g.signal[:1], g.signal[2:]]), torch.cat([g.sigmas[:1], g.sigmas[:1], g.sigmas[2:]]))
+    assert same.lowest_step == 2
 
 
 def test_solver_steps_follow_their_formulas():
@@ -102,6 +111,8 @@ def test_consistency_score_ranks_similar_above_dissimilar():
     refs = scene.repeat(1, 1, 3, 1, 1) + 0.1 * torch.randn(1, 4, 3, 8, 8, generator=g)
     assert consistency_score(scene.repeat(1, 1, 2, 1, 1), refs) > 0.95
     assert consistency_score(-scene.repeat(1, 1, 2, 1, 1), refs) < -0.9
+    both = consistency_score(torch.cat([scene, -scene]).repeat(1, 1, 2, 1, 1), refs.repeat(2, 1, 1, 1, 1))
+    assert both.shape == (2,) and both[0] > 0.95 and both[1] < -0.9  # each batch element scored on its own
 
 
 @pytest.mark.parametrize(
@@ -130,6 +141,12 @@ def test_impossible_miga_configs_name_the_parameter(changes, param):
         MigaEngine(runner, cfg, 10)
 
 
+def test_refine_needs_a_real_stage2_step_to_renoise_after():
+    MigaConfig(stage2_levels=1).validate(64, lowest_step=1)
+    with pytest.raises(ValueError, match=r"^refine: must satisfy refine needs stage2_levels >= 2"):
+        MigaConfig(stage2_levels=1).validate(64, lowest_step=2)
+
+
 def test_impossible_fifo_configs_name_the_parameter():
     with pytest.raises(ValueError, match="^num_levels: must satisfy"):
         FifoConfig(window=16).validate(10)
@@ -140,6 +157,7 @@ def test_impossible_fifo_configs_name_the_parameter():
 def test_presets_carry_the_reference_hyperparameters():
     vc2, wan = get_preset("vc2"), get_preset("wan2.1-1.3b")
     assert (vc2.num_levels, vc2.miga.group, vc2.miga.guidance, vc2.miga.stage2_levels, vc2.miga.reflect) == (64, 4, 4, 10, False)
+    assert vc2.miga.entry == "anchor"  # the reference starts fill latents and candidates from the base clip's last latent
     assert (wan.num_levels, wan.miga.group, wan.miga.guidance, wan.miga.stage2_levels) == (54, 7, 4, 10)
     assert (wan.miga.reflect, wan.miga.reflect_candidates, wan.miga.reflect_delta, wan.miga.window) == (True, 3, 0.01, 21)
     for p in (vc2, wan):

@@ -12,11 +12,12 @@ Example: miga bench frames --frames 121 --model toy --device cpu
 
 from __future__ import annotations
 
+from miga_ray.engines import build_engine
 from miga_ray.models.decode import latents_for_frames
-from miga_ray.render import build_engine
 
 from .measure import COST_HEADER, PROMPT, load_average, measure_base, measure_stream
-from .rendering import config, header, load, parser, positive_int
+from .options import positive_int
+from .rendering import config, header, load, parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

@@ -21,7 +21,8 @@ import sys
 from typing import Any
 
 from .measure import load_average, model_identity, peak_device_bytes, peak_rss_bytes, reset_peaks
-from .rendering import config, header, int_list, load, parser, render, sampler_list
+from .options import int_list
+from .rendering import config, header, load, parser, render, sampler_list
 
 MIB = 2**20
 

@@ -14,7 +14,8 @@ Example: miga bench overhead --frames 600 --samplers miga,fifo
 from __future__ import annotations
 
 from .measure import load_average
-from .rendering import config, header, load, parser, positive_int, render, sampler_list
+from .options import positive_int
+from .rendering import config, header, load, parser, render, sampler_list
 
 WARM_UP_FRAMES = 9
 

@@ -11,25 +11,14 @@ import time
 import torch
 
 from miga_ray.config import RenderConfig, load_config
-from miga_ray.render import JobRun, load_for
+from miga_ray.engines import load_for
+from miga_ray.render import JobRun
 from miga_ray.storage import open_store
 
 from .measure import PROMPT, Cost, TimedModel, load_average, model_identity
+from .options import positive_int
 
 SAMPLERS = ("miga", "fifo")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the option and exits 2 otherwise)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    """An argparse type: comma-separated integers >= 1."""
-    return [positive_int(v) for v in text.split(",")]
 
 
 def sampler_list(text: str) -> list[str]:

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from miga_ray.config import RenderConfig, load_config
+from miga_ray.engines import load_for
 from miga_ray.models.registry import LoadedModel
-from miga_ray.render import JobRun, Progress, load_for
+from miga_ray.render import JobRun, Progress
 from miga_ray.storage import CheckpointStore, JobLayout, LatentWriter, ObjectStore, open_store
 from miga_ray.storage.seaweed import SeaweedServer
 

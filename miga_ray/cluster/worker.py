@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, RenderConfig
+from ..engines import build_engine, load_for
 from ..models.decode import latents_for_frames
-from ..render import JobRun, Progress, build_engine, load_for
+from ..render import JobRun, Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
 from ..storage import open_store
 from .fanout import FanoutCandidates

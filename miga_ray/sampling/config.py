@@ -43,10 +43,12 @@ class MigaConfig:
 
     ``window`` f: latents per model call. ``group`` L_zig: latents sharing a level in stage 1.
     ``guidance`` m_guid: slots per window filled with less-noisy latents from ahead (outputs discarded).
-    ``stage2_levels`` E: latents leave stage 1 at level E and are denoised E -> 0 at one shared level.
-    ``refine``: re-noise to level E and run stage 2 once more. ``stride``: latents written per window
-    (default ``window // 2``). ``entry``: how a new latent starts (pure noise, the base clip's last
-    latent noised to level T as in the reference, or the newest latent that left stage 1, noised).
+    ``stage2_levels`` E: latents leave stage 1 at level E and are denoised to clean at one shared level
+    (on a grid whose last step is the identity, that step is not run: E - 1 sweeps, as the reference does).
+    ``refine``: re-noise to level E + 1 (the reference's index 10 for E = 10) and run down to clean
+    once more. ``stride``: latents written per window (default ``window // 2``). ``entry``: how a new
+    latent starts (pure noise, the base clip's last latent noised to level T as in the reference, or
+    the newest latent that left stage 1, noised).
     Reflection: the group ``reflect_after`` steps below pure noise is scored against the
     ``reflect_refs`` groups ahead of it; a drop of more than ``reflect_delta`` from the last score
     draws ``reflect_candidates`` candidates from the frozen references and keeps the best if better.
@@ -75,14 +77,14 @@ class MigaConfig:
         """Queue latents per stage-1 window besides the guidance slots."""
         return self.window - self.guidance
 
-    def validate(self, num_levels: int) -> None:
-        """Check every rule against the level count T of the grid in use."""
+    def validate(self, num_levels: int, lowest_step: int = 1) -> None:
+        """Check every rule against the level count T and the lowest real step (``LevelGrid.lowest_step``) of the grid in use."""
         T = num_levels
         _require(self.window >= 2, "window", "window >= 2", self.window)
         _require(self.group >= 1, "group", "group (L_zig) >= 1", self.group)
         _require(0 <= self.guidance < self.window, "guidance", f"0 <= guidance (m_guid) < window ({self.window})", self.guidance)
         _require(0 <= self.stage2_levels < T, "stage2_levels", f"0 <= stage2_levels < num_levels ({T})", self.stage2_levels)
-        _require(not self.refine or self.stage2_levels >= 1, "refine", "refine needs stage2_levels >= 1", self.refine)
+        _require(not self.refine or self.stage2_levels >= lowest_step, "refine", f"refine needs stage2_levels >= {lowest_step} (a stage 2 to re-noise after)", self.refine)
         stride = self.write_stride
         _require(1 <= stride <= self.current_width, "stride", f"1 <= stride <= window - guidance ({self.current_width})", stride)
         _require(self.entry in ("noise", "anchor", "recent"), "entry", "one of noise, anchor, recent", self.entry)
@@ -91,11 +93,11 @@ class MigaConfig:
             _require(self.reflect_candidates >= 1, "reflect_candidates", "reflect_candidates >= 1", self.reflect_candidates)
             _require(self.reflect_delta >= 0, "reflect_delta", "reflect_delta >= 0", self.reflect_delta)
             _require(self.reflect_refs >= 1, "reflect_refs", "reflect_refs >= 1", self.reflect_refs)
-            limit = T - self.stage2_levels - self.reflect_refs
+            limit = T - self.stage2_levels - self.reflect_refs - 1
             _require(
                 1 <= self.reflect_after < limit,
                 "reflect_after",
-                f"1 <= reflect_after < num_levels - stage2_levels - reflect_refs ({limit}), so the judged group has references ahead in stage 1",
+                f"1 <= reflect_after < num_levels - stage2_levels - reflect_refs - 1 ({limit}), so the judged group has references behind the head group in stage 1",
                 self.reflect_after,
             )
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from .runner import WindowRunner
 from .trace import Counters
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: reflection scores per batch element; the fidelity fixes of issue 15
 
 
 def sample_base_clip(runner: WindowRunner, count: int) -> list[Tensor]:

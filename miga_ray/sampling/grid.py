@@ -40,6 +40,13 @@ class LevelGrid:
         """T: the number of solver steps from pure noise to clean."""
         return self.timesteps.shape[0] - 1
 
+    @property
+    def lowest_step(self) -> int:
+        """The lowest level whose step changes a latent: 2 where levels 1 and 0 share one noise state
+        (MIGA's VideoCrafter2 grid, whose last DDIM step is the identity), else 1."""
+        same = bool(self.signal[1] == self.signal[0]) and bool(self.sigmas[1] == self.sigmas[0])
+        return 2 if same and self.num_levels >= 2 else 1
+
 
 def flow_grid(num_levels: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> LevelGrid:
     """Rectified-flow grid with the usual time shift ``s' = shift*s / (1 + (shift-1)*s)`` (Wan: shift 5)."""

@@ -36,7 +36,7 @@ class MigaEngine(StreamingEngine):
         candidates: CandidateRunner | None = None,
     ) -> None:
         self.T = runner.solver.grid.num_levels
-        config.validate(self.T)
+        config.validate(self.T, runner.solver.grid.lowest_step)
         super().__init__(runner, num_latents, dtype, device)
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)
@@ -49,7 +49,7 @@ class MigaEngine(StreamingEngine):
         self.sweeps = 0
         self.anchor: Tensor | None = None  # the base clip's last latent (clean)
         self.recent: Tensor | None = None  # newest latent that left stage 1
-        self.last_score: float | None = None
+        self.last_score: list[float] | None = None  # per batch element
 
     # -- one unit of work ------------------------------------------------------------------------
     def _advance(self) -> None:
@@ -149,24 +149,31 @@ class MigaEngine(StreamingEngine):
         return c.reflect and (c.reflect_during == "always" or self.head == 0)
 
     def _reflect(self) -> None:
-        """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best."""
+        """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best.
+
+        Each batch element is judged, triggered and replaced on its own: an element keeps its groups
+        unless its own best candidate scores above its own current group.
+        """
         c, L = self.cfg, self.cfg.group
         level = self.T - c.reflect_after
         if level not in self.levels:
             return
         j = self.levels.index(level)
         r = j - c.reflect_refs * L
-        if r < 0:
+        if r < L:  # as the reference: references are full groups behind the head group (head below 50 - 3)
             return
         refs = torch.stack(self.xs[r:j], dim=2)
         judged = torch.stack(self.xs[j : min(j + L, len(self.xs))], dim=2)
-        score = consistency_score(judged, refs)
+        scores = consistency_score(judged, refs).tolist()
         counts = self.counters.reflections
         counts["judged"] += 1
-        previous, self.last_score = self.last_score, score
-        if previous is None or previous - score <= c.reflect_delta:
+        previous, self.last_score = self.last_score, scores
+        if previous is None:
             return
-        counts["triggered"] += 1
+        triggered = [b for b, (p, s) in enumerate(zip(previous, scores)) if p - s > c.reflect_delta]
+        if not triggered:
+            return
+        counts["triggered"] += len(triggered)
         behind = list(range(self.head + j, self.head + len(self.xs)))
         groups = [behind[k : k + L] for k in range(0, len(behind), L)]
         anchor = self._entry_anchor()
@@ -185,12 +192,17 @@ class MigaEngine(StreamingEngine):
             for k in range(c.reflect_candidates)
         ]
         results = self.candidates(requests)
-        scores = [consistency_score(res[:, :, : len(groups[0])], refs) for res in results]
-        best = max(range(len(scores)), key=lambda k: scores[k])
-        if scores[best] > score:
-            counts["accepted"] += 1
-            self.xs[j:] = [x.to(self.device, self.dtype) for x in results[best].unbind(dim=2)]
-            self.last_score = scores[best]
+        found = [consistency_score(res[:, :, : len(groups[0])], refs).tolist() for res in results]  # [candidate][element]
+        best = {b: max(range(len(found)), key=lambda k: found[k][b]) for b in triggered}
+        accepted = [b for b in triggered if found[best[b]][b] > scores[b]]
+        if not accepted:
+            return
+        counts["accepted"] += len(accepted)
+        replaced = torch.stack(self.xs[j:], dim=2)
+        for b in accepted:
+            replaced[b] = results[best[b]][b].to(self.device, self.dtype)
+            self.last_score[b] = found[best[b]][b]
+        self.xs[j:] = list(replaced.unbind(dim=2))
 
     # -- memory and state --------------------------------------------------------------------------
     def held_latents(self) -> int:

@@ -39,11 +39,13 @@ PRESETS: dict[str, Preset] = {
     # in the reference config (the code's constants if turned on: judged 13 steps below noise, 3
     # reference groups, 5 candidates, and the judge's own threshold 0.001: the config's
     # resample_threshold never reaches it). A loaded VC2 steps on MIGA's DDIM spacing, not on
-    # Preset.grid()'s (docs/VC2.md).
+    # Preset.grid()'s (docs/VC2.md). New latents start anchored, as the reference's fill latents and
+    # candidates do (the base clip's last latent noised to pure-noise level), so a stream gives every
+    # latent what the reference gives the latents it outputs.
     "vc2": Preset(
         name="vc2",
         num_levels=64,
-        miga=MigaConfig(window=16, group=4, guidance=4, stage2_levels=10, refine=True, stride=8, reflect=False,
+        miga=MigaConfig(window=16, group=4, guidance=4, stage2_levels=10, refine=True, stride=8, entry="anchor", reflect=False,
                         reflect_candidates=5, reflect_after=13, reflect_refs=3, reflect_delta=0.001),
         fifo=FifoConfig(window=16, lookahead=True),
         cfg_scale=12.0,

@@ -20,16 +20,17 @@ from .solvers import Solver
 from .windows import sweep_blocks
 
 
-def consistency_score(evaluated: Tensor, references: Tensor) -> float:
-    """Mean cosine similarity of channel-averaged spatial maps over all (evaluated, reference) pairs.
+def consistency_score(evaluated: Tensor, references: Tensor) -> Tensor:
+    """Per batch element ``[B]``: mean cosine similarity of channel-averaged spatial maps over all
+    (evaluated, reference) pairs; each element of a batch is judged on its own.
 
-    Both ``[B, C, F, H, W]``; the score is averaged over the batch.
+    Both ``[B, C, F, H, W]``; float32 scores.
     """
 
     def maps(x: Tensor) -> Tensor:
         return F.normalize(x.float().mean(dim=1).flatten(2), dim=2)  # [B, F, H*W]
 
-    return float((maps(evaluated) @ maps(references).transpose(1, 2)).mean())
+    return (maps(evaluated) @ maps(references).transpose(1, 2)).flatten(1).mean(dim=1)
 
 
 @dataclass

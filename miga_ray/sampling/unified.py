@@ -26,10 +26,11 @@ class Sweep:
     offset: int  # window offset of this sweep
 
 
-def unified_sweeps(entry_level: int, refine: bool, stride: int) -> list[Sweep]:
-    """Stage 2 from ``entry_level`` to clean, then (optionally) the same again after re-noising."""
-    phases = ["stage2", "refine"] if refine else ["stage2"]
-    return [Sweep(ph, entry_level - i, i % stride) for ph in phases for i in range(entry_level)]
+def unified_sweeps(entry_level: int, refine: bool, stride: int, lowest: int) -> list[Sweep]:
+    """Stage 2 from ``entry_level`` down to ``lowest`` (a grid's identity last step is not run), then
+    (optionally) refine: re-noised to one level above the stage-2 entry, as the reference does, and down again."""
+    starts = [("stage2", entry_level)] + ([("refine", entry_level + 1)] if refine else [])
+    return [Sweep(ph, top - i, i % stride) for ph, top in starts for i in range(top - lowest + 1)]
 
 
 class UnifiedStage:
@@ -37,8 +38,8 @@ class UnifiedStage:
 
     def __init__(self, runner: WindowRunner, entry_level: int, refine: bool, window: int, stride: int, total: int) -> None:
         self.runner, self.window, self.stride, self.total = runner, window, stride, total
-        self.entry_level = entry_level
-        self.sweeps = unified_sweeps(entry_level, refine, stride)
+        self.sweeps = unified_sweeps(entry_level, refine, stride, runner.solver.grid.lowest_step)
+        self.renoise_after = sum(sw.phase == "stage2" for sw in self.sweeps) - 1 if refine else -1  # last stage-2 sweep
         self.frontier = [0] * len(self.sweeps)  # ids below frontier[p] are written by sweep p
         self.arrived = 0
         self.base = 0  # id of self.xs[0]
@@ -68,17 +69,17 @@ class UnifiedStage:
     def _window(self, p: int, sweep: Sweep, a: int, b: int, end: int) -> None:
         ids = list(range(a, end))
         out = self.runner(sweep.phase, [self.xs[i - self.base] for i in ids], [sweep.level] * len(ids), ids, [i < b for i in ids])
-        if sweep.phase == "stage2" and sweep.level == 1 and p + 1 < len(self.sweeps):
+        if p == self.renoise_after:
             out = self._renoise(ids[: b - a], out)
         self.xs[a - self.base : b - self.base] = out
         self.frontier[p] = b
 
     def _renoise(self, ids: list[int], clean: list[Tensor]) -> list[Tensor]:
-        """Refine entry: clean latents back to the entry level with their own noise."""
-        solver, E = self.runner.solver, self.entry_level
+        """Refine entry: clean latents back to the first refine sweep's level with their own noise."""
+        level = self.sweeps[self.renoise_after + 1].level
         x0 = torch.stack(clean, dim=2)
-        eps = self.runner.noise.frames("refine", ids, [E] * len(ids))
-        return list(solver.add_noise(x0, eps, torch.full((len(ids),), E)).unbind(dim=2))
+        eps = self.runner.noise.frames("refine", ids, [level] * len(ids))
+        return list(self.runner.solver.add_noise(x0, eps, torch.full((len(ids),), level)).unbind(dim=2))
 
     def held(self) -> list[Tensor]:
         return self.xs

@@ -1,0 +1,82 @@
+"""From a validated render config to a loaded model and a sampler engine: no storage, no video.
+
+Kept apart from ``render.py`` (which adds the object store, the writers and checkpoints) so a study
+or a GPU machine without PyAV and boto3 builds engines exactly as ``miga render`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TextIO
+
+import torch
+
+from .config import ConfigError, RenderConfig
+from .models.registry import LoadedModel, load_model
+from .sampling import (
+    DDIM,
+    CallTrace,
+    CandidateRunner,
+    Conditioning,
+    FifoEngine,
+    FlowEuler,
+    MigaEngine,
+    NoiseSource,
+    Solver,
+    StreamingEngine,
+    WindowRunner,
+    get_preset,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU; any other name is taken as it is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_for(cfg: RenderConfig) -> LoadedModel:
+    """Load the configured model on the configured device and dtype."""
+    device = resolve_device(cfg.model.device)
+    dtype = None if cfg.model.dtype == "auto" else DTYPES[cfg.model.dtype]
+    return load_model(cfg.model.name, device, dtype)
+
+
+def make_solver(model: LoadedModel, cfg: RenderConfig) -> Solver:
+    """The model scheduler's grid at T levels, stepped per latent as the preset says."""
+    s = cfg.sampler
+    grid = model.grid(s.levels(), s.shift)
+    if grid.kind == "flow":
+        return FlowEuler(grid)
+    return DDIM(grid, eta=get_preset(s.preset).eta)
+
+
+def build_engine(
+    model: LoadedModel,
+    cfg: RenderConfig,
+    prompt: str | Sequence[str],
+    num_latents: int,
+    trace: TextIO | None = None,
+    candidates: CandidateRunner | None = None,
+) -> StreamingEngine:
+    """The sampler for one prompt on a loaded model; a list of prompts samples one batch row each
+    (every random tensor is then drawn for the whole batch, so a row differs from its prompt alone)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    height, width = cfg.video.height or model.default_resolution[0], cfg.video.width or model.default_resolution[1]
+    spatial = model.vae_scale[1]
+    if height % (2 * spatial) or width % (2 * spatial):
+        raise ConfigError(f"video.height/width: {height}x{width} must be multiples of {2 * spatial} for this model")
+    pos, neg = model.encode_prompt(prompts, cfg.negative_prompt)
+    cond = Conditioning(pos, neg, cfg.sampler.guidance_scale())
+    shape = (len(prompts), model.latent_channels, height // spatial, width // spatial)
+    noise = NoiseSource(cfg.seed, shape, model.dtype, model.device)
+    runner = WindowRunner(model.denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None)
+    try:
+        if cfg.sampler.kind == "miga":
+            return MigaEngine(runner, cfg.sampler.miga_config(model.default_window), num_latents, model.dtype, model.device, candidates)
+        return FifoEngine(runner, cfg.sampler.fifo_config(model.default_window), num_latents, model.dtype, model.device)
+    except ValueError as exc:
+        raise ConfigError(f"sampler.{cfg.sampler.kind}.{exc}") from None
