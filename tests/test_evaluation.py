@@ -122,6 +122,11 @@ def test_eval_outside_the_toy_grammar_still_gives_vbench_numbers(tmp_path):
     assert "do not apply" in data["toy_world"] and "'purple'" in data["toy_world"]
     assert "drift" not in data and 0 < data["vbench"]["overall"] <= 1
     assert "'purple'" in result.stderr
+    write_mp4(tmp_path / "small.mp4", render_clip(parse_prompt(PROMPT), 9, 16, 16, seed=0))
+    small = CliRunner().invoke(app, ["eval", str(tmp_path / "small.mp4"), "--prompt", PROMPT])
+    assert small.exit_code == 0, small.output
+    data = json.loads(small.stdout)
+    assert "do not apply" in data["toy_world"] and "32x32" in data["toy_world"] and "overall" in data["vbench"]
 
 
 def test_compare_draws_each_variant_and_tabulates_drift(tmp_path):

@@ -68,5 +68,8 @@ def _toy_sections(frames: np.ndarray, prompt: str, bins: int) -> dict[str, Any]:
         scene = parse_prompt(prompt)
     except ValueError as exc:
         return {"toy_world": f"toy-world numbers do not apply: the prompt is outside the toy grammar ({exc})"}
-    toy = analyze(frames, scene)
+    try:
+        toy = analyze(frames, scene)
+    except ValueError as exc:  # frames the analyzer cannot judge, e.g. smaller than its MIN_SIDE
+        return {"toy_world": f"toy-world numbers do not apply: {exc}"}
     return {"toy_world": toy.to_dict(per_frame=False), "drift": toy.summary(min(bins, len(frames)))}
