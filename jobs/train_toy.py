@@ -1,17 +1,22 @@
 """Train the shipped toy model on the toy world, write it as a diffusers Wan pipeline, and gate its quality.
 
-    python jobs/train_toy.py [--out DIR] [--threads 1]   # train (deterministic, CPU) into DIR
-    python jobs/train_toy.py --eval [--out DIR]          # quality gate of the checkpoint in DIR
+    python jobs/train_toy.py [--out DIR] [--profile cpu|gpu] [--levels shared|mixed]   # train into DIR
+    python jobs/train_toy.py --eval [--out DIR]                                       # quality gate of DIR
 
-Stages: (1) the VAE (``AutoencoderKLWan`` with Wan2.2's patch and residual options, no temporal
-compression, temporal taps zero: a per-frame autoencoder like VideoCrafter2's; sprite-weighted
-L1 + MSE reconstruction + small KL) on single frames; (2) encode
-long toy-world streams and set the VAE config's latent mean/std; (3) the transformer
-(``WanTransformer3DModel``) and the tiny UMT5 text encoder together, flow matching on windows
-cropped from those streams, with a level shared by the window, independent per latent, or
-independent and sorted (head cleaner, as in FIFO/MIGA queues), and 10% of prompts dropped to ""
-for classifier-free guidance; the saved weights are an exponential moving average of the trained ones.
-About 33 minutes with the default 2 threads on the 2-core development VM (docs/RESULTS.md).
+Stages: (1) render long toy-world streams (worker processes); (2) the VAE (``AutoencoderKLWan`` with
+Wan2.2's patch and residual options, no temporal compression, temporal taps zero: a per-frame
+autoencoder like VideoCrafter2's; sprite-weighted L1 + MSE reconstruction + small KL) on frames of
+those streams; (3) encode the streams and set the VAE config's latent mean/std; (4) the transformer
+(``WanTransformer3DModel``) and the tiny UMT5 text encoder together, flow matching on windows cropped
+from the streams, 10% of prompts dropped to "" for classifier-free guidance; the saved weights are an
+exponential moving average of the trained ones.
+
+``--levels shared`` (the default) trains as Wan2.1 and VideoCrafter2 were trained: one noise level
+shared by every latent of a window. ``--levels mixed`` is the earlier recipe, kept as the control: a
+third of the windows shared, a third independent per latent, a third independent and sorted (the
+mixed-level windows FIFO-Diffusion feeds a model), so that model has no train-inference mismatch.
+``--profile`` sets the sizes (``cpu``: the 2-core development VM, ``gpu``: one H100/H200); any size
+flag overrides it. Times and gate results: docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +39,15 @@ from transformers import UMT5Config, UMT5EncoderModel
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
 from miga_ray.models.registry import TOY_DIR, load_model
 from miga_ray.models.toy_tokenizer import build_toy_tokenizer
-from miga_ray.models.toy_world import BACKGROUNDS, COLORS, SHAPES, SIZES, analyze, render_clip, sample_scene
+from miga_ray.models.toy_world import BACKGROUNDS, COLORS, SHAPES, SIZES, Scene, analyze, render_clip, sample_scene
 from miga_ray.models.wan import WAN21_SCHEDULER, T5PromptEncoder, embed_tokens, frame_timesteps_to_tokens
 from miga_ray.sampling.denoiser import Conditioning, guided_forward
 from miga_ray.sampling.presets import get_preset
 from miga_ray.sampling.solvers import FlowEuler
 
 SIZE = 64  # pixels, square
-WINDOW = 8  # latents per window: 8 frames
-STREAM = 25  # latents per encoded training stream: 25 frames (Wan's encoder takes 1 + 4k frames)
+WINDOW = 16  # latents per window: 16 frames, VideoCrafter2's window
+STREAM = 33  # latents per encoded training stream: 33 frames (Wan's encoder takes 1 + 4k frames)
 CLIP = 9  # frames of the real clips whose reconstructions score the VAE
 TEXT_LEN = 32
 GRAMMAR = ("a", "an", "and", "moving", "over", "on", "the")
@@ -55,7 +61,6 @@ VAE_CONFIG = {
     "is_residual": True, "patch_size": 2, "in_channels": 12, "out_channels": 12, "scale_factor_spatial": 8,
     "scale_factor_temporal": 1,
 }
-VAE_IMAGES = 12  # single frames per VAE step
 SPRITE_WEIGHT = 4.0  # extra reconstruction weight on pixels far from the frame's median colour (sprites)
 MOTION_WEIGHT = 4.0  # extra flow-matching weight on latents far from their stream's static background (sprites)
 TEXT_CONFIG = {
@@ -69,6 +74,15 @@ TRANSFORMER_CONFIG = {
 SCHEDULER_SHIFT = 3.0
 KL_WEIGHT = 1e-5  # per latent element, against the per-pixel L1: a light pull of the posterior towards N(0, 1)
 EMA_DECAY = 0.999  # the saved transformer and text encoder are this exponential moving average of the trained ones
+# Sizes per machine: the 2-core development VM, and one lent H100/H200 (docs/RESULTS.md has the times).
+# A ``*_seconds`` budget caps its stage's steps at what fits that time (StepBudget); None runs every step.
+PROFILES: dict[str, dict[str, float | None]] = {
+    "cpu": {"vae_steps": 3000, "vae_seconds": None, "vae_batch": 12, "vae_lr": 1e-3, "streams": 600,
+            "transformer_steps": 8000, "transformer_seconds": None, "batch": 16, "lr": 1e-3, "workers": 2},
+    "gpu": {"vae_steps": 20000, "vae_seconds": 50.0, "vae_batch": 96, "vae_lr": 1e-3, "streams": 4000,
+            "transformer_steps": 100000, "transformer_seconds": 150.0, "batch": 128, "lr": 1e-3, "workers": 6},
+}
+LEVEL_MODES = ("shared", "mixed")
 
 
 def video_tensor(frames: np.ndarray) -> Tensor:
@@ -84,6 +98,47 @@ def random_clips(rng: np.random.Generator, count: int, num_frames: int) -> tuple
         for s in scenes
     ]
     return torch.stack(clips), [s.prompt for s in scenes]
+
+
+def _render(job: tuple[Scene, int, int, int]) -> np.ndarray:
+    """One stream's frames (a top-level function so worker processes can run it)."""
+    scene, frames, seed, start = job
+    return render_clip(scene, frames, SIZE, SIZE, seed=seed, start=start)
+
+
+def render_streams(rng: np.random.Generator, count: int, frames: int, workers: int) -> tuple[np.ndarray, list[str]]:
+    """``count`` streams of fresh scenes as uint8 ``[N, F, H, W, 3]`` and their prompts; the scenes, seeds
+    and start frames come from ``rng`` alone, so the result does not depend on ``workers``."""
+    scenes = [sample_scene(rng) for _ in range(count)]
+    jobs = [(s, frames, int(rng.integers(2**31)), int(rng.integers(400))) for s in scenes]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            clips = list(pool.map(_render, jobs, chunksize=64))
+    else:
+        clips = [_render(j) for j in jobs]
+    return np.stack(clips), [s.prompt for s in scenes]
+
+
+class StepBudget:
+    """``steps`` training steps, or with ``seconds`` as many as fit that time at the rate measured over
+    steps 10-50 (the count is fixed from step 50 on, so the learning-rate schedule knows its end)."""
+
+    def __init__(self, steps: int, seconds: float | None, device: torch.device) -> None:
+        self.steps, self.seconds, self.device = steps, seconds, device
+
+    def __iter__(self):
+        step = 0
+        while step < self.steps:
+            yield step
+            step += 1
+            if self.seconds and step in (10, 50):
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                if step == 10:
+                    start = time.monotonic()
+                else:
+                    rate = (time.monotonic() - start) / 40
+                    self.steps = min(self.steps, max(step, int(self.seconds / rate)))
 
 
 def cosine_lr(step: int, steps: int, warmup: int) -> float:
@@ -121,23 +176,28 @@ def per_frame_vae() -> AutoencoderKLWan:
     return vae
 
 
-def train_vae(steps: int, rng: np.random.Generator, lr: float) -> AutoencoderKLWan:
-    """The VAE on single frames: weighted L1 + MSE plus a small KL; every 250 steps the analyzer scores
-    its reconstructions of held-out clips."""
-    vae = per_frame_vae()
+def train_vae(frames: np.ndarray, steps: StepBudget, batch: int, lr: float, seed: int) -> AutoencoderKLWan:
+    """The VAE on single frames drawn from ``frames`` (uint8 ``[N, F, H, W, 3]``): weighted L1 + MSE plus a
+    small KL; every 500 steps the analyzer scores its reconstructions of held-out clips."""
+    device = steps.device
+    vae = per_frame_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, 20))
-    held_out = random_clips(np.random.default_rng(12345), 4, CLIP)
-    for step in range(steps):
-        l1, mse, kl = reconstruction_loss(vae, random_clips(rng, VAE_IMAGES, 1)[0])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 20))
+    held_out = random_clips(np.random.default_rng(12345), 8, CLIP)
+    pool = torch.from_numpy(frames.reshape(-1, *frames.shape[2:]))  # every frame of every stream
+    g = torch.Generator().manual_seed(seed)
+    for step in steps:
+        picks = pool[torch.randint(pool.shape[0], (batch,), generator=g)]
+        images = video_tensor(picks.numpy()).permute(1, 0, 2, 3).unsqueeze(2).to(device)  # [B, 3, 1, H, W]
+        l1, mse, kl = reconstruction_loss(vae, images)
         opt.zero_grad()
         (l1 + mse + KL_WEIGHT * kl).backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        log(f"vae {step + 1}/{steps} l1 {l1.item():.4f} mse {mse.item():.4f} kl {kl.item():.3f}", step, steps)
-        if (step + 1) % 250 == 0 or step == steps - 1:
-            log(f"vae {step + 1}/{steps} held-out reconstructions: {reconstruction_rates(vae.eval(), *held_out)}", 0, 1)
+        log(f"vae {step + 1}/{steps.steps} l1 {l1.item():.4f} mse {mse.item():.4f} kl {kl.item():.3f}", step, steps.steps, every=250)
+        if (step + 1) % 1000 == 0 or step == steps.steps - 1:
+            log(f"vae {step + 1}/{steps.steps} held-out reconstructions: {reconstruction_rates(vae.eval(), *held_out)}", 0, 1)
             vae.train()
     return vae.eval()
 
@@ -146,25 +206,21 @@ def train_vae(steps: int, rng: np.random.Generator, lr: float) -> AutoencoderKLW
 def reconstruction_rates(vae: AutoencoderKLWan, clips: Tensor, prompts: list[str]) -> dict[str, float]:
     """The analyzer's colour and background rates on the VAE's reconstructions of real toy clips: the
     ceiling any transformer works under."""
-    frames = to_uint8(vae.decode(vae.encode(clips).latent_dist.mode()).sample).numpy()
+    device = next(vae.parameters()).device
+    frames = to_uint8(vae.decode(vae.encode(clips.to(device)).latent_dist.mode()).sample.cpu()).numpy()
     reports = [analyze(f, p) for f, p in zip(frames, prompts)]
-    return {
-        "color_rate": round(float(np.mean([r.color_rate for r in reports])), 3),
-        "background_rate": round(float(np.mean([r.background_rate for r in reports])), 3),
-    }
+    return {k: round(float(np.mean([getattr(r, k) for r in reports])), 3) for k in ("color_rate", "shape_rate", "background_rate")}
 
 
 @torch.no_grad()
-def encode_streams(vae: AutoencoderKLWan, count: int, rng: np.random.Generator) -> tuple[Tensor, list[str]]:
-    """``count`` long streams as posterior-mean latents ``[N, C, STREAM, h, w]`` and their prompts."""
-    latents, prompts = [], []
-    frames = frames_of_latents(STREAM, VAE_CONFIG["scale_factor_temporal"])
-    for i in range(0, count, 4):
-        x, p = random_clips(rng, min(4, count - i), frames)
-        latents.append(vae.encode(x).latent_dist.mean)
-        prompts += p
-        log(f"encoded {len(prompts)}/{count} streams", i // 4, math.ceil(count / 4))
-    return torch.cat(latents), prompts
+def encode_streams(vae: AutoencoderKLWan, frames: np.ndarray, chunk: int) -> Tensor:
+    """Posterior-mean latents ``[N, C, F, h, w]`` (on the VAE's device) of uint8 streams ``[N, F, H, W, 3]``."""
+    device = next(vae.parameters()).device
+    latents = []
+    for i in range(0, frames.shape[0], chunk):
+        latents.append(vae.encode(torch.stack([video_tensor(f) for f in frames[i : i + chunk]]).to(device)).latent_dist.mean)
+        log(f"encoded {i + len(latents[-1])}/{frames.shape[0]} streams", i // chunk, math.ceil(frames.shape[0] / chunk))
+    return torch.cat(latents)
 
 
 def set_latent_norm(vae: AutoencoderKLWan, latents: Tensor) -> None:
@@ -173,12 +229,16 @@ def set_latent_norm(vae: AutoencoderKLWan, latents: Tensor) -> None:
     vae.register_to_config(latents_mean=flat.mean(1).tolist(), latents_std=flat.std(1).tolist())
 
 
-def sample_sigmas(batch: int, rng: torch.Generator) -> Tensor:
-    """Per-latent sigmas ``[B, WINDOW]``: shared, independent, or independent and sorted (a third each),
-    drawn uniformly and time-shifted as the sampling grid is."""
-    u = torch.rand(batch, WINDOW, generator=rng)
-    mode = torch.randint(3, (batch, 1), generator=rng)
-    u = torch.where(mode == 0, u[:, :1], torch.where(mode == 1, u, u.sort(dim=1).values))
+def sample_sigmas(batch: int, levels: str, g: torch.Generator) -> Tensor:
+    """Per-latent sigmas ``[B, WINDOW]``, drawn uniformly and time-shifted as the sampling grid is:
+    ``shared`` one per window (as real video models are trained); ``mixed`` a third shared, a third
+    independent per latent, a third independent and sorted (head cleaner, as in FIFO/MIGA queues)."""
+    u = torch.rand(batch, WINDOW, generator=g, device=g.device)
+    if levels == "shared":
+        u = u[:, :1].expand(batch, WINDOW)
+    else:
+        mode = torch.randint(3, (batch, 1), generator=g, device=g.device)
+        u = torch.where(mode == 0, u[:, :1], torch.where(mode == 1, u, u.sort(dim=1).values))
     return SCHEDULER_SHIFT * u / (1 + (SCHEDULER_SHIFT - 1) * u)
 
 
@@ -191,35 +251,41 @@ def motion_weights(latents: Tensor) -> Tensor:
 
 
 def train_transformer(
-    latents: Tensor, prompts: list[str], text: T5PromptEncoder, steps: int, batch: int, seed: int
+    latents: Tensor, prompts: list[str], text: T5PromptEncoder, levels: str, steps: StepBudget, batch: int, lr: float, seed: int
 ) -> WanTransformer3DModel:
-    """Flow matching of the transformer and text encoder on normalised latent windows, weighted towards
-    the moving sprites; returns the exponential moving average of both (set into ``text`` too)."""
-    g = torch.Generator().manual_seed(seed)
+    """Flow matching of the transformer and text encoder on normalised latent windows (on ``latents``'s
+    device), weighted towards the moving sprites, with ``levels`` noise levels per window; returns the
+    exponential moving average of both (set into ``text`` too)."""
+    device = latents.device
+    g = torch.Generator(device).manual_seed(seed)
     channels = latents.shape[1]
     weights = motion_weights(latents)
     transformer = WanTransformer3DModel(
         **TRANSFORMER_CONFIG, in_channels=channels, out_channels=channels, text_dim=TEXT_CONFIG["d_model"]
-    )
+    ).to(device)
+    text.text_encoder.to(device)
     trained = torch.nn.ModuleList([transformer, text.text_encoder])
     params = list(trained.parameters())
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, 200))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 200))
     tokens_per_frame = (latents.shape[3] // 2) * (latents.shape[4] // 2)
+    tokens = text.tokenize([*prompts, ""]).to(device)  # every prompt once; the last row is the dropped prompt
+    offsets = torch.arange(WINDOW, device=device)
     text.text_encoder.train()
-    for step in range(steps):
-        idx = torch.randint(latents.shape[0], (batch,), generator=g)
-        start = torch.randint(STREAM - WINDOW + 1, (batch,), generator=g) * (torch.rand(batch, generator=g) > 0.25)
-        picks = list(zip(idx.tolist(), start.tolist()))
-        x0, weight = (torch.stack([t[i, :, s : s + WINDOW] for i, s in picks]) for t in (latents, weights))
-        noise = torch.randn(x0.shape, generator=g)
-        sigma = sample_sigmas(batch, g)
+    for step in steps:
+        idx = torch.randint(latents.shape[0], (batch,), generator=g, device=device)
+        keep_start = torch.rand(batch, generator=g, device=device) > 0.25  # a quarter of windows open their stream
+        start = torch.randint(STREAM - WINDOW + 1, (batch,), generator=g, device=device) * keep_start
+        frames = start[:, None] + offsets  # [B, WINDOW]
+        x0, weight = (t[idx[:, None], :, frames].permute(0, 2, 1, 3, 4) for t in (latents, weights))
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        sigma = sample_sigmas(batch, levels, g)
         s = sigma.view(batch, 1, WINDOW, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        drop = torch.rand(batch, generator=g) < 0.1
-        tokens = text.tokenize(["" if d else prompts[i] for i, d in zip(idx.tolist(), drop.tolist())])
-        context = embed_tokens(text.text_encoder, tokens.input_ids, tokens.attention_mask)
+        drop = torch.rand(batch, generator=g, device=device) < 0.1
+        rows = torch.where(drop, len(prompts), idx)
+        context = embed_tokens(text.text_encoder, tokens.input_ids[rows], tokens.attention_mask[rows])
         timestep = frame_timesteps_to_tokens(sigma * 1000, batch, tokens_per_frame)
         pred = transformer(xt, timestep, context, return_dict=False)[0]
         loss = ((pred - (noise - x0)).pow(2) * weight).mean()
@@ -229,10 +295,10 @@ def train_transformer(
         opt.step()
         sched.step()
         ema.update_parameters(trained)
-        log(f"transformer {step + 1}/{steps} loss {loss.item():.4f}", step, steps)
+        log(f"transformer {step + 1}/{steps.steps} loss {loss.item():.4f}", step, steps.steps, every=500)
     transformer, text.text_encoder = ema.module
-    text.text_encoder.eval()
-    return transformer.eval()
+    text.text_encoder.eval().to("cpu")
+    return transformer.eval().to("cpu")
 
 
 _T0 = time.monotonic()
@@ -244,55 +310,73 @@ def log(message: str, step: int, steps: int, every: int = 50) -> None:
         print(f"[{time.monotonic() - _T0:7.0f}s] {message}", flush=True)
 
 
-def train(out: Path, vae_steps: int, vae_lr: float, streams: int, transformer_steps: int, seed: int) -> None:
-    """All three stages, then save the pipeline (safetensors + JSON) and ``miga.json`` to ``out``."""
+def train(out: Path, sizes: dict[str, float | None], levels: str, device: torch.device, seed: int, vae_from: Path | None) -> None:
+    """Every stage (the VAE taken from ``vae_from`` when given), then save the pipeline (safetensors +
+    JSON) and ``miga.json`` with the recipe, the steps actually run included, to ``out``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    vae = train_vae(vae_steps, rng, vae_lr)
-    latents, prompts = encode_streams(vae, streams, rng)
-    set_latent_norm(vae, latents)
+    streams, prompts = render_streams(rng, int(sizes["streams"]), frames_of_latents(STREAM, 1), int(sizes["workers"]))
+    log(f"rendered {len(prompts)} streams of {streams.shape[1]} frames", 0, 1)
+    vae_steps = StepBudget(int(sizes["vae_steps"]), sizes["vae_seconds"], device)
+    if vae_from is None:
+        vae = train_vae(streams, vae_steps, int(sizes["vae_batch"]), sizes["vae_lr"], seed)
+    else:
+        vae = AutoencoderKLWan.from_pretrained(vae_from, subfolder="vae").to(device).eval()
+        vae_steps.steps = 0
+    latents = encode_streams(vae, streams, 64 if device.type == "cuda" else 4)
+    del streams
+    if vae_from is None:
+        set_latent_norm(vae, latents)
     mean, std = latent_norm(vae)
-    latents = (latents - mean) / std
+    latents = (latents - mean.to(latents.device)) / std.to(latents.device)
     tokenizer = build_toy_tokenizer([*GRAMMAR, *SIZES, *COLORS, *SHAPES, *BACKGROUNDS], TEXT_LEN)
     text = T5PromptEncoder(tokenizer, UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)))
-    transformer = train_transformer(latents, prompts, text, transformer_steps, 16, seed)
+    steps = StepBudget(int(sizes["transformer_steps"]), sizes["transformer_seconds"], device)
+    transformer = train_transformer(latents, prompts, text, levels, steps, int(sizes["batch"]), sizes["lr"], seed)
     scheduler = UniPCMultistepScheduler(**{**WAN21_SCHEDULER, "flow_shift": SCHEDULER_SHIFT})
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text.text_encoder, transformer=transformer, vae=vae, scheduler=scheduler)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text.text_encoder, transformer=transformer, vae=vae.cpu(), scheduler=scheduler)
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "miga.json").write_text(json.dumps({"resolution": [SIZE, SIZE], "window": WINDOW}) + "\n")
-    print(f"[{time.monotonic() - _T0:7.0f}s] saved to {out}", flush=True)
+    recipe = {"levels": levels, "device": device.type, "seed": seed, "vae_from": str(vae_from) if vae_from else None,
+              **sizes, "vae_steps": vae_steps.steps, "transformer_steps": steps.steps,
+              "seconds": round(time.monotonic() - _T0)}
+    (out / "miga.json").write_text(json.dumps({"resolution": [SIZE, SIZE], "window": WINDOW, "recipe": recipe}) + "\n")
+    print(f"[{time.monotonic() - _T0:7.0f}s] saved to {out}: {json.dumps(recipe)}", flush=True)
+
+
+GATE_RATES = ("color_rate", "background_rate", "shape_rate", "count_rate")  # what the gate asks of base clips
+GATE_MINIMUM = {"color_rate": 0.9, "background_rate": 0.9, "shape_rate": 0.8, "count_rate": 0.8}
 
 
 @torch.no_grad()
-def quality_gate(source: Path, prompts: int, levels: int, cfg: float, seed: int) -> dict[str, float]:
+def quality_gate(source: Path, prompts: int, steps: int, cfg: float, seed: int, device: torch.device) -> dict[str, float]:
     """Base sampler only: one window per prompt, all latents at one level, plain Euler over the model's
-    grid with CFG; the analyzer's recognition rates over all frames, the same rates for the VAE's
-    reconstructions of real toy clips (the ceiling the transformer works under), and the time of
-    one model call."""
-    model = load_model(str(source), device="cpu")
+    grid with CFG; the analyzer's recognition rates over all frames against ``GATE_MINIMUM``, the same
+    rates for the VAE's reconstructions of real toy clips (the ceiling the transformer works under),
+    and the time of one model call."""
+    model = load_model(str(source), device=device, dtype=torch.float32)
     rng = np.random.default_rng(seed)
     texts = [sample_scene(rng).prompt for _ in range(prompts)]
     pos, neg = model.encode_prompt(texts)
     cond = Conditioning(pos, neg, cfg)
-    grid = model.grid(levels)
+    grid = model.grid(steps)
     solver = FlowEuler(grid)
     h, w = (r // model.vae_scale[1] for r in model.default_resolution)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(prompts, model.latent_channels, model.default_window, h, w, generator=g)
-    for level in range(levels, 0, -1):
+    x = torch.randn(prompts, model.latent_channels, model.default_window, h, w, generator=g).to(device)
+    for level in range(steps, 0, -1):
         at = torch.full((model.default_window,), level)
-        x = solver.step(x, guided_forward(model.denoiser, x, grid.timesteps[at], cond), at)
-    frames = model.decoder().push(x).numpy()
+        x = solver.step(x, guided_forward(model.denoiser, x, grid.timesteps[at].to(device), cond), at)
+    frames = model.decoder().push(x).cpu().numpy()
     reports = [analyze(f, t) for f, t in zip(frames, texts)]
+    rates = {k: float(np.mean([getattr(r, k) for r in reports])) for k in GATE_RATES}
     vae_rates = reconstruction_rates(model.decoder().vae, *random_clips(rng, prompts, CLIP))
-    staircase = grid.timesteps[torch.linspace(1, levels, model.default_window).round().long()]
+    staircase = grid.timesteps[torch.linspace(1, steps, model.default_window).round().long()].to(device)
     start = time.monotonic()
     for _ in range(20):
-        model.denoiser(x[:1], staircase, pos[:1])
+        model.denoiser(x[:1], staircase, pos[:1].to(device))
     return {
-        "color_rate": float(np.mean([r.color_rate for r in reports])),
-        "background_rate": float(np.mean([r.background_rate for r in reports])),
-        "shape_rate": float(np.mean([r.shape_rate for r in reports])),
+        **rates,
+        "gate_met": all(rates[k] >= v for k, v in GATE_MINIMUM.items()),
         **{f"vae_reconstruction_{k}": v for k, v in vae_rates.items()},
         "seconds_per_model_call": (time.monotonic() - start) / 20,
     }
@@ -303,23 +387,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=TOY_DIR, help="checkpoint directory (default: the shipped one)")
     parser.add_argument("--eval", action="store_true", help="run the quality gate on --out instead of training")
+    parser.add_argument("--levels", choices=LEVEL_MODES, default="shared", help="noise levels per training window (default shared)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="training sizes (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
-    parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--streams", type=int, default=600)
-    parser.add_argument("--transformer-steps", type=int, default=8000)
+    parser.add_argument("--vae-from", type=Path, help="take the VAE of this checkpoint instead of training one")
+    for name, value in PROFILES["gpu"].items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"overrides the profile's {name}")
     parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
-    parser.add_argument("--levels", type=int, default=40, help="quality gate: grid levels")
+    parser.add_argument("--steps", type=int, default=get_preset("toy").num_levels, help="quality gate: grid levels (the toy preset's)")
     parser.add_argument(
         "--cfg", type=float, default=get_preset("toy").cfg_scale, help="quality gate: guidance scale (the toy preset's)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     if args.eval:
-        print(json.dumps(quality_gate(args.out, args.prompts, args.levels, args.cfg, args.seed), indent=2))
-    else:
-        train(args.out, args.vae_steps, args.vae_lr, args.streams, args.transformer_steps, args.seed)
+        print(json.dumps(quality_gate(args.out, args.prompts, args.steps, args.cfg, args.seed, device), indent=2))
+        return
+    sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PROFILES[args.profile].items()}
+    train(args.out, sizes, args.levels, device, args.seed, args.vae_from)
 
 
 if __name__ == "__main__":
