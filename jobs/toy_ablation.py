@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from miga_ray.benchmarks.options import positive_int
 from miga_ray.config import load_config
 from miga_ray.engines import build_engine, load_for
+from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
 from miga_ray.models.toy_world import analyze, sample_scene
@@ -38,14 +38,15 @@ from miga_ray.models.toy_world import analyze, sample_scene
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
 VARIANTS = {"fifo": "FIFO-Diffusion", "tta": "TTA only", "dce": "DCE only", "miga": "MIGA (TTA + DCE)"}
 VBENCH = ("subject_consistency", "background_consistency", "motion_smoothness", "temporal_flickering", "overall")
-TOY = ("color_rate", "background_rate", "shape_rate", "flicker", "smoothness")
+TOY = ("color_rate", "shape_rate", "count_rate", "background_rate", "subject_consistency", "background_consistency", "smoothness")
+DRIFT = ("color_rate", "shape_rate", "count_rate", "subject_consistency", "background_consistency")
 COLUMNS = {
     "subject_consistency": "S.C.", "background_consistency": "B.C.", "motion_smoothness": "M.S.",
     "temporal_flickering": "T.F.", "overall": "O.S.", "color_rate": "colour", "background_rate": "bg",
-    "shape_rate": "shape", "flicker": "toy flicker", "smoothness": "toy smooth", "late_color_rate": "colour, last quarter",
+    "shape_rate": "shape", "count_rate": "count", "smoothness": "toy smooth",
 }
-
-DRIFT_BIN = 100  # frames per point of the analyzer's curves
+TOY_COLUMNS = {"subject_consistency": "sprite cons.", "background_consistency": "bg cons."}
+DRIFT_BINS = 10  # points on each analyzer curve
 
 
 def prompts(count: int, seed: int = 2026) -> list[str]:
@@ -55,24 +56,30 @@ def prompts(count: int, seed: int = 2026) -> list[str]:
 
 
 def score(video: np.ndarray, prompt: str) -> dict[str, Any]:
-    """VBench-form dimensions and the analyzer's rates, late colour rate and per-bin curves of one video."""
+    """VBench-form dimensions (pixel features) and the toy analyzer's means, drift figures (last quarter
+    minus first) and curves over ``DRIFT_BINS`` bins of one video."""
     torch.set_num_threads(1)
     vbench = evaluate_frames(video, PixelFeatures(), PixelFeatures())
-    toy = analyze(video, prompt, chunk=DRIFT_BIN)
-    quarter = toy.present[-len(video) // 4 :, 0]
     return {
         **{k: v for k, v in vbench.to_dict().items() if k in VBENCH},
-        **{k: None if math.isnan(getattr(toy, k)) else getattr(toy, k) for k in TOY},  # JSON has no NaN
-        "late_color_rate": float(quarter.mean()),
-        "curves": toy.to_dict(per_frame=False)["drift"],
+        "analysis": analyze(video, prompt).summary(min(DRIFT_BINS, len(video))),
         "features": vbench.subject_features, "interpolator": vbench.interpolator,
     }
+
+
+def metric(row: dict[str, Any], name: str) -> float:
+    """A row's value of ``name`` (``analysis.mean.x``, ``analysis.drift.x`` reach into the analyzer's summary); NaN if undefined."""
+    value: Any = row
+    for key in name.split("."):
+        value = value[key]
+    return np.nan if value is None else float(value)
 
 
 @torch.no_grad()
 def render_batch(model_name: str, variant: str, texts: list[str], seed: int, latents: int, device: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Sample one batch (a row per prompt) and decode it: uint8 ``[B, F, H, W, 3]`` and the run's costs."""
-    cfg = load_config(CONFIGS / f"{variant}.yaml", [f"model.name={model_name}", f"model.device={device}"], seed=seed)
+    overrides = [f"model.name={model_name}", f"model.device={device}", "model.dtype=float32"]  # toy models: fp32 everywhere
+    cfg = load_config(CONFIGS / f"{variant}.yaml", overrides, seed=seed)
     model = load_for(cfg)
     start = time.monotonic()
     engine = build_engine(model, cfg, texts, latents)
@@ -99,7 +106,7 @@ def run(out: Path, models: list[str], variants: list[str], texts: list[str], see
     out.mkdir(parents=True, exist_ok=True)
     path = out / "videos.jsonl"
     rows = _done(path)
-    batches = [(m, v, s) for m in models for v in variants for s in seeds
+    batches = [(m, v, s) for s in seeds for m in models for v in variants  # a whole first seed before the next
                if any(rows.get((m, v, p, s), {}).get("latents") != latents for p in texts)]
     print(f"{len(rows)} videos done, {len(batches) * len(texts)} to render", flush=True)
     with ProcessPoolExecutor(workers) as pool, path.open("a") as sink:
@@ -116,10 +123,9 @@ def run(out: Path, models: list[str], variants: list[str], texts: list[str], see
             and r["seed"] in seeds and r["latents"] == latents]
 
 
-def per_prompt(rows: list[dict[str, Any]], model: str, variant: str, metric: str, texts: list[str]) -> np.ndarray:
+def per_prompt(rows: list[dict[str, Any]], model: str, variant: str, name: str, texts: list[str]) -> np.ndarray:
     """One value per prompt: the metric averaged over that prompt's seeds (NaN where no seed defines it)."""
-    values = [[np.nan if r[metric] is None else r[metric] for r in rows
-               if (r["model"], r["variant"], r["prompt"]) == (model, variant, p)] for p in texts]
+    values = [[metric(r, name) for r in rows if (r["model"], r["variant"], r["prompt"]) == (model, variant, p)] for p in texts]
     return np.array([np.nan if np.isnan(v).all() else np.nanmean(v) for v in values])
 
 
@@ -141,7 +147,11 @@ def table(rows: list[dict[str, Any]], models: list[str], variants: list[str], te
           metrics: tuple[str, ...], paired: bool) -> str:
     """A markdown table, one row per (model, variant): mean [95% CI] over prompts, in %, or of the paired
     difference to FIFO on the same model."""
-    lines = ["| model | variant | " + " | ".join(COLUMNS[m] for m in metrics) + " |", "| --- | --- |" + " ---: |" * len(metrics)]
+    def column(name: str) -> str:
+        part, _, key = name.rpartition(".")
+        return TOY_COLUMNS.get(key, COLUMNS[key]) if part else COLUMNS[key]
+
+    lines = ["| model | variant | " + " | ".join(column(m) for m in metrics) + " |", "| --- | --- |" + " ---: |" * len(metrics)]
     for model in models:
         for variant in variants:
             if paired and variant == "fifo":
@@ -158,7 +168,7 @@ def table(rows: list[dict[str, Any]], models: list[str], variants: list[str], te
 
 def report(rows: list[dict[str, Any]], models: list[str], variants: list[str], texts: list[str], seeds: list[int], latents: int) -> str:
     """The whole summary: VBench-form and toy ground-truth tables, absolute and paired, plus costs."""
-    toy = (*TOY, "late_color_rate")
+    toy, drift = tuple(f"analysis.mean.{m}" for m in TOY), tuple(f"analysis.drift.{m}" for m in DRIFT)
     first = rows[0]
     costs = []
     for model in models:
@@ -176,13 +186,25 @@ def report(rows: list[dict[str, Any]], models: list[str], variants: list[str], t
         f"Features: {first['features']}; motion smoothness: {first['interpolator']}.",
         "", "VBench-form dimensions:", "", table(rows, models, variants, texts, VBENCH, paired=False),
         *(["", "Paired difference to FIFO (same model, prompt and seed):", "", table(rows, models, variants, texts, VBENCH, paired=True)] if has_fifo else []),
-        "", "Toy-world ground truth (analyzer):", "", table(rows, models, variants, texts, toy, paired=False),
+        "", "Toy-world ground truth (analyzer; sprite and background consistency on their own pixels):", "",
+        table(rows, models, variants, texts, toy, paired=False),
         *(["", "Paired difference to FIFO:", "", table(rows, models, variants, texts, toy, paired=True)] if has_fifo else []),
-        "", "| model | variant | model calls / latent (per batch) | ms / frame (batch wall / videos x frames) | reflection batches triggered / accepted |",
+        "", "Drift: mean over the last quarter of the video minus the first quarter:", "",
+        table(rows, models, variants, texts, drift, paired=False),
+        *(["", "Paired difference to FIFO:", "", table(rows, models, variants, texts, drift, paired=True)] if has_fifo else []),
+        "", "| model | variant | model calls / latent (per batch) | ms / frame (batch wall / videos x frames) | reflections triggered / accepted (all videos) |",
         "| --- | --- | ---: | ---: | ---: |",
         *costs,
     ]
     return "\n".join(parts)
+
+
+def curves(rows: list[dict[str, Any]], models: list[str], variants: list[str]):
+    """The analyzer's curves of every (model, variant), averaged over its videos, in one picture."""
+    labels = {m: Path(m).name for m in models}
+    groups = [Variant(f"{labels[m]} {v}", [r["analysis"] for r in rows if (r["model"], r["variant"]) == (m, v)])
+              for m in models for v in variants]
+    return draw_curves([g for g in groups if g.summaries], list(DRIFT))
 
 
 def _names(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -209,11 +231,19 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="where the models run: cpu | cuda (default cpu)")
     parser.add_argument("--workers", type=positive_int, default=2, help="scoring processes (default 2)")
+    parser.add_argument("--report", action="store_true", help="summarise the videos already in --out; render nothing")
     args = parser.parse_args()
     texts, seeds = prompts(args.prompts, args.prompt_seed), list(range(args.seeds))
-    rows = run(args.out, args.models, args.variants, texts, seeds, args.latents, args.device, args.workers)
+    if args.report:
+        done = _done(args.out / "videos.jsonl").values()
+        seeds = sorted({r["seed"] for r in done if r["seed"] in seeds})
+        rows = [r for r in done if r["model"] in args.models and r["variant"] in args.variants and r["prompt"] in texts
+                and r["seed"] in seeds and r["latents"] == args.latents]
+    else:
+        rows = run(args.out, args.models, args.variants, texts, seeds, args.latents, args.device, args.workers)
     text = report(rows, args.models, args.variants, texts, seeds, args.latents)
     (args.out / "table.md").write_text(text + "\n")
+    curves(rows, args.models, args.variants).save(args.out / "curves.png")
     print(text)
 
 

@@ -34,10 +34,11 @@ def test_ablation_renders_every_variant_and_resumes(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()]
     assert sorted({r["variant"] for r in rows}) == ["dce", "fifo", "miga", "tta"] and len(rows) == 4
     assert all(r["frames"] == toy_frames(6, "toy") for r in rows)
-    assert all(0 < r["overall"] <= 1 and 0 <= r["color_rate"] <= 1 for r in rows)
+    assert all(0 < r["overall"] <= 1 and 0 <= r["analysis"]["mean"]["color_rate"] <= 1 for r in rows)
     calls = {r["variant"]: r["model_calls"] for r in rows if r["seed"] == 0 and r["prompt"] == rows[0]["prompt"]}
     assert len(set(calls.values())) > 1, "the variants must run different samplers"
-    assert all(r["model"] == "toy" and r["curves"]["color_rate"] for r in rows)
+    assert all(r["model"] == "toy" and len(r["analysis"]["curves"]["count_rate"]) == min(10, r["frames"]) and "subject_consistency" in r["analysis"]["drift"] for r in rows)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "table.md").read_text()
     for label in ("FIFO-Diffusion", "TTA only", "DCE only", "MIGA (TTA + DCE)", "TTA only − FIFO"):
         assert f"| toy | {label} |" in table
@@ -62,8 +63,8 @@ def test_a_batch_row_is_the_same_video_whatever_the_variant_list(tmp_path):
     for out, variants in ((tmp_path / "a", "fifo"), (tmp_path / "b", "miga,fifo")):
         subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--variants", variants, *argv], capture_output=True, check=True, timeout=600)
     a, b = ([json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()] for out in (tmp_path / "a", tmp_path / "b"))
-    fifo = [{k: r[k] for k in ("prompt", "subject_consistency", "color_rate", "model_calls")} for r in b if r["variant"] == "fifo"]
-    assert fifo == [{k: r[k] for k in ("prompt", "subject_consistency", "color_rate", "model_calls")} for r in a]
+    fifo = [{k: r[k] for k in ("prompt", "subject_consistency", "analysis", "model_calls")} for r in b if r["variant"] == "fifo"]
+    assert fifo == [{k: r[k] for k in ("prompt", "subject_consistency", "analysis", "model_calls")} for r in a]
     assert len({r["prompt"] for r in a}) == 2 and all(r["batch"] == 2 for r in a)
 
 
