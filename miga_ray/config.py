@@ -49,6 +49,7 @@ class MigaSettings(_Strict):
     reflect_delta: float | None = Field(None, ge=0)
     reflect_after: int | None = Field(None, ge=1)
     reflect_refs: int | None = Field(None, ge=1)
+    schedule: Literal["stream", "reference"] | None = Field(None, description="stream | reference (the official VC2 schedule, fixed length)")
 
 
 class FifoSettings(_Strict):

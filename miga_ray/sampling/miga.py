@@ -5,6 +5,9 @@ Stage 1, one step: a new group of ``group`` latents enters at level T; one sweep
 latent one level down in windows written head to tail (guidance slots see latents already stepped
 in this sweep); the head group leaves once it reaches level E; then reflection may judge and
 replace the group ``reflect_after`` steps below noise. The queue holds about (T - E) x group latents.
+
+``schedule="reference"`` runs the official VideoCrafter2 code's schedule instead, call for call: a
+fixed-length video whose output is the base clip and the fill latents (see ``_advance_reference``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .engine import StreamingEngine, sample_base_clip, stack_frames
 from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
 from .runner import WindowRunner
 from .unified import UnifiedStage
-from .windows import guidance_positions, sweep_blocks
+from .windows import guidance_positions, reference_offset, sweep_blocks
 
 
 class MigaEngine(StreamingEngine):
@@ -37,6 +40,14 @@ class MigaEngine(StreamingEngine):
     ) -> None:
         self.T = runner.solver.grid.num_levels
         config.validate(self.T, runner.solver.grid.lowest_step)
+        if config.schedule == "reference":
+            fill_max = self.T - config.window // config.group
+            _ok = num_latents % config.group == 0 and config.window <= num_latents <= fill_max * config.group
+            if not _ok:
+                raise ValueError(
+                    f"num_latents: must satisfy, with schedule reference, a multiple of group ({config.group}) from window "
+                    f"({config.window}) to {fill_max} groups ({fill_max * config.group}), as the official code caps it (got {num_latents})"
+                )
         super().__init__(runner, num_latents, dtype, device)
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)
@@ -47,6 +58,7 @@ class MigaEngine(StreamingEngine):
         self.head = 0  # latent index of xs[0]
         self.pushed = 0  # latents that have entered stage 1
         self.sweeps = 0
+        self.fill_iters = 0  # schedule reference: fill iterations done
         self.anchor: Tensor | None = None  # the base clip's last latent (clean)
         self.recent: Tensor | None = None  # newest latent that left stage 1
         self.last_score: list[float] | None = None  # per batch element
@@ -56,14 +68,48 @@ class MigaEngine(StreamingEngine):
         if not self.started:
             self._start()
             return
-        if self.pushed < self.num_latents:
-            self._push_group()
-        self._sweep()
+        if self.cfg.schedule == "reference":
+            self._advance_reference()
+        else:
+            if self.pushed < self.num_latents:
+                self._push_group(self._entry_anchor(), self.num_latents)
+            self._sweep("fill" if self.head == 0 else "stage1", self.sweeps % self.cfg.write_stride)
+            self._pop()
+            if self._reflect_now():
+                self._reflect()
+        if self.cfg.schedule == "stream" or self.head >= self.num_latents:  # the reference: stage 2 after stage 1
+            for index, latent in self.unified.run():
+                self._emit(index, latent)
+
+    def _advance_reference(self) -> None:
+        """One iteration of the official VideoCrafter2 schedule.
+
+        Fill: a group made from the base clip's last latent noised to T enters, the queue is swept
+        with the written blocks aligned to the tail (remainder block first), then reflection may
+        judge; the fill stops after ``num_latents / group`` iterations or when the head reaches
+        E + 2, which it reaches without a sweep. Stage 1: sweep (offset = stage-1 iteration mod
+        stride), pop at E, and a pure-noise group enters after every sweep but the last fill's
+        (hence a two-level jump in the staircase); it stops once ``num_latents`` have left. Stage 2
+        and refine then run over all of them, sweep after sweep.
+        """
+        c = self.cfg
+        groups = self.num_latents // c.group
+        fill_sweeps = min(groups, self.T - c.window // c.group - c.stage2_levels - 2)
+        if self.fill_iters < min(groups, fill_sweeps + 1):
+            self._push_group(self.anchor, None)
+            self.fill_iters += 1
+            if self.fill_iters <= fill_sweeps:
+                self._sweep("fill", reference_offset(len(self.xs), c.current_width, c.write_stride))
+                if c.reflect:
+                    self._reflect()
+            return
+        if self.head >= self.num_latents:
+            return
+        stage1 = self.sweeps - fill_sweeps
+        if stage1:
+            self._push_group(None, None)
+        self._sweep("stage1", stage1 % c.write_stride)
         self._pop()
-        if self._reflect_now():
-            self._reflect()
-        for index, latent in self.unified.run():
-            self._emit(index, latent)
 
     def _start(self) -> None:
         """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
@@ -88,36 +134,35 @@ class MigaEngine(StreamingEngine):
             return self.recent
         return self.anchor
 
-    def _push_group(self) -> None:
-        stop = min(self.pushed + self.cfg.group, self.num_latents)
-        anchor = self._entry_anchor()
+    def _push_group(self, anchor: Tensor | None, limit: int | None) -> None:
+        """The next group enters at level T (up to latent id ``limit``): ``anchor`` noised, or pure noise."""
+        stop = self.pushed + self.cfg.group if limit is None else min(self.pushed + self.cfg.group, limit)
         for i in range(self.pushed, stop):
             self.xs.append(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0))
             self.levels.append(self.T)
         self.pushed = stop
 
-    @property
-    def phase(self) -> str:
-        return "fill" if self.head == 0 else "stage1"
-
     def _window_slots(self, a: int, n: int) -> tuple[list[int], list[int]]:
         """Guidance positions and current positions of the window whose written block starts at ``a``.
 
         Windows near the head (``a < m_guid``) use the latents ahead of them as guidance and fill
-        up to f slots with queue latents, capped so they span no more levels than other windows.
+        up to f slots with queue latents, capped so they span no more levels than other windows;
+        under the reference schedule they are f queue latents from ``a``, as the official code has them.
         """
         c = self.cfg
         m, w, L = c.guidance, c.current_width, c.group
         if not m or a >= m:
             guide = guidance_positions(a, m, L) if m else []
             return guide, list(range(a, min(n, a + w)))
+        if c.schedule == "reference":
+            return [], list(range(a, min(n, a + c.window)))
         cap = (a // L + math.ceil(w / L) + 1) * L
         return list(range(a)), list(range(a, min(n, c.window, cap)))
 
-    def _sweep(self) -> None:
+    def _sweep(self, phase: str, offset: int) -> None:
+        """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
         n, c = len(self.xs), self.cfg
-        phase = self.phase
-        for a, b in sweep_blocks(n, c.current_width, c.write_stride, self.sweeps % c.write_stride):
+        for a, b in sweep_blocks(n, c.current_width, c.write_stride, offset):
             guide, cur = self._window_slots(a, n)
             slots = guide + cur
             kept = [False] * len(guide) + [a <= j < b for j in cur]
@@ -135,7 +180,7 @@ class MigaEngine(StreamingEngine):
 
     def _pop(self) -> None:
         L, E = self.cfg.group, self.cfg.stage2_levels
-        while self.xs and self.levels[0] == E:
+        while self.xs and self.levels[0] == E and self.head < self.num_latents:
             size = min(L - self.head % L, len(self.xs))
             leaving = self.xs[:size]
             del self.xs[:size], self.levels[:size]
@@ -176,7 +221,8 @@ class MigaEngine(StreamingEngine):
         counts["triggered"] += len(triggered)
         behind = list(range(self.head + j, self.head + len(self.xs)))
         groups = [behind[k : k + L] for k in range(0, len(behind), L)]
-        anchor = self._entry_anchor()
+        reference = self.cfg.schedule == "reference"
+        anchor = self.anchor if reference else self._entry_anchor()  # the official candidates start anchored
         requests = [
             CandidateRequest(
                 candidate=k + 1,
@@ -188,6 +234,7 @@ class MigaEngine(StreamingEngine):
                 window=c.window,
                 stride=c.write_stride,
                 anchor=anchor,
+                official_layout=reference,
             )
             for k in range(c.reflect_candidates)
         ]
@@ -220,6 +267,7 @@ class MigaEngine(StreamingEngine):
             "head": self.head,
             "pushed": self.pushed,
             "sweeps": self.sweeps,
+            "fill_iters": self.fill_iters,
             "last_score": self.last_score,
             "unified": self.unified.meta(),
         }
@@ -230,6 +278,7 @@ class MigaEngine(StreamingEngine):
             raise ValueError(f"state: the checkpoint's MIGA config {meta['config']} differs from this engine's {self.cfg.to_dict()}")
         self.started, self.levels, self.head = meta["started"], list(meta["levels"]), meta["head"]
         self.pushed, self.sweeps, self.last_score = meta["pushed"], meta["sweeps"], meta["last_score"]
+        self.fill_iters = meta["fill_iters"]
         self.xs = self._frames(tensors["queue"])
         self.unified.load(self._frames(tensors["unified"]), meta["unified"])
         self.anchor = self._frames(tensors["anchor"])[0] if "anchor" in tensors else None

@@ -17,7 +17,7 @@ from torch import Tensor
 from .noise import NoiseSource
 from .runner import WindowRunner
 from .solvers import Solver
-from .windows import sweep_blocks
+from .windows import reference_offset, sweep_blocks
 
 
 def consistency_score(evaluated: Tensor, references: Tensor) -> Tensor:
@@ -50,6 +50,7 @@ class CandidateRequest:
     window: int
     stride: int
     anchor: Tensor | None  # [B, C, H, W]: entries are this latent noised to the top level; None = pure noise
+    official_layout: bool  # the official code's blocks (remainder first) and its windows that write only references
 
 
 def entry_latent(solver: Solver, noise: NoiseSource, anchor: Tensor | None, latent_id: int, variant: int) -> Tensor:
@@ -75,8 +76,9 @@ def run_candidate(runner: WindowRunner, request: CandidateRequest) -> Tensor:
                 levels.append(T)
                 ids.append(i)
         n = len(xs)
-        for a, b in sweep_blocks(n, request.window, request.stride, step % request.stride):
-            if b <= frozen:
+        offset = reference_offset(n, request.window, request.stride) if request.official_layout else step % request.stride
+        for a, b in sweep_blocks(n, request.window, request.stride, offset):
+            if b <= frozen and not request.official_layout:
                 continue
             span = range(a, min(n, a + request.window))
             kept = [frozen <= j < b for j in span]

@@ -45,9 +45,11 @@ class WindowRunner:
         lv = torch.tensor(list(levels), dtype=torch.long)
         t = self.solver.grid.timesteps[lv].to(device=x.device, dtype=torch.float32)
         out = guided_forward(self.model, x, t, self.cond)
+        self._count(phase, ids, levels, guidance, kept, variant)
+        if not any(kept):  # the official schedule runs candidate windows that write only frozen references
+            return []
         first = kept.index(True)
         keep = slice(first, first + sum(bool(k) for k in kept))  # the written latents are contiguous
-        self._count(phase, ids, levels, guidance, kept, variant)
         step_noise = None
         if self.solver.stochastic:
             purpose = "step/stage1" if phase == "fill" else f"step/{phase}"

@@ -38,6 +38,12 @@ def sweep_blocks(n: int, width: int, stride: int, offset: int) -> list[tuple[int
     return blocks
 
 
+def reference_offset(n: int, width: int, stride: int) -> int:
+    """The block offset that aligns a sweep's stride blocks to the tail, the remainder block first:
+    the official code's layout in the fill and in reflection candidates."""
+    return (n - width) % stride if n > width else 0
+
+
 def iter_blocks(n: int | None, width: int, stride: int, offset: int, start: int = 0) -> Iterator[tuple[int, int]]:
     """``sweep_blocks`` as a lazy iterator from ``start``, for unbounded streams."""
     while n is None or start < n:
