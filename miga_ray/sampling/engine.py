@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .phases import BASE, BASE_NOISE
 from .runner import WindowRunner
 from .trace import Counters
 
@@ -19,9 +20,9 @@ def sample_base_clip(runner: WindowRunner, count: int) -> list[Tensor]:
     """An ordinary short clip: ``count`` latents from pure noise, all at one level, T steps to clean."""
     T = runner.solver.grid.num_levels
     ids = list(range(count))
-    xs = [runner.noise.draw("base", i, T) for i in ids]
+    xs = [runner.noise.draw(BASE_NOISE, i, T) for i in ids]
     for level in range(T, 0, -1):
-        xs = runner("base", xs, [level] * count, ids, [True] * count)
+        xs = runner(BASE, xs, [level] * count, ids, [True] * count)
     return xs
 
 

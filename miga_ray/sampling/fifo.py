@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .config import FifoConfig
 from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .phases import FIFO, INIT_NOISE
 from .reflection import entry_latent
 from .runner import WindowRunner
 
@@ -61,7 +62,7 @@ class FifoEngine(StreamingEngine):
             if level == 0:
                 self.xs.append(x0)
                 continue
-            eps = self.runner.noise.draw("init", index, level)
+            eps = self.runner.noise.draw(INIT_NOISE, index, level)
             self.xs.append(self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2))
         self.started = True
 
@@ -76,7 +77,7 @@ class FifoEngine(StreamingEngine):
         first = self.head - self.prefix
         for a, b in self._blocks():
             span = range(b - f, b)
-            out = self.runner("fifo", [self.xs[j] for j in span], [levels[j] for j in span], [first + j for j in span], [j >= a for j in span])
+            out = self.runner(FIFO, [self.xs[j] for j in span], [levels[j] for j in span], [first + j for j in span], [j >= a for j in span])
             new[a:b] = out
         if self.head >= 0:
             self._emit(self.head, new[self.prefix])

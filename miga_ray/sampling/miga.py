@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .config import MigaConfig
 from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .phases import FILL, INIT_NOISE, STAGE1
 from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
 from .runner import WindowRunner
 from .unified import UnifiedStage
@@ -73,7 +74,7 @@ class MigaEngine(StreamingEngine):
         else:
             if self.pushed < self.num_latents:
                 self._push_group(self._entry_anchor(), self.num_latents)
-            self._sweep("fill" if self.head == 0 else "stage1", self.sweeps % self.cfg.write_stride)
+            self._sweep(FILL if self.head == 0 else STAGE1, self.sweeps % self.cfg.write_stride)
             self._pop()
             if self._reflect_now():
                 self._reflect()
@@ -99,7 +100,7 @@ class MigaEngine(StreamingEngine):
             self._push_group(self.anchor, None)
             self.fill_iters += 1
             if self.fill_iters <= fill_sweeps:
-                self._sweep("fill", reference_offset(len(self.xs), c.current_width, c.write_stride))
+                self._sweep(FILL, reference_offset(len(self.xs), c.current_width, c.write_stride))
                 if c.reflect:
                     self._reflect()
             return
@@ -108,7 +109,7 @@ class MigaEngine(StreamingEngine):
         stage1 = self.sweeps - fill_sweeps
         if stage1:
             self._push_group(None, None)
-        self._sweep("stage1", stage1 % c.write_stride)
+        self._sweep(STAGE1, stage1 % c.write_stride)
         self._pop()
 
     def _start(self) -> None:
@@ -120,7 +121,7 @@ class MigaEngine(StreamingEngine):
         groups = f // L
         for i in range(count):
             level = self.T - groups + i // L
-            eps = self.runner.noise.draw("init", i, level)
+            eps = self.runner.noise.draw(INIT_NOISE, i, level)
             lv = torch.tensor([level])
             self.xs.append(self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2))
             self.levels.append(level)

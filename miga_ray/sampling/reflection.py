@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .noise import NoiseSource
+from .phases import ENTRY_NOISE, REFLECT
 from .runner import WindowRunner
 from .solvers import Solver
 from .windows import reference_offset, sweep_blocks
@@ -56,7 +57,7 @@ class CandidateRequest:
 def entry_latent(solver: Solver, noise: NoiseSource, anchor: Tensor | None, latent_id: int, variant: int) -> Tensor:
     """A new latent at the top level T: pure noise, or ``anchor`` noised to T."""
     T = solver.grid.num_levels
-    eps = noise.draw("entry", latent_id, T, variant)
+    eps = noise.draw(ENTRY_NOISE, latent_id, T, variant)
     if anchor is None:
         return eps
     lv = torch.tensor([T])
@@ -83,7 +84,7 @@ def run_candidate(runner: WindowRunner, request: CandidateRequest) -> Tensor:
             span = range(a, min(n, a + request.window))
             kept = [frozen <= j < b for j in span]
             out = runner(
-                "reflect",
+                REFLECT,
                 [xs[j] for j in span],
                 [levels[j] for j in span],
                 [ids[j] for j in span],

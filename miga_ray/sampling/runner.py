@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .denoiser import Conditioning, Denoiser, guided_forward
 from .noise import NoiseSource
+from .phases import REFLECT, STEP_NOISE
 from .solvers import Solver
 from .trace import CallTrace, Counters
 
@@ -52,8 +53,7 @@ class WindowRunner:
         keep = slice(first, first + sum(bool(k) for k in kept))  # the written latents are contiguous
         step_noise = None
         if self.solver.stochastic:
-            purpose = "step/stage1" if phase == "fill" else f"step/{phase}"
-            step_noise = self.noise.frames(purpose, ids[keep], levels[keep], variant)
+            step_noise = self.noise.frames(STEP_NOISE[phase], ids[keep], levels[keep], variant)
         stepped = self.solver.step(x[:, :, keep], out[:, :, keep], lv[keep], step_noise)
         return list(stepped.unbind(dim=2))
 
@@ -71,6 +71,6 @@ class WindowRunner:
                 "guidance": [bool(g) for g in guidance],
                 "kept": [bool(k) for k in kept],
             }
-            if phase == "reflect":
+            if phase == REFLECT:
                 entry["candidate"] = variant
             self.trace.record(entry)

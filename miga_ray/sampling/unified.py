@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .phases import REFINE, REFINE_NOISE, STAGE2
 from .runner import WindowRunner
 from .windows import block_at
 
 
 @dataclass(frozen=True)
 class Sweep:
-    phase: str  # "stage2" or "refine"
+    phase: str  # STAGE2 or REFINE
     level: int  # level of every latent this sweep reads
     offset: int  # window offset of this sweep
 
@@ -29,7 +30,7 @@ class Sweep:
 def unified_sweeps(entry_level: int, refine: bool, stride: int, lowest: int) -> list[Sweep]:
     """Stage 2 from ``entry_level`` down to ``lowest`` (a grid's identity last step is not run), then
     (optionally) refine: re-noised to one level above the stage-2 entry, as the reference does, and down again."""
-    starts = [("stage2", entry_level)] + ([("refine", entry_level + 1)] if refine else [])
+    starts = [(STAGE2, entry_level)] + ([(REFINE, entry_level + 1)] if refine else [])
     return [Sweep(ph, top - i, i % stride) for ph, top in starts for i in range(top - lowest + 1)]
 
 
@@ -39,7 +40,7 @@ class UnifiedStage:
     def __init__(self, runner: WindowRunner, entry_level: int, refine: bool, window: int, stride: int, total: int) -> None:
         self.runner, self.window, self.stride, self.total = runner, window, stride, total
         self.sweeps = unified_sweeps(entry_level, refine, stride, runner.solver.grid.lowest_step)
-        self.renoise_after = sum(sw.phase == "stage2" for sw in self.sweeps) - 1 if refine else -1  # last stage-2 sweep
+        self.renoise_after = sum(sw.phase == STAGE2 for sw in self.sweeps) - 1 if refine else -1  # last stage-2 sweep
         self.frontier = [0] * len(self.sweeps)  # ids below frontier[p] are written by sweep p
         self.arrived = 0
         self.base = 0  # id of self.xs[0]
@@ -78,7 +79,7 @@ class UnifiedStage:
         """Refine entry: clean latents back to the first refine sweep's level with their own noise."""
         level = self.sweeps[self.renoise_after + 1].level
         x0 = torch.stack(clean, dim=2)
-        eps = self.runner.noise.frames("refine", ids, [level] * len(ids))
+        eps = self.runner.noise.frames(REFINE_NOISE, ids, [level] * len(ids))
         return list(self.runner.solver.add_noise(x0, eps, torch.full((len(ids),), level)).unbind(dim=2))
 
     def held(self) -> list[Tensor]:
