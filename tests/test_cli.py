@@ -42,6 +42,18 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, args, needle):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json")), "nothing half-written"
 
 
+def test_sampler_settings_are_the_sampling_dataclasses_fields():
+    """Declared once: every MigaConfig / FifoConfig field can be set from YAML, and nothing else can."""
+    import dataclasses
+
+    from miga_ray.config import FifoSettings, MigaSettings
+    from miga_ray.sampling import FifoConfig, MigaConfig
+
+    assert list(MigaSettings.model_fields) == [f.name for f in dataclasses.fields(MigaConfig)]
+    assert list(FifoSettings.model_fields) == [f.name for f in dataclasses.fields(FifoConfig)]
+    assert load_config(None, ["sampler.miga.schedule=reference"]).sampler.miga_config().schedule == "reference"
+
+
 def test_config_file_errors_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampler:\n  miga:\n    group: zero\n")
