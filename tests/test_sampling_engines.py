@@ -248,13 +248,13 @@ def _planted_engine(delta, reflect=True, batch=1, planted_in=(0,)):
                      reflect_delta=delta, reflect_after=3, reflect_refs=2, reflect_candidates=3)
     runner = make_runner(TwoSceneDenoiser(pattern), FlowEuler(grid), cond=Conditioning(None), shape=(batch, *SHAPE[1:]))
     engine = MigaEngine(runner, cfg, 24, dtype=F64)
-    while engine.pushed < 14:
+    while engine.state.pushed < 14:
         engine._advance()
-    n = len(engine.xs)
-    planted = [engine.head + j for j in range(n - 2, n)]
+    n = len(engine.state.xs)
+    planted = [engine.state.head + j for j in range(n - 2, n)]
     for j in range(n - 2, n):
-        engine.xs[j] = engine.xs[j].clone()
-        engine.xs[j][list(planted_in)] = -pattern
+        engine.state.xs[j] = engine.state.xs[j].clone()
+        engine.state.xs[j][list(planted_in)] = -pattern
     return engine, pattern, planted
 
 
@@ -279,9 +279,9 @@ def test_reflection_judges_once_the_head_is_below_the_references():
                      reflect_after=4, reflect_refs=3, reflect_candidates=1)
     engine = MigaEngine(make_runner(MixingDenoiser(3), flow(24)), cfg, 60, dtype=F64)
     judged_level, expected = 24 - cfg.reflect_after, 0
-    while engine.head == 0:
+    while engine.state.head == 0:
         engine._advance()
-        expected += engine.head == 0 and engine.levels[0] < judged_level - cfg.reflect_refs
+        expected += engine.state.head == 0 and engine.state.levels[0] < judged_level - cfg.reflect_refs
         r = engine.counters.reflections
         assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
     assert expected > 1 and engine.counters.reflections["triggered"] > 0
@@ -311,8 +311,8 @@ def test_only_the_inconsistent_batch_element_is_replaced():
     while not reflected.counters.reflections["accepted"]:
         reflected._advance()
         plain._advance()
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.xs, plain.xs)), "element 0 keeps its own groups"
-    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.xs, plain.xs))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.state.xs, plain.state.xs)), "element 0 keeps its own groups"
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.state.xs, plain.state.xs))
 
 
 def test_reflection_with_infinite_threshold_changes_nothing():
@@ -355,7 +355,7 @@ def test_reference_schedule_costs_what_the_official_code_costs():
 
 
 def test_reference_schedule_windows_are_the_official_ones():
-    engine, calls = traced(lambda tr: _reference_run(30, trace=tr)[0])
+    _, calls = traced(lambda tr: _reference_run(30, trace=tr)[0])
     fill = [c for c in calls if c["phase"] == "fill"]
     for c in fill:
         written = [i for i, k in zip(c["latents"], c["kept"]) if k]
@@ -366,7 +366,7 @@ def test_reference_schedule_windows_are_the_official_ones():
     stage1 = [c for c in calls if c["phase"] == "stage1"]
     entered = {i: l for c in stage1 for i, l in zip(c["latents"], c["levels"]) if i >= 16 + 4 * 30}
     assert min(entered) == 136 and max(entered.values()) == 64  # stage-1 latents: pure noise from level T, ids after the fill
-    first = [c for c in stage1 if 136 in c["latents"]][0]
+    first = next(c for c in stage1 if 136 in c["latents"])
     levels = dict(zip(first["latents"], first["levels"]))
     assert levels[136] - levels[135] == 2  # the two-level jump where stage 1 takes over from the fill
     for phase, top in (("stage2", 10), ("refine", 11)):
@@ -394,7 +394,7 @@ def test_reference_schedule_resumes_exactly():
     for k in (0, 1, 15):
         first = MigaEngine(make_runner(MixingDenoiser(3), identity_last(16)), *args, dtype=F64)
         steps = 0
-        while not first._out and steps < 12:  # stop inside the fill and stage 1 too
+        while not first.state.out and steps < 12:  # stop inside the fill and stage 1 too
             first._advance()
             steps += 1
         head = [first.pull()[1] for _ in range(k)]

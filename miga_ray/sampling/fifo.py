@@ -8,20 +8,31 @@ stride f // 2 and write only their back part, with already-clean latents in fron
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .config import FifoConfig
-from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .engine import StreamingEngine, StreamState, sample_base_clip
 from .phases import FIFO, INIT_NOISE
 from .reflection import entry_latent
 from .runner import WindowRunner
 
 
+@dataclass
+class FifoState(StreamState):
+    """FIFO-Diffusion's queue: the diagonal and where it stands in the video."""
+
+    started: bool = False
+    head: int = 0  # latent index at the head of the diagonal
+    xs: list[Tensor] = field(default_factory=list)  # prefix + diagonal, head of the diagonal at position prefix
+
+
 class FifoEngine(StreamingEngine):
     """Streams ``num_latents`` clean latents through FIFO-Diffusion."""
+
+    state: FifoState
 
     def __init__(
         self,
@@ -33,21 +44,18 @@ class FifoEngine(StreamingEngine):
     ) -> None:
         self.T = runner.solver.grid.num_levels
         config.validate(self.T)
-        super().__init__(runner, num_latents, dtype, device)
+        super().__init__(runner, num_latents, dtype, device, FifoState(head=-(self.T - config.window)))  # the first T - f are warm-up
         self.cfg = config
         f = config.window
         self.stride = f // 2 if config.lookahead else f  # latents each window writes
         self.prefix = f - self.stride if config.lookahead else 0  # clean latents ahead of the head
-        self.started = False
-        self.xs: list[Tensor] = []  # prefix + diagonal, head of the diagonal at position self.prefix
-        self.head = -(self.T - f)  # latent index at the head; the first T - f are warm-up, not emitted
 
     @property
     def levels(self) -> list[int]:
         return [0] * self.prefix + list(range(1, self.T + 1))
 
     def _advance(self) -> None:
-        if not self.started:
+        if not self.state.started:
             self._start()
             return
         self._iterate()
@@ -57,14 +65,14 @@ class FifoEngine(StreamingEngine):
         f = self.cfg.window
         base = sample_base_clip(self.runner, f)
         for pos, level in enumerate(self.levels):
-            index = self.head - self.prefix + pos
+            index = self.state.head - self.prefix + pos
             x0 = base[min(f - 1, max(0, index))]
             if level == 0:
-                self.xs.append(x0)
+                self.state.xs.append(x0)
                 continue
             eps = self.runner.noise.draw(INIT_NOISE, index, level)
-            self.xs.append(self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2))
-        self.started = True
+            self.state.xs.append(self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2))
+        self.state.started = True
 
     def _blocks(self) -> list[tuple[int, int]]:
         """Written blocks over the diagonal, tail first; each window is the f latents ending at its block's end."""
@@ -73,26 +81,17 @@ class FifoEngine(StreamingEngine):
 
     def _iterate(self) -> None:
         f, levels = self.cfg.window, self.levels
-        new = list(self.xs)
-        first = self.head - self.prefix
+        new = list(self.state.xs)
+        first = self.state.head - self.prefix
         for a, b in self._blocks():
             span = range(b - f, b)
-            out = self.runner(FIFO, [self.xs[j] for j in span], [levels[j] for j in span], [first + j for j in span], [j >= a for j in span])
+            out = self.runner(FIFO, [self.state.xs[j] for j in span], [levels[j] for j in span], [first + j for j in span], [j >= a for j in span])
             new[a:b] = out
-        if self.head >= 0:
-            self._emit(self.head, new[self.prefix])
-        tail = self.head + self.T
-        self.xs = new[1:] + [entry_latent(self.runner.solver, self.runner.noise, None, tail, 0)]
-        self.head += 1
+        if self.state.head >= 0:
+            self._emit(self.state.head, new[self.prefix])
+        tail = self.state.head + self.T
+        self.state.xs = new[1:] + [entry_latent(self.runner.solver, self.runner.noise, None, tail, 0)]
+        self.state.head += 1
 
     def held_latents(self) -> int:
-        return len(self.xs) + len(self._out)
-
-    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        return {"queue": stack_frames(self.xs, self.shape, self.dtype)}, {"config": self.cfg.to_dict(), "started": self.started, "head": self.head}
-
-    def _load(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        if meta["config"] != self.cfg.to_dict():
-            raise ValueError(f"state: the checkpoint's FIFO config {meta['config']} differs from this engine's {self.cfg.to_dict()}")
-        self.started, self.head = meta["started"], meta["head"]
-        self.xs = self._frames(tensors["queue"])
+        return len(self.state.xs) + len(self.state.out)

@@ -13,22 +13,42 @@ fixed-length video whose output is the base clip and the fill latents (see ``_ad
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .config import MigaConfig
-from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .engine import StreamingEngine, StreamState, sample_base_clip
 from .phases import FILL, INIT_NOISE, STAGE1
 from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
 from .runner import WindowRunner
-from .unified import UnifiedStage
+from .unified import UnifiedStage, UnifiedState
 from .windows import guidance_positions, reference_offset, sweep_blocks
+
+
+@dataclass
+class MigaState(StreamState):
+    """MIGA's stage-1 queue (latents, their levels, where it stands), its entry anchors and reflection score, and stage 2."""
+
+    started: bool = False
+    xs: list[Tensor] = field(default_factory=list)  # stage-1 queue, head first
+    levels: list[int] = field(default_factory=list)
+    head: int = 0  # latent index of xs[0]
+    pushed: int = 0  # latents that have entered stage 1
+    sweeps: int = 0
+    fill_iters: int = 0  # schedule reference: fill iterations done
+    anchor: Tensor | None = None  # the base clip's last latent (clean)
+    recent: Tensor | None = None  # newest latent that left stage 1
+    last_score: list[float] | None = None  # per batch element
+    unified: UnifiedState = field(default_factory=UnifiedState)
 
 
 class MigaEngine(StreamingEngine):
     """Streams ``num_latents`` clean latents of one video through MIGA."""
+
+    state: MigaState
 
     def __init__(
         self,
@@ -49,36 +69,26 @@ class MigaEngine(StreamingEngine):
                     f"num_latents: must satisfy, with schedule reference, a multiple of group ({config.group}) from window "
                     f"({config.window}) to {fill_max} groups ({fill_max * config.group}), as the official code caps it (got {num_latents})"
                 )
-        super().__init__(runner, num_latents, dtype, device)
+        self.unified = UnifiedStage(runner, config.stage2_levels, config.refine, config.window, config.write_stride, num_latents)
+        super().__init__(runner, num_latents, dtype, device, MigaState(unified=self.unified.state))
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)
-        self.unified = UnifiedStage(runner, config.stage2_levels, config.refine, config.window, config.write_stride, num_latents)
-        self.started = False
-        self.xs: list[Tensor] = []  # stage-1 queue, head first
-        self.levels: list[int] = []
-        self.head = 0  # latent index of xs[0]
-        self.pushed = 0  # latents that have entered stage 1
-        self.sweeps = 0
-        self.fill_iters = 0  # schedule reference: fill iterations done
-        self.anchor: Tensor | None = None  # the base clip's last latent (clean)
-        self.recent: Tensor | None = None  # newest latent that left stage 1
-        self.last_score: list[float] | None = None  # per batch element
 
     # -- one unit of work ------------------------------------------------------------------------
     def _advance(self) -> None:
-        if not self.started:
+        if not self.state.started:
             self._start()
             return
         if self.cfg.schedule == "reference":
             self._advance_reference()
         else:
-            if self.pushed < self.num_latents:
+            if self.state.pushed < self.num_latents:
                 self._push_group(self._entry_anchor(), self.num_latents)
-            self._sweep(FILL if self.head == 0 else STAGE1, self.sweeps % self.cfg.write_stride)
+            self._sweep(FILL if self.state.head == 0 else STAGE1, self.state.sweeps % self.cfg.write_stride)
             self._pop()
             if self._reflect_now():
                 self._reflect()
-        if self.cfg.schedule == "stream" or self.head >= self.num_latents:  # the reference: stage 2 after stage 1
+        if self.cfg.schedule == "stream" or self.state.head >= self.num_latents:  # the reference: stage 2 after stage 1
             for index, latent in self.unified.run():
                 self._emit(index, latent)
 
@@ -96,17 +106,17 @@ class MigaEngine(StreamingEngine):
         c = self.cfg
         groups = self.num_latents // c.group
         fill_sweeps = min(groups, self.T - c.window // c.group - c.stage2_levels - 2)
-        if self.fill_iters < min(groups, fill_sweeps + 1):
-            self._push_group(self.anchor, None)
-            self.fill_iters += 1
-            if self.fill_iters <= fill_sweeps:
-                self._sweep(FILL, reference_offset(len(self.xs), c.current_width, c.write_stride))
+        if self.state.fill_iters < min(groups, fill_sweeps + 1):
+            self._push_group(self.state.anchor, None)
+            self.state.fill_iters += 1
+            if self.state.fill_iters <= fill_sweeps:
+                self._sweep(FILL, reference_offset(len(self.state.xs), c.current_width, c.write_stride))
                 if c.reflect:
                     self._reflect()
             return
-        if self.head >= self.num_latents:
+        if self.state.head >= self.num_latents:
             return
-        stage1 = self.sweeps - fill_sweeps
+        stage1 = self.state.sweeps - fill_sweeps
         if stage1:
             self._push_group(None, None)
         self._sweep(STAGE1, stage1 % c.write_stride)
@@ -116,32 +126,32 @@ class MigaEngine(StreamingEngine):
         """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
         f, L = self.cfg.window, self.cfg.group
         base = sample_base_clip(self.runner, f)
-        self.anchor = base[-1]
+        self.state.anchor = base[-1]
         count = min(self.num_latents, (f // L) * L)
         groups = f // L
         for i in range(count):
             level = self.T - groups + i // L
             eps = self.runner.noise.draw(INIT_NOISE, i, level)
             lv = torch.tensor([level])
-            self.xs.append(self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2))
-            self.levels.append(level)
-        self.pushed = count
-        self.started = True
+            self.state.xs.append(self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2))
+            self.state.levels.append(level)
+        self.state.pushed = count
+        self.state.started = True
 
     def _entry_anchor(self) -> Tensor | None:
         if self.cfg.entry == "noise":
             return None
-        if self.cfg.entry == "recent" and self.recent is not None:
-            return self.recent
-        return self.anchor
+        if self.cfg.entry == "recent" and self.state.recent is not None:
+            return self.state.recent
+        return self.state.anchor
 
     def _push_group(self, anchor: Tensor | None, limit: int | None) -> None:
         """The next group enters at level T (up to latent id ``limit``): ``anchor`` noised, or pure noise."""
-        stop = self.pushed + self.cfg.group if limit is None else min(self.pushed + self.cfg.group, limit)
-        for i in range(self.pushed, stop):
-            self.xs.append(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0))
-            self.levels.append(self.T)
-        self.pushed = stop
+        stop = self.state.pushed + self.cfg.group if limit is None else min(self.state.pushed + self.cfg.group, limit)
+        for i in range(self.state.pushed, stop):
+            self.state.xs.append(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0))
+            self.state.levels.append(self.T)
+        self.state.pushed = stop
 
     def _window_slots(self, a: int, n: int) -> tuple[list[int], list[int]]:
         """Guidance positions and current positions of the window whose written block starts at ``a``.
@@ -162,37 +172,37 @@ class MigaEngine(StreamingEngine):
 
     def _sweep(self, phase: str, offset: int) -> None:
         """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
-        n, c = len(self.xs), self.cfg
+        n, c = len(self.state.xs), self.cfg
         for a, b in sweep_blocks(n, c.current_width, c.write_stride, offset):
             guide, cur = self._window_slots(a, n)
             slots = guide + cur
             kept = [False] * len(guide) + [a <= j < b for j in cur]
             out = self.runner(
                 phase,
-                [self.xs[j] for j in slots],
-                [self.levels[j] for j in slots],
-                [self.head + j for j in slots],
+                [self.state.xs[j] for j in slots],
+                [self.state.levels[j] for j in slots],
+                [self.state.head + j for j in slots],
                 kept,
                 guidance=[True] * len(guide) + [False] * len(cur),
             )
             for j, x in zip(range(a, b), out):
-                self.xs[j], self.levels[j] = x, self.levels[j] - 1
-        self.sweeps += 1
+                self.state.xs[j], self.state.levels[j] = x, self.state.levels[j] - 1
+        self.state.sweeps += 1
 
     def _pop(self) -> None:
         L, E = self.cfg.group, self.cfg.stage2_levels
-        while self.xs and self.levels[0] == E and self.head < self.num_latents:
-            size = min(L - self.head % L, len(self.xs))
-            leaving = self.xs[:size]
-            del self.xs[:size], self.levels[:size]
-            self.head += size
-            self.recent = leaving[-1]
+        while self.state.xs and self.state.levels[0] == E and self.state.head < self.num_latents:
+            size = min(L - self.state.head % L, len(self.state.xs))
+            leaving = self.state.xs[:size]
+            del self.state.xs[:size], self.state.levels[:size]
+            self.state.head += size
+            self.state.recent = leaving[-1]
             self.unified.push(leaving)
 
     # -- self-reflection ---------------------------------------------------------------------------
     def _reflect_now(self) -> bool:
         c = self.cfg
-        return c.reflect and (c.reflect_during == "always" or self.head == 0)
+        return c.reflect and (c.reflect_during == "always" or self.state.head == 0)
 
     def _reflect(self) -> None:
         """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best.
@@ -202,34 +212,34 @@ class MigaEngine(StreamingEngine):
         """
         c, L = self.cfg, self.cfg.group
         level = self.T - c.reflect_after
-        if level not in self.levels:
+        if level not in self.state.levels:
             return
-        j = self.levels.index(level)
+        j = self.state.levels.index(level)
         r = j - c.reflect_refs * L
         if r < L:  # as the reference: references are full groups behind the head group (head below 50 - 3)
             return
-        refs = torch.stack(self.xs[r:j], dim=2)
-        judged = torch.stack(self.xs[j : min(j + L, len(self.xs))], dim=2)
+        refs = torch.stack(self.state.xs[r:j], dim=2)
+        judged = torch.stack(self.state.xs[j : min(j + L, len(self.state.xs))], dim=2)
         scores = consistency_score(judged, refs).tolist()
         counts = self.counters.reflections
         counts["judged"] += 1
-        previous, self.last_score = self.last_score, scores
+        previous, self.state.last_score = self.state.last_score, scores
         if previous is None:
             return
         triggered = [b for b, (p, s) in enumerate(zip(previous, scores)) if p - s > c.reflect_delta]
         if not triggered:
             return
         counts["triggered"] += len(triggered)
-        behind = list(range(self.head + j, self.head + len(self.xs)))
+        behind = list(range(self.state.head + j, self.state.head + len(self.state.xs)))
         groups = [behind[k : k + L] for k in range(0, len(behind), L)]
         reference = self.cfg.schedule == "reference"
-        anchor = self.anchor if reference else self._entry_anchor()  # the official candidates start anchored
+        anchor = self.state.anchor if reference else self._entry_anchor()  # the official candidates start anchored
         requests = [
             CandidateRequest(
                 candidate=k + 1,
                 refs=refs,
-                ref_levels=self.levels[r:j],
-                ref_ids=list(range(self.head + r, self.head + j)),
+                ref_levels=self.state.levels[r:j],
+                ref_ids=list(range(self.state.head + r, self.state.head + j)),
                 groups=groups,
                 steps=c.reflect_after,
                 window=c.window,
@@ -246,41 +256,17 @@ class MigaEngine(StreamingEngine):
         if not accepted:
             return
         counts["accepted"] += len(accepted)
-        replaced = torch.stack(self.xs[j:], dim=2)
+        replaced = torch.stack(self.state.xs[j:], dim=2)
         for b in accepted:
             replaced[b] = results[best[b]][b].to(self.device, self.dtype)
-            self.last_score[b] = found[best[b]][b]
-        self.xs[j:] = list(replaced.unbind(dim=2))
+            self.state.last_score[b] = found[best[b]][b]
+        self.state.xs[j:] = list(replaced.unbind(dim=2))
 
     # -- memory and state --------------------------------------------------------------------------
     def held_latents(self) -> int:
-        fixed = sum(x is not None for x in (self.anchor, self.recent))
-        return len(self.xs) + len(self.unified.held()) + len(self._out) + fixed
+        fixed = sum(x is not None for x in (self.state.anchor, self.state.recent))
+        return len(self.state.xs) + len(self.unified.held()) + len(self.state.out) + fixed
 
-    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        frames = {"queue": self.xs, "unified": self.unified.held()}
-        frames.update({k: [v] for k, v in (("anchor", self.anchor), ("recent", self.recent)) if v is not None})
-        tensors = {k: stack_frames(v, self.shape, self.dtype) for k, v in frames.items()}
-        meta = {
-            "config": self.cfg.to_dict(),
-            "started": self.started,
-            "levels": list(self.levels),
-            "head": self.head,
-            "pushed": self.pushed,
-            "sweeps": self.sweeps,
-            "fill_iters": self.fill_iters,
-            "last_score": self.last_score,
-            "unified": self.unified.meta(),
-        }
-        return tensors, meta
-
-    def _load(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        if meta["config"] != self.cfg.to_dict():
-            raise ValueError(f"state: the checkpoint's MIGA config {meta['config']} differs from this engine's {self.cfg.to_dict()}")
-        self.started, self.levels, self.head = meta["started"], list(meta["levels"]), meta["head"]
-        self.pushed, self.sweeps, self.last_score = meta["pushed"], meta["sweeps"], meta["last_score"]
-        self.fill_iters = meta["fill_iters"]
-        self.xs = self._frames(tensors["queue"])
-        self.unified.load(self._frames(tensors["unified"]), meta["unified"])
-        self.anchor = self._frames(tensors["anchor"])[0] if "anchor" in tensors else None
-        self.recent = self._frames(tensors["recent"])[0] if "recent" in tensors else None
+    def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        super().load_state_dict(tensors, meta)
+        self.unified.state = self.state.unified

@@ -9,8 +9,7 @@ sweep over the whole video before the next (window placement depends only on lat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -34,6 +33,16 @@ def unified_sweeps(entry_level: int, refine: bool, stride: int, lowest: int) -> 
     return [Sweep(ph, top - i, i % stride) for ph, top in starts for i in range(top - lowest + 1)]
 
 
+@dataclass
+class UnifiedState:
+    """Stage 2's buffer: latents from id ``base`` on, and how far each sweep has written."""
+
+    frontier: list[int] = field(default_factory=list)  # ids below frontier[p] are written by sweep p
+    arrived: int = 0
+    base: int = 0  # id of xs[0]
+    xs: list[Tensor] = field(default_factory=list)
+
+
 class UnifiedStage:
     """Latents enter in order at the entry level; clean latents leave in order."""
 
@@ -41,39 +50,36 @@ class UnifiedStage:
         self.runner, self.window, self.stride, self.total = runner, window, stride, total
         self.sweeps = unified_sweeps(entry_level, refine, stride, runner.solver.grid.lowest_step)
         self.renoise_after = sum(sw.phase == STAGE2 for sw in self.sweeps) - 1 if refine else -1  # last stage-2 sweep
-        self.frontier = [0] * len(self.sweeps)  # ids below frontier[p] are written by sweep p
-        self.arrived = 0
-        self.base = 0  # id of self.xs[0]
-        self.xs: list[Tensor] = []
+        self.state = UnifiedState(frontier=[0] * len(self.sweeps))
 
     def push(self, latents: list[Tensor]) -> None:
         """Latents leaving stage 1 (at the entry level), next in order."""
-        self.xs.extend(latents)
-        self.arrived += len(latents)
+        self.state.xs.extend(latents)
+        self.state.arrived += len(latents)
 
     def run(self) -> list[tuple[int, Tensor]]:
         """Run every window whose inputs are ready; return the latents that became final."""
         for p, sweep in enumerate(self.sweeps):
-            ready = self.frontier[p - 1] if p else self.arrived
-            while self.frontier[p] < self.total:
-                a, b = block_at(self.frontier[p], self.total, self.window, self.stride, sweep.offset)
+            ready = self.state.frontier[p - 1] if p else self.state.arrived
+            while self.state.frontier[p] < self.total:
+                a, b = block_at(self.state.frontier[p], self.total, self.window, self.stride, sweep.offset)
                 end = min(self.total, a + self.window)
                 if ready < end:
                     break
                 self._window(p, sweep, a, b, end)
-        final = self.frontier[-1] if self.sweeps else self.arrived
-        done = [(self.base + i, x) for i, x in enumerate(self.xs[: final - self.base])]
-        del self.xs[: final - self.base]
-        self.base = final
+        final = self.state.frontier[-1] if self.sweeps else self.state.arrived
+        done = [(self.state.base + i, x) for i, x in enumerate(self.state.xs[: final - self.state.base])]
+        del self.state.xs[: final - self.state.base]
+        self.state.base = final
         return done
 
     def _window(self, p: int, sweep: Sweep, a: int, b: int, end: int) -> None:
         ids = list(range(a, end))
-        out = self.runner(sweep.phase, [self.xs[i - self.base] for i in ids], [sweep.level] * len(ids), ids, [i < b for i in ids])
+        out = self.runner(sweep.phase, [self.state.xs[i - self.state.base] for i in ids], [sweep.level] * len(ids), ids, [i < b for i in ids])
         if p == self.renoise_after:
             out = self._renoise(ids[: b - a], out)
-        self.xs[a - self.base : b - self.base] = out
-        self.frontier[p] = b
+        self.state.xs[a - self.state.base : b - self.state.base] = out
+        self.state.frontier[p] = b
 
     def _renoise(self, ids: list[int], clean: list[Tensor]) -> list[Tensor]:
         """Refine entry: clean latents back to the first refine sweep's level with their own noise."""
@@ -83,10 +89,4 @@ class UnifiedStage:
         return list(self.runner.solver.add_noise(x0, eps, torch.full((len(ids),), level)).unbind(dim=2))
 
     def held(self) -> list[Tensor]:
-        return self.xs
-
-    def meta(self) -> dict[str, Any]:
-        return {"frontier": list(self.frontier), "arrived": self.arrived, "base": self.base}
-
-    def load(self, xs: list[Tensor], meta: dict[str, Any]) -> None:
-        self.frontier, self.arrived, self.base, self.xs = list(meta["frontier"]), meta["arrived"], meta["base"], xs
+        return self.state.xs
