@@ -250,11 +250,11 @@ def _planted_engine(delta, reflect=True, batch=1, planted_in=(0,)):
     engine = MigaEngine(runner, cfg, 24, dtype=F64)
     while engine.state.pushed < 14:
         engine._advance()
-    n = len(engine.state.xs)
+    n = len(engine.state.queue.xs)
     planted = [engine.state.head + j for j in range(n - 2, n)]
     for j in range(n - 2, n):
-        engine.state.xs[j] = engine.state.xs[j].clone()
-        engine.state.xs[j][list(planted_in)] = -pattern
+        engine.state.queue.xs[j] = engine.state.queue.xs[j].clone()
+        engine.state.queue.xs[j][list(planted_in)] = -pattern
     return engine, pattern, planted
 
 
@@ -281,7 +281,7 @@ def test_reflection_judges_once_the_head_is_below_the_references():
     judged_level, expected = 24 - cfg.reflect_after, 0
     while engine.state.head == 0:
         engine._advance()
-        expected += engine.state.head == 0 and engine.state.levels[0] < judged_level - cfg.reflect_refs
+        expected += engine.state.head == 0 and engine.state.queue.levels[0] < judged_level - cfg.reflect_refs
         r = engine.counters.reflections
         assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
     assert expected > 1 and engine.counters.reflections["triggered"] > 0
@@ -311,8 +311,8 @@ def test_only_the_inconsistent_batch_element_is_replaced():
     while not reflected.counters.reflections["accepted"]:
         reflected._advance()
         plain._advance()
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.state.xs, plain.state.xs)), "element 0 keeps its own groups"
-    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.state.xs, plain.state.xs))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.state.queue.xs, plain.state.queue.xs)), "element 0 keeps its own groups"
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.state.queue.xs, plain.state.queue.xs))
 
 
 def test_reflection_with_infinite_threshold_changes_nothing():

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from .config import FifoConfig
 from .engine import StreamingEngine, StreamState, sample_base_clip
 from .phases import FIFO, INIT_NOISE
+from .queue import Queue
 from .reflection import entry_latent
 from .runner import WindowRunner
+from .windows import fifo_windows
 
 
 @dataclass
@@ -25,8 +26,7 @@ class FifoState(StreamState):
     """FIFO-Diffusion's queue: the diagonal and where it stands in the video."""
 
     started: bool = False
-    head: int = 0  # latent index at the head of the diagonal
-    xs: list[Tensor] = field(default_factory=list)  # prefix + diagonal, head of the diagonal at position prefix
+    queue: Queue = field(default_factory=Queue)  # prefix (clean) + diagonal, the diagonal's head at position prefix
 
 
 class FifoEngine(StreamingEngine):
@@ -44,15 +44,11 @@ class FifoEngine(StreamingEngine):
     ) -> None:
         self.T = runner.solver.grid.num_levels
         config.validate(self.T)
-        super().__init__(runner, num_latents, dtype, device, FifoState(head=-(self.T - config.window)))  # the first T - f are warm-up
+        super().__init__(runner, num_latents, dtype, device, FifoState())
         self.cfg = config
         f = config.window
         self.stride = f // 2 if config.lookahead else f  # latents each window writes
         self.prefix = f - self.stride if config.lookahead else 0  # clean latents ahead of the head
-
-    @property
-    def levels(self) -> list[int]:
-        return [0] * self.prefix + list(range(1, self.T + 1))
 
     def _advance(self) -> None:
         if not self.state.started:
@@ -61,37 +57,32 @@ class FifoEngine(StreamingEngine):
         self._iterate()
 
     def _start(self) -> None:
-        """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference."""
+        """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference.
+
+        The diagonal's head is latent ``-(T - f)``: the first T - f latents are warm-up, never emitted.
+        """
         f = self.cfg.window
         base = sample_base_clip(self.runner, f)
-        for pos, level in enumerate(self.levels):
-            index = self.state.head - self.prefix + pos
+        first = -(self.T - f) - self.prefix
+        for pos, level in enumerate([0] * self.prefix + list(range(1, self.T + 1))):
+            index = first + pos
             x0 = base[min(f - 1, max(0, index))]
-            if level == 0:
-                self.state.xs.append(x0)
-                continue
-            eps = self.runner.noise.draw(INIT_NOISE, index, level)
-            self.state.xs.append(self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2))
+            if level:
+                eps = self.runner.noise.draw(INIT_NOISE, index, level)
+                x0 = self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+            self.state.queue.push(x0, level, index)
         self.state.started = True
 
-    def _blocks(self) -> list[tuple[int, int]]:
-        """Written blocks over the diagonal, tail first; each window is the f latents ending at its block's end."""
-        p, s = self.prefix, self.stride
-        return [(a, min(a + s, p + self.T)) for a in reversed(range(p, p + self.T, s))]
-
     def _iterate(self) -> None:
-        f, levels = self.cfg.window, self.levels
-        new = list(self.state.xs)
-        first = self.state.head - self.prefix
-        for a, b in self._blocks():
-            span = range(b - f, b)
-            out = self.runner(FIFO, [self.state.xs[j] for j in span], [levels[j] for j in span], [first + j for j in span], [j >= a for j in span])
-            new[a:b] = out
-        if self.state.head >= 0:
-            self._emit(self.state.head, new[self.prefix])
-        tail = self.state.head + self.T
-        self.state.xs = new[1:] + [entry_latent(self.runner.solver, self.runner.noise, None, tail, 0)]
-        self.state.head += 1
+        """Every diagonal latent one level down; the clean head is emitted (after the warm-up), noise enters at the tail."""
+        queue = self.state.queue
+        for window in fifo_windows(self.prefix, self.T, self.cfg.window, self.stride):
+            queue.step(self.runner, FIFO, window)
+        head = queue.ids[self.prefix]
+        if head >= 0:
+            self._emit(head, queue.xs[self.prefix])
+        queue.pop(1)
+        queue.push(entry_latent(self.runner.solver, self.runner.noise, None, head + self.T, 0), self.T, head + self.T)
 
     def held_latents(self) -> int:
-        return len(self.state.xs) + len(self.state.out)
+        return len(self.state.queue) + len(self.state.out)

@@ -12,7 +12,6 @@ fixed-length video whose output is the base clip and the fill latents (see ``_ad
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +21,11 @@ from torch import Tensor
 from .config import MigaConfig
 from .engine import StreamingEngine, StreamState, sample_base_clip
 from .phases import FILL, INIT_NOISE, STAGE1
+from .queue import Queue
 from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
 from .runner import WindowRunner
 from .unified import UnifiedStage, UnifiedState
-from .windows import guidance_positions, reference_offset, sweep_blocks
+from .windows import reference_offset, stage1_windows
 
 
 @dataclass
@@ -33,9 +33,8 @@ class MigaState(StreamState):
     """MIGA's stage-1 queue (latents, their levels, where it stands), its entry anchors and reflection score, and stage 2."""
 
     started: bool = False
-    xs: list[Tensor] = field(default_factory=list)  # stage-1 queue, head first
-    levels: list[int] = field(default_factory=list)
-    head: int = 0  # latent index of xs[0]
+    queue: Queue = field(default_factory=Queue)  # stage 1, head first
+    head: int = 0  # latents that have left stage 1: the id of the queue's head
     pushed: int = 0  # latents that have entered stage 1
     sweeps: int = 0
     fill_iters: int = 0  # schedule reference: fill iterations done
@@ -110,7 +109,7 @@ class MigaEngine(StreamingEngine):
             self._push_group(self.state.anchor, None)
             self.state.fill_iters += 1
             if self.state.fill_iters <= fill_sweeps:
-                self._sweep(FILL, reference_offset(len(self.state.xs), c.current_width, c.write_stride))
+                self._sweep(FILL, reference_offset(len(self.state.queue), c.current_width, c.write_stride))
                 if c.reflect:
                     self._reflect()
             return
@@ -132,9 +131,8 @@ class MigaEngine(StreamingEngine):
         for i in range(count):
             level = self.T - groups + i // L
             eps = self.runner.noise.draw(INIT_NOISE, i, level)
-            lv = torch.tensor([level])
-            self.state.xs.append(self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2))
-            self.state.levels.append(level)
+            x = self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+            self.state.queue.push(x, level, i)
         self.state.pushed = count
         self.state.started = True
 
@@ -149,53 +147,23 @@ class MigaEngine(StreamingEngine):
         """The next group enters at level T (up to latent id ``limit``): ``anchor`` noised, or pure noise."""
         stop = self.state.pushed + self.cfg.group if limit is None else min(self.state.pushed + self.cfg.group, limit)
         for i in range(self.state.pushed, stop):
-            self.state.xs.append(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0))
-            self.state.levels.append(self.T)
+            self.state.queue.push(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0), self.T, i)
         self.state.pushed = stop
-
-    def _window_slots(self, a: int, n: int) -> tuple[list[int], list[int]]:
-        """Guidance positions and current positions of the window whose written block starts at ``a``.
-
-        Windows near the head (``a < m_guid``) use the latents ahead of them as guidance and fill
-        up to f slots with queue latents, capped so they span no more levels than other windows;
-        under the reference schedule they are f queue latents from ``a``, as the official code has them.
-        """
-        c = self.cfg
-        m, w, L = c.guidance, c.current_width, c.group
-        if not m or a >= m:
-            guide = guidance_positions(a, m, L) if m else []
-            return guide, list(range(a, min(n, a + w)))
-        if c.schedule == "reference":
-            return [], list(range(a, min(n, a + c.window)))
-        cap = (a // L + math.ceil(w / L) + 1) * L
-        return list(range(a)), list(range(a, min(n, c.window, cap)))
 
     def _sweep(self, phase: str, offset: int) -> None:
         """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
-        n, c = len(self.state.xs), self.cfg
-        for a, b in sweep_blocks(n, c.current_width, c.write_stride, offset):
-            guide, cur = self._window_slots(a, n)
-            slots = guide + cur
-            kept = [False] * len(guide) + [a <= j < b for j in cur]
-            out = self.runner(
-                phase,
-                [self.state.xs[j] for j in slots],
-                [self.state.levels[j] for j in slots],
-                [self.state.head + j for j in slots],
-                kept,
-                guidance=[True] * len(guide) + [False] * len(cur),
-            )
-            for j, x in zip(range(a, b), out):
-                self.state.xs[j], self.state.levels[j] = x, self.state.levels[j] - 1
+        c = self.cfg
+        windows = stage1_windows(len(self.state.queue), c.window, c.guidance, c.group, c.write_stride, offset, c.schedule == "reference")
+        for window in windows:
+            self.state.queue.step(self.runner, phase, window)
         self.state.sweeps += 1
 
     def _pop(self) -> None:
         L, E = self.cfg.group, self.cfg.stage2_levels
-        while self.state.xs and self.state.levels[0] == E and self.state.head < self.num_latents:
-            size = min(L - self.state.head % L, len(self.state.xs))
-            leaving = self.state.xs[:size]
-            del self.state.xs[:size], self.state.levels[:size]
-            self.state.head += size
+        queue = self.state.queue
+        while len(queue) and queue.levels[0] == E and self.state.head < self.num_latents:
+            leaving = queue.pop(min(L - self.state.head % L, len(queue)))
+            self.state.head += len(leaving)
             self.state.recent = leaving[-1]
             self.unified.push(leaving)
 
@@ -210,16 +178,16 @@ class MigaEngine(StreamingEngine):
         Each batch element is judged, triggered and replaced on its own: an element keeps its groups
         unless its own best candidate scores above its own current group.
         """
-        c, L = self.cfg, self.cfg.group
+        c, L, queue = self.cfg, self.cfg.group, self.state.queue
         level = self.T - c.reflect_after
-        if level not in self.state.levels:
+        if level not in queue.levels:
             return
-        j = self.state.levels.index(level)
+        j = queue.levels.index(level)
         r = j - c.reflect_refs * L
         if r < L:  # as the reference: references are full groups behind the head group (head below 50 - 3)
             return
-        refs = torch.stack(self.state.xs[r:j], dim=2)
-        judged = torch.stack(self.state.xs[j : min(j + L, len(self.state.xs))], dim=2)
+        refs = torch.stack(queue.xs[r:j], dim=2)
+        judged = torch.stack(queue.xs[j : j + L], dim=2)
         scores = consistency_score(judged, refs).tolist()
         counts = self.counters.reflections
         counts["judged"] += 1
@@ -230,7 +198,7 @@ class MigaEngine(StreamingEngine):
         if not triggered:
             return
         counts["triggered"] += len(triggered)
-        behind = list(range(self.state.head + j, self.state.head + len(self.state.xs)))
+        behind = queue.ids[j:]
         groups = [behind[k : k + L] for k in range(0, len(behind), L)]
         reference = self.cfg.schedule == "reference"
         anchor = self.state.anchor if reference else self._entry_anchor()  # the official candidates start anchored
@@ -238,8 +206,8 @@ class MigaEngine(StreamingEngine):
             CandidateRequest(
                 candidate=k + 1,
                 refs=refs,
-                ref_levels=self.state.levels[r:j],
-                ref_ids=list(range(self.state.head + r, self.state.head + j)),
+                ref_levels=queue.levels[r:j],
+                ref_ids=queue.ids[r:j],
                 groups=groups,
                 steps=c.reflect_after,
                 window=c.window,
@@ -256,16 +224,16 @@ class MigaEngine(StreamingEngine):
         if not accepted:
             return
         counts["accepted"] += len(accepted)
-        replaced = torch.stack(self.state.xs[j:], dim=2)
+        replaced = torch.stack(queue.xs[j:], dim=2)
         for b in accepted:
             replaced[b] = results[best[b]][b].to(self.device, self.dtype)
             self.state.last_score[b] = found[best[b]][b]
-        self.state.xs[j:] = list(replaced.unbind(dim=2))
+        queue.xs[j:] = list(replaced.unbind(dim=2))
 
     # -- memory and state --------------------------------------------------------------------------
     def held_latents(self) -> int:
         fixed = sum(x is not None for x in (self.state.anchor, self.state.recent))
-        return len(self.state.xs) + len(self.unified.held()) + len(self.state.out) + fixed
+        return len(self.state.queue) + len(self.unified.held()) + len(self.state.out) + fixed
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         super().load_state_dict(tensors, meta)

@@ -16,9 +16,10 @@ from torch import Tensor
 
 from .noise import NoiseSource
 from .phases import ENTRY_NOISE, REFLECT
+from .queue import Queue
 from .runner import WindowRunner
 from .solvers import Solver
-from .windows import reference_offset, sweep_blocks
+from .windows import candidate_windows
 
 
 def consistency_score(evaluated: Tensor, references: Tensor) -> Tensor:
@@ -68,33 +69,13 @@ def run_candidate(runner: WindowRunner, request: CandidateRequest) -> Tensor:
     """Grow one candidate (a short FIFO-style run from fresh noise); return its new latents ``[B, C, N, H, W]``."""
     T = runner.solver.grid.num_levels
     frozen = len(request.ref_ids)
-    xs = list(request.refs.unbind(dim=2))
-    levels, ids = list(request.ref_levels), list(request.ref_ids)
+    queue = Queue(list(request.refs.unbind(dim=2)), list(request.ref_levels), list(request.ref_ids))
     for step in range(request.steps):
-        if step < len(request.groups):
-            for i in request.groups[step]:
-                xs.append(entry_latent(runner.solver, runner.noise, request.anchor, i, request.candidate))
-                levels.append(T)
-                ids.append(i)
-        n = len(xs)
-        offset = reference_offset(n, request.window, request.stride) if request.official_layout else step % request.stride
-        for a, b in sweep_blocks(n, request.window, request.stride, offset):
-            if b <= frozen and not request.official_layout:
-                continue
-            span = range(a, min(n, a + request.window))
-            kept = [frozen <= j < b for j in span]
-            out = runner(
-                REFLECT,
-                [xs[j] for j in span],
-                [levels[j] for j in span],
-                [ids[j] for j in span],
-                kept,
-                guidance=[j < frozen for j in span],
-                variant=request.candidate,
-            )
-            for j, x in zip([j for j, k in zip(span, kept) if k], out):
-                xs[j], levels[j] = x, levels[j] - 1
-    return torch.stack(xs[frozen:], dim=2)
+        for i in request.groups[step] if step < len(request.groups) else []:
+            queue.push(entry_latent(runner.solver, runner.noise, request.anchor, i, request.candidate), T, i)
+        for window in candidate_windows(len(queue), frozen, request.window, request.stride, step, request.official_layout):
+            queue.step(runner, REFLECT, window, request.candidate)
+    return torch.stack(queue.xs[frozen:], dim=2)
 
 
 CandidateRunner = Callable[[Sequence[CandidateRequest]], list[Tensor]]
