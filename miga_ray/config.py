@@ -6,13 +6,14 @@ value and what is allowed; the command line turns it into exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .sampling import FifoConfig, MigaConfig, get_preset
 
@@ -33,27 +34,17 @@ class ModelSettings(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-class MigaSettings(_Strict):
-    """MIGA hyperparameters (see ``miga_ray.sampling.MigaConfig``); unset fields come from the preset."""
-
-    window: int | None = Field(None, ge=2)
-    group: int | None = Field(None, ge=1)
-    guidance: int | None = Field(None, ge=0)
-    stage2_levels: int | None = Field(None, ge=0)
-    refine: bool | None = None
-    stride: int | None = Field(None, ge=1)
-    entry: Literal["noise", "anchor", "recent"] | None = None
-    reflect: bool | None = None
-    reflect_during: Literal["fill", "always"] | None = None
-    reflect_candidates: int | None = Field(None, ge=1)
-    reflect_delta: float | None = Field(None, ge=0)
-    reflect_after: int | None = Field(None, ge=1)
-    reflect_refs: int | None = Field(None, ge=1)
+def _overrides(config: type, doc: str) -> type[_Strict]:
+    """A pydantic model whose fields are ``config``'s (a sampling dataclass), each optional and unset by
+    default: the settings are declared once, in ``sampling/config.py``, and checked there by ``validate``
+    once merged with the preset; pydantic checks only their types."""
+    hints = get_type_hints(config)
+    fields: dict[str, Any] = {f.name: (hints[f.name] | None, None) for f in dataclasses.fields(config)}
+    return create_model(config.__name__.replace("Config", "Settings"), __base__=_Strict, __doc__=doc, **fields)
 
 
-class FifoSettings(_Strict):
-    window: int | None = Field(None, ge=2)
-    lookahead: bool | None = None
+MigaSettings = _overrides(MigaConfig, "MIGA hyperparameters (see ``miga_ray.sampling.MigaConfig``); unset fields come from the preset.")
+FifoSettings = _overrides(FifoConfig, "FIFO-Diffusion settings (see ``miga_ray.sampling.FifoConfig``); unset fields come from the preset.")
 
 
 class SamplerSettings(_Strict):
@@ -83,10 +74,8 @@ class SamplerSettings(_Strict):
 
     def fifo_config(self, window: int | None = None) -> FifoConfig:
         base = get_preset(self.preset).fifo
-        return FifoConfig(
-            window=self.fifo.window or window or base.window,
-            lookahead=base.lookahead if self.fifo.lookahead is None else self.fifo.lookahead,
-        )
+        changes = {k: v for k, v in self.fifo.model_dump().items() if v is not None}
+        return FifoConfig(**{**base.to_dict(), "window": window or base.window, **changes})
 
 
 class VideoSettings(_Strict):

@@ -60,11 +60,22 @@ def test_help_shows_an_example_with_known_options(name):
     "args, option",
     [(["memory", "--lengths", "100"], "--lengths"), (["memory", "--lengths", "100,0"], "--lengths"),
      (["overhead", "--samplers", "miga,foo"], "--samplers"), (["frames", "--frames", "0"], "--frames"),
-     (["overhead", "--threads", "-1"], "--threads")],
+     (["overhead", "--threads", "-1"], "--threads"), (["sampler", "--trace", "t.jsonl"], "--trace"),
+     (["sampler", "--schedule", "reference", "--groups", "61"], "--groups")],
 )  # fmt: skip
 def test_bad_options_exit_2_naming_the_option(args, option):
     result = runner.invoke(app, ["bench", *args])
     assert result.exit_code == 2 and f"argument {option}" in result.output, result.output
+
+
+def test_sampler_reference_schedule_writes_its_trace(tmp_path: Path):
+    path = tmp_path / "trace.jsonl"
+    result = runner.invoke(app, ["bench", "sampler", "--preset", "vc2", "--schedule", "reference", "--groups", "30", "--trace", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "120 output latents, 1852 calls" in result.stdout and "15.43 calls per output latent" in result.stdout
+    calls = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(calls) == 1852 and set(calls[0]) == {"call", "phase", "latents", "levels", "guidance", "kept"}
+    assert [c["phase"] for c in calls].count("stage2") == 133
 
 
 def test_frames_counts_the_base_sampler_exactly():

@@ -27,6 +27,8 @@ def test_every_command_has_help_with_an_example(command):
         (["--set", "sampler.miga.colour=3"], "sampler.miga.colour: unknown key"),
         (["--set", "frames=-5"], "frames: Input should be greater than or equal to 1"),
         (["--set", "sampler.kind=diagonal"], "sampler.kind"),
+        (["--set", "sampler.miga.schedule=official"], "sampler.miga.schedule"),
+        (["--set", "sampler.miga.schedule=reference", "--set", "sampler.miga.reflect_during=always"], "sampler.miga.reflect_during: must satisfy fill with schedule reference"),
         (["--set", "sampler.miga.guidance=8"], "guidance: must satisfy 0 <= guidance (m_guid) < window"),
         (["--set", "video.height=50"], "video.height"),
         (["--set", "nonsense"], "expected key=value"),
@@ -38,6 +40,18 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     assert needle in result.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json")), "nothing half-written"
+
+
+def test_sampler_settings_are_the_sampling_dataclasses_fields():
+    """Declared once: every MigaConfig / FifoConfig field can be set from YAML, and nothing else can."""
+    import dataclasses
+
+    from miga_ray.config import FifoSettings, MigaSettings
+    from miga_ray.sampling import FifoConfig, MigaConfig
+
+    assert list(MigaSettings.model_fields) == [f.name for f in dataclasses.fields(MigaConfig)]
+    assert list(FifoSettings.model_fields) == [f.name for f in dataclasses.fields(FifoConfig)]
+    assert load_config(None, ["sampler.miga.schedule=reference"]).sampler.miga_config().schedule == "reference"
 
 
 def test_config_file_errors_exit_2(tmp_path):

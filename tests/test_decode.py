@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 
-from miga_ray.models.decode import StreamingDecoder, causal_context, to_uint8
+from miga_ray.models.decode import StreamingDecoder, causal_context
+from miga_ray.models.pixels import to_uint8
 
 MEAN, STD = [0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 1.0, 2.0]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -20,7 +22,7 @@ import torch
 
 from miga_ray.config import load_config
 from miga_ray.models import registry
-from miga_ray.models.decode import to_uint8
+from miga_ray.models.pixels import to_uint8
 from miga_ray.models.vc2 import VC2Config, load_vc2, random_vc2, vc2_grid
 from miga_ray.models.vc2.autoencoder import LATENT_SCALE, DecoderConfig, FirstStage, FrameDecoder
 from miga_ray.models.vc2.model import (
@@ -273,3 +275,9 @@ def test_vc2_random_renders_through_the_engine_and_resumes_exactly(tmp_path: Pat
 def decoded(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_the_vc2_port_imports_no_wan_code() -> None:
+    code = "import sys, miga_ray.models.vc2; print([m for m in sys.modules if m.startswith(('miga_ray.models.wan', 'miga_ray.models.decode', 'diffusers'))])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -248,13 +248,13 @@ def _planted_engine(delta, reflect=True, batch=1, planted_in=(0,)):
                      reflect_delta=delta, reflect_after=3, reflect_refs=2, reflect_candidates=3)
     runner = make_runner(TwoSceneDenoiser(pattern), FlowEuler(grid), cond=Conditioning(None), shape=(batch, *SHAPE[1:]))
     engine = MigaEngine(runner, cfg, 24, dtype=F64)
-    while engine.pushed < 14:
+    while engine.state.pushed < 14:
         engine._advance()
-    n = len(engine.xs)
-    planted = [engine.head + j for j in range(n - 2, n)]
+    n = len(engine.state.queue.xs)
+    planted = [engine.state.head + j for j in range(n - 2, n)]
     for j in range(n - 2, n):
-        engine.xs[j] = engine.xs[j].clone()
-        engine.xs[j][list(planted_in)] = -pattern
+        engine.state.queue.xs[j] = engine.state.queue.xs[j].clone()
+        engine.state.queue.xs[j][list(planted_in)] = -pattern
     return engine, pattern, planted
 
 
@@ -279,9 +279,9 @@ def test_reflection_judges_once_the_head_is_below_the_references():
                      reflect_after=4, reflect_refs=3, reflect_candidates=1)
     engine = MigaEngine(make_runner(MixingDenoiser(3), flow(24)), cfg, 60, dtype=F64)
     judged_level, expected = 24 - cfg.reflect_after, 0
-    while engine.head == 0:
+    while engine.state.head == 0:
         engine._advance()
-        expected += engine.head == 0 and engine.levels[0] < judged_level - cfg.reflect_refs
+        expected += engine.state.head == 0 and engine.state.queue.levels[0] < judged_level - cfg.reflect_refs
         r = engine.counters.reflections
         assert r["judged"] == expected and r["triggered"] <= max(0, expected - 1)  # the first score is only recorded
     assert expected > 1 and engine.counters.reflections["triggered"] > 0
@@ -311,8 +311,8 @@ def test_only_the_inconsistent_batch_element_is_replaced():
     while not reflected.counters.reflections["accepted"]:
         reflected._advance()
         plain._advance()
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.xs, plain.xs)), "element 0 keeps its own groups"
-    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.xs, plain.xs))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reflected.state.queue.xs, plain.state.queue.xs)), "element 0 keeps its own groups"
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(reflected.state.queue.xs, plain.state.queue.xs))
 
 
 def test_reflection_with_infinite_threshold_changes_nothing():
@@ -337,3 +337,73 @@ def test_candidate_hook_sees_self_contained_requests():
     _, plain = run_miga(cfg, N, solver())
     assert seen and {r.candidate for r in seen} == {1, 2, 3}
     assert all(torch.equal(a, b) for a, b in zip(outs, plain))
+
+
+# -- schedule: reference (the official VideoCrafter2 code, call for call) ---------------------------
+def _reference_run(groups, cfg=None, model=None, solver=None, trace=None, shape=(1, 1, 1, 1), dtype=torch.float32):
+    cfg = cfg or get_preset("vc2").miga.with_(schedule="reference")
+    runner = make_runner(model or ZeroDenoiser(), solver or identity_last(64), trace=trace, shape=shape, dtype=dtype)
+    engine = MigaEngine(runner, cfg, groups * cfg.group, dtype=dtype)
+    return engine, [i for i, _ in engine]
+
+
+def test_reference_schedule_costs_what_the_official_code_costs():
+    """30 groups at the VC2 settings: 1852 calls for 120 latents, 15.4 per latent as the official code."""
+    engine, ids = _reference_run(30)
+    assert ids == list(range(120))
+    assert dict(engine.counters.calls) == {"base": 64, "fill": 285, "stage1": 1222, "stage2": 133, "refine": 148}
+
+
+def test_reference_schedule_windows_are_the_official_ones():
+    _, calls = traced(lambda tr: _reference_run(30, trace=tr)[0])
+    fill = [c for c in calls if c["phase"] == "fill"]
+    for c in fill:
+        written = [i for i, k in zip(c["latents"], c["kept"]) if k]
+        guide = [i for i, g in zip(c["latents"], c["guidance"]) if g]
+        assert len(c["latents"]) == 16 and len(written) in (4, 8, 12)
+        assert not guide or [written[0] - i for i in guide] == [14, 10, 6, 2] or written[0] < 16
+    assert all(sum(c["kept"]) == 12 for c in fill if c["kept"][-1])  # the tail block is 12 wide
+    stage1 = [c for c in calls if c["phase"] == "stage1"]
+    entered = {i: l for c in stage1 for i, l in zip(c["latents"], c["levels"]) if i >= 16 + 4 * 30}
+    assert min(entered) == 136 and max(entered.values()) == 64  # stage-1 latents: pure noise from level T, ids after the fill
+    first = next(c for c in stage1 if 136 in c["latents"])
+    levels = dict(zip(first["latents"], first["levels"]))
+    assert levels[136] - levels[135] == 2  # the two-level jump where stage 1 takes over from the fill
+    for phase, top in (("stage2", 10), ("refine", 11)):
+        ps = [c for c in calls if c["phase"] == phase]
+        assert {c["levels"][0] for c in ps} == set(range(2, top + 1))
+        assert {i for c in ps for i in c["latents"]} == set(range(120))
+
+
+def test_reference_schedule_with_reflection_judges_only_in_the_fill():
+    cfg = MigaConfig(window=8, group=2, guidance=2, stage2_levels=3, stride=4, schedule="reference", reflect=True,
+                     reflect_delta=0.0, reflect_after=4, reflect_refs=2, reflect_candidates=3)
+    engine, calls = traced(lambda tr: _reference_run(8, cfg, MixingDenoiser(3), identity_last(16), tr, SHAPE, F64)[0])
+    r = engine.counters.reflections
+    assert r["triggered"] > 0
+    order = [c["phase"] for c in calls]
+    assert "reflect" not in order[order.index("stage1"):]
+    assert any(not any(c["kept"]) for c in calls if c["phase"] == "reflect")  # the official candidates run windows of references only
+
+
+def test_reference_schedule_resumes_exactly():
+    cfg = MigaConfig(window=8, group=2, guidance=2, stage2_levels=3, stride=4, schedule="reference", reflect=True,
+                     reflect_delta=0.0, reflect_after=4, reflect_refs=2, reflect_candidates=2)
+    args = (cfg, 8 * cfg.group)
+    full = [x for _, x in MigaEngine(make_runner(MixingDenoiser(3), identity_last(16)), *args, dtype=F64)]
+    for k in (0, 1, 15):
+        first = MigaEngine(make_runner(MixingDenoiser(3), identity_last(16)), *args, dtype=F64)
+        steps = 0
+        while not first.state.out and steps < 12:  # stop inside the fill and stage 1 too
+            first._advance()
+            steps += 1
+        head = [first.pull()[1] for _ in range(k)]
+        second = MigaEngine(make_runner(MixingDenoiser(3), identity_last(16)), *args, dtype=F64)
+        second.load_state_dict(*_roundtrip(*first.state_dict()))
+        assert all(torch.equal(a, b) for a, b in zip(head + [x for _, x in second], full))
+
+
+@pytest.mark.parametrize("N", [15, 6, 4 * 61])
+def test_reference_schedule_has_a_fixed_length(N):
+    with pytest.raises(ValueError, match="^num_latents: must satisfy"):
+        MigaEngine(make_runner(ZeroDenoiser(), identity_last(64)), get_preset("vc2").miga.with_(schedule="reference"), N)

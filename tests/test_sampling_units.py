@@ -64,6 +64,15 @@ def test_solver_steps_follow_their_formulas():
         DDIM(d, eta=1.0).step(xt, eps, levels)
 
 
+def test_noise_purposes_are_frozen_strings_apart_from_phase_names():
+    """A step's noise key comes from this table, not from the phase's spelling: renaming a phase changes no video."""
+    from miga_ray.sampling import phases
+
+    assert phases.STEP_NOISE == {"base": "step/base", "fill": "step/stage1", "stage1": "step/stage1", "stage2": "step/stage2",
+                                 "refine": "step/refine", "reflect": "step/reflect", "fifo": "step/fifo"}  # fmt: skip
+    assert (phases.BASE_NOISE, phases.INIT_NOISE, phases.ENTRY_NOISE, phases.REFINE_NOISE) == ("base", "init", "entry", "refine")
+
+
 def test_noise_is_a_pure_function_of_its_coordinates():
     a = NoiseSource(3, (1, 2, 4, 4), torch.float32, "cpu")
     b = NoiseSource(3, (1, 2, 4, 4), torch.float64, "cpu")

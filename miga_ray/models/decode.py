@@ -25,6 +25,8 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample, unpatchify
 from torch import Tensor, nn
 
+from .pixels import to_uint8
+
 
 class StreamingDecoder:
     """Decode normalised latents chunk by chunk, keeping the VAE's causal conv cache across chunks."""
@@ -100,7 +102,3 @@ def latent_norm(vae: AutoencoderKLWan) -> tuple[Tensor, Tensor]:
     )
     return mean, std
 
-
-def to_uint8(video: Tensor) -> Tensor:
-    """VAE output ``[B, 3, F, H, W]`` in [-1, 1] -> uint8 ``[B, F, H, W, 3]``."""
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()

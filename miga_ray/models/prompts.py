@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -12,6 +14,18 @@ class PromptEncoder(Protocol):
     """Prompts -> text embeddings ``[B, L, D]`` on the CPU."""
 
     def __call__(self, prompts: list[str], device: torch.device) -> Tensor: ...
+
+
+@dataclass
+class RandomPromptEncoder:
+    """Stand-in text encoder for random-weight models: a fixed random ``[text_len, text_dim]`` per prompt (seeded by its CRC32)."""
+
+    text_len: int
+    text_dim: int
+
+    def __call__(self, prompts: list[str], device: torch.device) -> Tensor:
+        gens = [torch.Generator().manual_seed(zlib.crc32(p.encode())) for p in prompts]
+        return torch.stack([torch.randn(self.text_len, self.text_dim, generator=g) for g in gens])
 
 
 def encode_with_negative(

@@ -9,7 +9,6 @@ measurements, with random text embeddings standing in for UMT5-XXL.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import diffusers
 import torch
@@ -20,7 +19,7 @@ from transformers import BatchEncoding, PreTrainedTokenizerBase, T5Tokenizer, UM
 
 from ..sampling.grid import LevelGrid, flow_grid_from_sigmas
 from .decode import StreamingDecoder
-from .prompts import PromptEncoder, encode_with_negative
+from .prompts import PromptEncoder, RandomPromptEncoder, encode_with_negative
 
 WAN21_1_3B_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
@@ -116,18 +115,6 @@ def embed_tokens(text_encoder: UMT5EncoderModel, input_ids: Tensor, attention_ma
     return hidden.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
 
 
-@dataclasses.dataclass
-class RandomPromptEncoder:
-    """Stand-in for UMT5-XXL in random-weight models: a fixed random ``[L, D]`` per prompt (seeded by its CRC32)."""
-
-    text_len: int = WAN_TEXT_LEN
-    text_dim: int = 4096
-
-    def __call__(self, prompts: list[str], device: torch.device) -> Tensor:
-        gens = [torch.Generator().manual_seed(zlib.crc32(p.encode())) for p in prompts]
-        return torch.stack([torch.randn(self.text_len, self.text_dim, generator=g) for g in gens])
-
-
 class WanModel:
     """A loaded Wan-family model: denoiser, prompt encoding, level grid and streaming decoder (a LoadedModel)."""
 
@@ -203,4 +190,4 @@ def random_wan(device: torch.device, dtype: torch.dtype) -> WanModel:
     for name, param in transformer.named_parameters():  # the dtypes from_pretrained(torch_dtype=dtype) gives
         param.data = param.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
     scheduler = UniPCMultistepScheduler(**WAN21_SCHEDULER)
-    return WanModel(transformer, vae, RandomPromptEncoder(), scheduler, (480, 832), 21)
+    return WanModel(transformer, vae, RandomPromptEncoder(WAN_TEXT_LEN, 4096), scheduler, (480, 832), 21)  # UMT5-XXL: 4096 wide

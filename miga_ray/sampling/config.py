@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 Entry = Literal["noise", "anchor", "recent"]
 ReflectDuring = Literal["fill", "always"]
+Schedule = Literal["stream", "reference"]
 
 
 def _require(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -52,6 +53,10 @@ class MigaConfig:
     Reflection: the group ``reflect_after`` steps below pure noise is scored against the
     ``reflect_refs`` groups ahead of it; a drop of more than ``reflect_delta`` from the last score
     draws ``reflect_candidates`` candidates from the frozen references and keeps the best if better.
+    ``schedule``: ``stream`` (constant memory, any length) or ``reference``: the official VideoCrafter2
+    code's schedule call for call (fixed length of at most T - window/group groups; output = base clip
+    + fill; fill and candidates anchored and stage 1 pure noise whatever ``entry`` says; reflection
+    during the fill only).
     """
 
     window: int = 16
@@ -67,6 +72,7 @@ class MigaConfig:
     reflect_delta: float = 0.01
     reflect_after: int = 10
     reflect_refs: int = 2
+    schedule: Schedule = "stream"
 
     @property
     def write_stride(self) -> int:
@@ -89,6 +95,9 @@ class MigaConfig:
         _require(1 <= stride <= self.current_width, "stride", f"1 <= stride <= window - guidance ({self.current_width})", stride)
         _require(self.entry in ("noise", "anchor", "recent"), "entry", "one of noise, anchor, recent", self.entry)
         _require(self.reflect_during in ("fill", "always"), "reflect_during", "one of fill, always", self.reflect_during)
+        _require(self.schedule in ("stream", "reference"), "schedule", "one of stream, reference", self.schedule)
+        if self.schedule == "reference":
+            _require(self.reflect_during == "fill", "reflect_during", "fill with schedule reference (the official code reflects only then)", self.reflect_during)
         if self.reflect:
             _require(self.reflect_candidates >= 1, "reflect_candidates", "reflect_candidates >= 1", self.reflect_candidates)
             _require(self.reflect_delta >= 0, "reflect_delta", "reflect_delta >= 0", self.reflect_delta)

@@ -2,51 +2,64 @@
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .phases import BASE, BASE_NOISE
 from .runner import WindowRunner
+from .state import pack, unpack
 from .trace import Counters
 
-STATE_VERSION = 2  # 2: reflection scores per batch element; the fidelity fixes of issue 15
+STATE_VERSION = 2  # 2 (issue 15): the fidelity fixes, reflection scores per batch element, one generic state layout
 
 
 def sample_base_clip(runner: WindowRunner, count: int) -> list[Tensor]:
     """An ordinary short clip: ``count`` latents from pure noise, all at one level, T steps to clean."""
     T = runner.solver.grid.num_levels
     ids = list(range(count))
-    xs = [runner.noise.draw("base", i, T) for i in ids]
+    xs = [runner.noise.draw(BASE_NOISE, i, T) for i in ids]
     for level in range(T, 0, -1):
-        xs = runner("base", xs, [level] * count, ids, [True] * count)
+        xs = runner(BASE, xs, [level] * count, ids, [True] * count)
     return xs
 
 
-def stack_frames(frames: Sequence[Tensor], like_shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """Latent frames ``[B, C, H, W]`` -> one ``[B, C, n, H, W]`` CPU tensor (n may be 0) for a checkpoint."""
-    if not frames:
-        b, c, h, w = like_shape
-        return torch.empty((b, c, 0, h, w), dtype=dtype)
-    return torch.stack([f.detach().cpu() for f in frames], dim=2).contiguous()
+@dataclass
+class StreamState:
+    """What every engine holds besides its queues: finished latents not yet pulled, and how many were pulled.
+
+    Each engine's state extends it; the whole state round-trips through ``state.pack``/``unpack``.
+    """
+
+    emitted: int = 0
+    out_ids: list[int] = field(default_factory=list)
+    out: list[Tensor] = field(default_factory=list)
 
 
 class StreamingEngine:
     """Yields clean latents ``(index, [B, C, H, W])`` in order while holding a bounded number of latents.
 
-    Subclasses implement ``_advance`` (one unit of work that may finish latents) and the state hooks.
+    Subclasses hold everything that changes in ``self.state`` (a ``StreamState`` dataclass), and
+    implement ``_advance`` (one unit of work that may finish latents) and ``held_latents``.
     """
 
-    def __init__(self, runner: WindowRunner, num_latents: int, dtype: torch.dtype, device: torch.device | str) -> None:
+    cfg: Any  # the engine's config dataclass (``to_dict()``)
+
+    def __init__(self, runner: WindowRunner, num_latents: int, dtype: torch.dtype, device: torch.device | str, state: StreamState) -> None:
         if num_latents < 1:
             raise ValueError(f"num_latents: must satisfy num_latents >= 1 (got {num_latents})")
         self.runner, self.num_latents = runner, num_latents
         self.dtype, self.device = dtype, torch.device(device)
         self.shape = runner.noise.shape
-        self._out: deque[tuple[int, Tensor]] = deque()
-        self.emitted = 0
+        self.state = state
+
+    @property
+    def emitted(self) -> int:
+        """Latents pulled so far."""
+        return self.state.emitted
 
     @property
     def counters(self) -> Counters:
@@ -58,20 +71,20 @@ class StreamingEngine:
 
     def pull(self) -> tuple[int, Tensor] | None:
         """The next clean latent in order, or None once all ``num_latents`` have been produced."""
-        while not self._out:
+        while not self.state.out:
             if self.done:
                 return None
             self._advance()
-        item = self._out.popleft()
-        self.emitted += 1
-        return item
+        self.state.emitted += 1
+        return self.state.out_ids.pop(0), self.state.out.pop(0)
 
     def __iter__(self) -> Iterator[tuple[int, Tensor]]:
         while (item := self.pull()) is not None:
             yield item
 
     def _emit(self, index: int, latent: Tensor) -> None:
-        self._out.append((index, latent))
+        self.state.out_ids.append(index)
+        self.state.out.append(latent)
 
     def _advance(self) -> None:
         raise NotImplementedError
@@ -84,40 +97,19 @@ class StreamingEngine:
         b, c, h, w = self.shape
         return self.held_latents() * b * c * h * w * torch.empty((), dtype=self.dtype).element_size()
 
-    # state: the subclass lists its tensors and integers; the common part is handled here
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """The whole engine state as (tensors, JSON-able meta): safetensors + JSON, never pickle."""
-        tensors = {"out": stack_frames([x for _, x in self._out], self.shape, self.dtype)}
-        meta = {
-            "version": STATE_VERSION,
-            "engine": type(self).__name__,
-            "num_latents": self.num_latents,
-            "seed": self.runner.noise.seed,
-            "emitted": self.emitted,
-            "out_ids": [i for i, _ in self._out],
-            "counters": self.counters.to_json(),
-        }
-        own_tensors, own_meta = self._state()
-        tensors.update(own_tensors)
-        meta.update(own_meta)
+        tensors, state = pack(self.state, self.shape, self.dtype)
+        meta = {**self._identity(), "config": self.cfg.to_dict(), "counters": self.counters.to_json(), "state": state}
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        """Restore a state from ``state_dict``; refuses one from another engine kind, length or seed."""
-        expect = {"version": STATE_VERSION, "engine": type(self).__name__, "num_latents": self.num_latents, "seed": self.runner.noise.seed}
-        for key, value in expect.items():
+        """Restore a state from ``state_dict``; refuses one from another engine kind, length, seed or config."""
+        for key, value in {**self._identity(), "config": self.cfg.to_dict()}.items():
             if meta.get(key) != value:
                 raise ValueError(f"state: {key} is {meta.get(key)!r} in the checkpoint but {value!r} in this engine")
-        self.emitted = meta["emitted"]
-        self._out = deque(zip(meta["out_ids"], self._frames(tensors["out"])))
+        self.state = unpack(type(self.state), tensors, meta["state"], self.device, self.dtype)
         self.runner.counters = Counters.from_json(meta["counters"])
-        self._load(tensors, meta)
 
-    def _frames(self, stacked: Tensor) -> list[Tensor]:
-        return [f.to(self.device, self.dtype) for f in stacked.unbind(dim=2)]
-
-    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        raise NotImplementedError
-
-    def _load(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        raise NotImplementedError
+    def _identity(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "engine": type(self).__name__, "num_latents": self.num_latents, "seed": self.runner.noise.seed}

@@ -8,19 +8,31 @@ stride f // 2 and write only their back part, with already-clean latents in fron
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from .config import FifoConfig
-from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .engine import StreamingEngine, StreamState, sample_base_clip
+from .phases import FIFO, INIT_NOISE
+from .queue import Queue
 from .reflection import entry_latent
 from .runner import WindowRunner
+from .windows import fifo_windows
+
+
+@dataclass
+class FifoState(StreamState):
+    """FIFO-Diffusion's queue: the diagonal and where it stands in the video."""
+
+    started: bool = False
+    queue: Queue = field(default_factory=Queue)  # prefix (clean) + diagonal, the diagonal's head at position prefix
 
 
 class FifoEngine(StreamingEngine):
     """Streams ``num_latents`` clean latents through FIFO-Diffusion."""
+
+    state: FifoState
 
     def __init__(
         self,
@@ -32,66 +44,45 @@ class FifoEngine(StreamingEngine):
     ) -> None:
         self.T = runner.solver.grid.num_levels
         config.validate(self.T)
-        super().__init__(runner, num_latents, dtype, device)
+        super().__init__(runner, num_latents, dtype, device, FifoState())
         self.cfg = config
         f = config.window
         self.stride = f // 2 if config.lookahead else f  # latents each window writes
         self.prefix = f - self.stride if config.lookahead else 0  # clean latents ahead of the head
-        self.started = False
-        self.xs: list[Tensor] = []  # prefix + diagonal, head of the diagonal at position self.prefix
-        self.head = -(self.T - f)  # latent index at the head; the first T - f are warm-up, not emitted
-
-    @property
-    def levels(self) -> list[int]:
-        return [0] * self.prefix + list(range(1, self.T + 1))
 
     def _advance(self) -> None:
-        if not self.started:
+        if not self.state.started:
             self._start()
             return
         self._iterate()
 
     def _start(self) -> None:
-        """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference."""
+        """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference.
+
+        The diagonal's head is latent ``-(T - f)``: the first T - f latents are warm-up, never emitted.
+        """
         f = self.cfg.window
         base = sample_base_clip(self.runner, f)
-        for pos, level in enumerate(self.levels):
-            index = self.head - self.prefix + pos
+        first = -(self.T - f) - self.prefix
+        for pos, level in enumerate([0] * self.prefix + list(range(1, self.T + 1))):
+            index = first + pos
             x0 = base[min(f - 1, max(0, index))]
-            if level == 0:
-                self.xs.append(x0)
-                continue
-            eps = self.runner.noise.draw("init", index, level)
-            self.xs.append(self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2))
-        self.started = True
-
-    def _blocks(self) -> list[tuple[int, int]]:
-        """Written blocks over the diagonal, tail first; each window is the f latents ending at its block's end."""
-        p, s = self.prefix, self.stride
-        return [(a, min(a + s, p + self.T)) for a in reversed(range(p, p + self.T, s))]
+            if level:
+                eps = self.runner.noise.draw(INIT_NOISE, index, level)
+                x0 = self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+            self.state.queue.push(x0, level, index)
+        self.state.started = True
 
     def _iterate(self) -> None:
-        f, levels = self.cfg.window, self.levels
-        new = list(self.xs)
-        first = self.head - self.prefix
-        for a, b in self._blocks():
-            span = range(b - f, b)
-            out = self.runner("fifo", [self.xs[j] for j in span], [levels[j] for j in span], [first + j for j in span], [j >= a for j in span])
-            new[a:b] = out
-        if self.head >= 0:
-            self._emit(self.head, new[self.prefix])
-        tail = self.head + self.T
-        self.xs = new[1:] + [entry_latent(self.runner.solver, self.runner.noise, None, tail, 0)]
-        self.head += 1
+        """Every diagonal latent one level down; the clean head is emitted (after the warm-up), noise enters at the tail."""
+        queue = self.state.queue
+        for window in fifo_windows(self.prefix, self.T, self.cfg.window, self.stride):
+            queue.step(self.runner, FIFO, window)
+        head = queue.ids[self.prefix]
+        if head >= 0:
+            self._emit(head, queue.xs[self.prefix])
+        queue.pop(1)
+        queue.push(entry_latent(self.runner.solver, self.runner.noise, None, head + self.T, 0), self.T, head + self.T)
 
     def held_latents(self) -> int:
-        return len(self.xs) + len(self._out)
-
-    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        return {"queue": stack_frames(self.xs, self.shape, self.dtype)}, {"config": self.cfg.to_dict(), "started": self.started, "head": self.head}
-
-    def _load(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        if meta["config"] != self.cfg.to_dict():
-            raise ValueError(f"state: the checkpoint's FIFO config {meta['config']} differs from this engine's {self.cfg.to_dict()}")
-        self.started, self.head = meta["started"], meta["head"]
-        self.xs = self._frames(tensors["queue"])
+        return len(self.state.queue) + len(self.state.out)

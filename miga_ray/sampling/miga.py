@@ -5,26 +5,49 @@ Stage 1, one step: a new group of ``group`` latents enters at level T; one sweep
 latent one level down in windows written head to tail (guidance slots see latents already stepped
 in this sweep); the head group leaves once it reaches level E; then reflection may judge and
 replace the group ``reflect_after`` steps below noise. The queue holds about (T - E) x group latents.
+
+``schedule="reference"`` runs the official VideoCrafter2 code's schedule instead, call for call: a
+fixed-length video whose output is the base clip and the fill latents (see ``_advance_reference``).
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .config import MigaConfig
-from .engine import StreamingEngine, sample_base_clip, stack_frames
+from .engine import StreamingEngine, StreamState, sample_base_clip
+from .phases import FILL, INIT_NOISE, STAGE1
+from .queue import Queue
 from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
 from .runner import WindowRunner
-from .unified import UnifiedStage
-from .windows import guidance_positions, sweep_blocks
+from .unified import UnifiedStage, UnifiedState
+from .windows import reference_offset, stage1_windows
+
+
+@dataclass
+class MigaState(StreamState):
+    """MIGA's stage-1 queue (latents, their levels, where it stands), its entry anchors and reflection score, and stage 2."""
+
+    started: bool = False
+    queue: Queue = field(default_factory=Queue)  # stage 1, head first
+    head: int = 0  # latents that have left stage 1: the id of the queue's head
+    pushed: int = 0  # latents that have entered stage 1
+    sweeps: int = 0
+    fill_iters: int = 0  # schedule reference: fill iterations done
+    anchor: Tensor | None = None  # the base clip's last latent (clean)
+    recent: Tensor | None = None  # newest latent that left stage 1
+    last_score: list[float] | None = None  # per batch element
+    unified: UnifiedState = field(default_factory=UnifiedState)
 
 
 class MigaEngine(StreamingEngine):
     """Streams ``num_latents`` clean latents of one video through MIGA."""
+
+    state: MigaState
 
     def __init__(
         self,
@@ -37,116 +60,117 @@ class MigaEngine(StreamingEngine):
     ) -> None:
         self.T = runner.solver.grid.num_levels
         config.validate(self.T, runner.solver.grid.lowest_step)
-        super().__init__(runner, num_latents, dtype, device)
+        if config.schedule == "reference":
+            fill_max = self.T - config.window // config.group
+            _ok = num_latents % config.group == 0 and config.window <= num_latents <= fill_max * config.group
+            if not _ok:
+                raise ValueError(
+                    f"num_latents: must satisfy, with schedule reference, a multiple of group ({config.group}) from window "
+                    f"({config.window}) to {fill_max} groups ({fill_max * config.group}), as the official code caps it (got {num_latents})"
+                )
+        self.unified = UnifiedStage(runner, config.stage2_levels, config.refine, config.window, config.write_stride, num_latents)
+        super().__init__(runner, num_latents, dtype, device, MigaState(unified=self.unified.state))
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)
-        self.unified = UnifiedStage(runner, config.stage2_levels, config.refine, config.window, config.write_stride, num_latents)
-        self.started = False
-        self.xs: list[Tensor] = []  # stage-1 queue, head first
-        self.levels: list[int] = []
-        self.head = 0  # latent index of xs[0]
-        self.pushed = 0  # latents that have entered stage 1
-        self.sweeps = 0
-        self.anchor: Tensor | None = None  # the base clip's last latent (clean)
-        self.recent: Tensor | None = None  # newest latent that left stage 1
-        self.last_score: list[float] | None = None  # per batch element
 
     # -- one unit of work ------------------------------------------------------------------------
     def _advance(self) -> None:
-        if not self.started:
+        if not self.state.started:
             self._start()
             return
-        if self.pushed < self.num_latents:
-            self._push_group()
-        self._sweep()
+        if self.cfg.schedule == "reference":
+            self._advance_reference()
+        else:
+            if self.state.pushed < self.num_latents:
+                self._push_group(self._entry_anchor(), self.num_latents)
+            self._sweep(FILL if self.state.head == 0 else STAGE1, self.state.sweeps % self.cfg.write_stride)
+            self._pop()
+            if self._reflect_now():
+                self._reflect()
+        if self.cfg.schedule == "stream" or self.state.head >= self.num_latents:  # the reference: stage 2 after stage 1
+            for index, latent in self.unified.run():
+                self._emit(index, latent)
+
+    def _advance_reference(self) -> None:
+        """One iteration of the official VideoCrafter2 schedule.
+
+        Fill: a group made from the base clip's last latent noised to T enters, the queue is swept
+        with the written blocks aligned to the tail (remainder block first), then reflection may
+        judge; the fill stops after ``num_latents / group`` iterations or when the head reaches
+        E + 2, which it reaches without a sweep. Stage 1: sweep (offset = stage-1 iteration mod
+        stride), pop at E, and a pure-noise group enters after every sweep but the last fill's
+        (hence a two-level jump in the staircase); it stops once ``num_latents`` have left. Stage 2
+        and refine then run over all of them, sweep after sweep.
+        """
+        c = self.cfg
+        groups = self.num_latents // c.group
+        fill_sweeps = min(groups, self.T - c.window // c.group - c.stage2_levels - 2)
+        if self.state.fill_iters < min(groups, fill_sweeps + 1):
+            self._push_group(self.state.anchor, None)
+            self.state.fill_iters += 1
+            if self.state.fill_iters <= fill_sweeps:
+                self._sweep(FILL, reference_offset(len(self.state.queue), c.current_width, c.write_stride))
+                if c.reflect:
+                    self._reflect()
+            return
+        if self.state.head >= self.num_latents:
+            return
+        stage1 = self.state.sweeps - fill_sweeps
+        if stage1:
+            self._push_group(None, None)
+        self._sweep(STAGE1, stage1 % c.write_stride)
         self._pop()
-        if self._reflect_now():
-            self._reflect()
-        for index, latent in self.unified.run():
-            self._emit(index, latent)
 
     def _start(self) -> None:
         """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
         f, L = self.cfg.window, self.cfg.group
         base = sample_base_clip(self.runner, f)
-        self.anchor = base[-1]
+        self.state.anchor = base[-1]
         count = min(self.num_latents, (f // L) * L)
         groups = f // L
         for i in range(count):
             level = self.T - groups + i // L
-            eps = self.runner.noise.draw("init", i, level)
-            lv = torch.tensor([level])
-            self.xs.append(self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2))
-            self.levels.append(level)
-        self.pushed = count
-        self.started = True
+            eps = self.runner.noise.draw(INIT_NOISE, i, level)
+            x = self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+            self.state.queue.push(x, level, i)
+        self.state.pushed = count
+        self.state.started = True
 
     def _entry_anchor(self) -> Tensor | None:
         if self.cfg.entry == "noise":
             return None
-        if self.cfg.entry == "recent" and self.recent is not None:
-            return self.recent
-        return self.anchor
+        if self.cfg.entry == "recent" and self.state.recent is not None:
+            return self.state.recent
+        return self.state.anchor
 
-    def _push_group(self) -> None:
-        stop = min(self.pushed + self.cfg.group, self.num_latents)
-        anchor = self._entry_anchor()
-        for i in range(self.pushed, stop):
-            self.xs.append(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0))
-            self.levels.append(self.T)
-        self.pushed = stop
+    def _push_group(self, anchor: Tensor | None, limit: int | None) -> None:
+        """The next group enters at level T (up to latent id ``limit``): ``anchor`` noised, or pure noise."""
+        stop = self.state.pushed + self.cfg.group if limit is None else min(self.state.pushed + self.cfg.group, limit)
+        for i in range(self.state.pushed, stop):
+            self.state.queue.push(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0), self.T, i)
+        self.state.pushed = stop
 
-    @property
-    def phase(self) -> str:
-        return "fill" if self.head == 0 else "stage1"
-
-    def _window_slots(self, a: int, n: int) -> tuple[list[int], list[int]]:
-        """Guidance positions and current positions of the window whose written block starts at ``a``.
-
-        Windows near the head (``a < m_guid``) use the latents ahead of them as guidance and fill
-        up to f slots with queue latents, capped so they span no more levels than other windows.
-        """
+    def _sweep(self, phase: str, offset: int) -> None:
+        """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
         c = self.cfg
-        m, w, L = c.guidance, c.current_width, c.group
-        if not m or a >= m:
-            guide = guidance_positions(a, m, L) if m else []
-            return guide, list(range(a, min(n, a + w)))
-        cap = (a // L + math.ceil(w / L) + 1) * L
-        return list(range(a)), list(range(a, min(n, c.window, cap)))
-
-    def _sweep(self) -> None:
-        n, c = len(self.xs), self.cfg
-        phase = self.phase
-        for a, b in sweep_blocks(n, c.current_width, c.write_stride, self.sweeps % c.write_stride):
-            guide, cur = self._window_slots(a, n)
-            slots = guide + cur
-            kept = [False] * len(guide) + [a <= j < b for j in cur]
-            out = self.runner(
-                phase,
-                [self.xs[j] for j in slots],
-                [self.levels[j] for j in slots],
-                [self.head + j for j in slots],
-                kept,
-                guidance=[True] * len(guide) + [False] * len(cur),
-            )
-            for j, x in zip(range(a, b), out):
-                self.xs[j], self.levels[j] = x, self.levels[j] - 1
-        self.sweeps += 1
+        windows = stage1_windows(len(self.state.queue), c.window, c.guidance, c.group, c.write_stride, offset, c.schedule == "reference")
+        for window in windows:
+            self.state.queue.step(self.runner, phase, window)
+        self.state.sweeps += 1
 
     def _pop(self) -> None:
         L, E = self.cfg.group, self.cfg.stage2_levels
-        while self.xs and self.levels[0] == E:
-            size = min(L - self.head % L, len(self.xs))
-            leaving = self.xs[:size]
-            del self.xs[:size], self.levels[:size]
-            self.head += size
-            self.recent = leaving[-1]
+        queue = self.state.queue
+        while len(queue) and queue.levels[0] == E and self.state.head < self.num_latents:
+            leaving = queue.pop(min(L - self.state.head % L, len(queue)))
+            self.state.head += len(leaving)
+            self.state.recent = leaving[-1]
             self.unified.push(leaving)
 
     # -- self-reflection ---------------------------------------------------------------------------
     def _reflect_now(self) -> bool:
         c = self.cfg
-        return c.reflect and (c.reflect_during == "always" or self.head == 0)
+        return c.reflect and (c.reflect_during == "always" or self.state.head == 0)
 
     def _reflect(self) -> None:
         """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best.
@@ -154,40 +178,42 @@ class MigaEngine(StreamingEngine):
         Each batch element is judged, triggered and replaced on its own: an element keeps its groups
         unless its own best candidate scores above its own current group.
         """
-        c, L = self.cfg, self.cfg.group
+        c, L, queue = self.cfg, self.cfg.group, self.state.queue
         level = self.T - c.reflect_after
-        if level not in self.levels:
+        if level not in queue.levels:
             return
-        j = self.levels.index(level)
+        j = queue.levels.index(level)
         r = j - c.reflect_refs * L
         if r < L:  # as the reference: references are full groups behind the head group (head below 50 - 3)
             return
-        refs = torch.stack(self.xs[r:j], dim=2)
-        judged = torch.stack(self.xs[j : min(j + L, len(self.xs))], dim=2)
+        refs = torch.stack(queue.xs[r:j], dim=2)
+        judged = torch.stack(queue.xs[j : j + L], dim=2)
         scores = consistency_score(judged, refs).tolist()
         counts = self.counters.reflections
         counts["judged"] += 1
-        previous, self.last_score = self.last_score, scores
+        previous, self.state.last_score = self.state.last_score, scores
         if previous is None:
             return
         triggered = [b for b, (p, s) in enumerate(zip(previous, scores)) if p - s > c.reflect_delta]
         if not triggered:
             return
         counts["triggered"] += len(triggered)
-        behind = list(range(self.head + j, self.head + len(self.xs)))
+        behind = queue.ids[j:]
         groups = [behind[k : k + L] for k in range(0, len(behind), L)]
-        anchor = self._entry_anchor()
+        reference = self.cfg.schedule == "reference"
+        anchor = self.state.anchor if reference else self._entry_anchor()  # the official candidates start anchored
         requests = [
             CandidateRequest(
                 candidate=k + 1,
                 refs=refs,
-                ref_levels=self.levels[r:j],
-                ref_ids=list(range(self.head + r, self.head + j)),
+                ref_levels=queue.levels[r:j],
+                ref_ids=queue.ids[r:j],
                 groups=groups,
                 steps=c.reflect_after,
                 window=c.window,
                 stride=c.write_stride,
                 anchor=anchor,
+                official_layout=reference,
             )
             for k in range(c.reflect_candidates)
         ]
@@ -198,39 +224,17 @@ class MigaEngine(StreamingEngine):
         if not accepted:
             return
         counts["accepted"] += len(accepted)
-        replaced = torch.stack(self.xs[j:], dim=2)
+        replaced = torch.stack(queue.xs[j:], dim=2)
         for b in accepted:
             replaced[b] = results[best[b]][b].to(self.device, self.dtype)
-            self.last_score[b] = found[best[b]][b]
-        self.xs[j:] = list(replaced.unbind(dim=2))
+            self.state.last_score[b] = found[best[b]][b]
+        queue.xs[j:] = list(replaced.unbind(dim=2))
 
     # -- memory and state --------------------------------------------------------------------------
     def held_latents(self) -> int:
-        fixed = sum(x is not None for x in (self.anchor, self.recent))
-        return len(self.xs) + len(self.unified.held()) + len(self._out) + fixed
+        fixed = sum(x is not None for x in (self.state.anchor, self.state.recent))
+        return len(self.state.queue) + len(self.unified.held()) + len(self.state.out) + fixed
 
-    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        frames = {"queue": self.xs, "unified": self.unified.held()}
-        frames.update({k: [v] for k, v in (("anchor", self.anchor), ("recent", self.recent)) if v is not None})
-        tensors = {k: stack_frames(v, self.shape, self.dtype) for k, v in frames.items()}
-        meta = {
-            "config": self.cfg.to_dict(),
-            "started": self.started,
-            "levels": list(self.levels),
-            "head": self.head,
-            "pushed": self.pushed,
-            "sweeps": self.sweeps,
-            "last_score": self.last_score,
-            "unified": self.unified.meta(),
-        }
-        return tensors, meta
-
-    def _load(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        if meta["config"] != self.cfg.to_dict():
-            raise ValueError(f"state: the checkpoint's MIGA config {meta['config']} differs from this engine's {self.cfg.to_dict()}")
-        self.started, self.levels, self.head = meta["started"], list(meta["levels"]), meta["head"]
-        self.pushed, self.sweeps, self.last_score = meta["pushed"], meta["sweeps"], meta["last_score"]
-        self.xs = self._frames(tensors["queue"])
-        self.unified.load(self._frames(tensors["unified"]), meta["unified"])
-        self.anchor = self._frames(tensors["anchor"])[0] if "anchor" in tensors else None
-        self.recent = self._frames(tensors["recent"])[0] if "recent" in tensors else None
+    def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        super().load_state_dict(tensors, meta)
+        self.unified.state = self.state.unified

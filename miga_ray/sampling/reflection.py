@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .noise import NoiseSource
+from .phases import ENTRY_NOISE, REFLECT
+from .queue import Queue
 from .runner import WindowRunner
 from .solvers import Solver
-from .windows import sweep_blocks
+from .windows import candidate_windows
 
 
 def consistency_score(evaluated: Tensor, references: Tensor) -> Tensor:
@@ -50,12 +52,13 @@ class CandidateRequest:
     window: int
     stride: int
     anchor: Tensor | None  # [B, C, H, W]: entries are this latent noised to the top level; None = pure noise
+    official_layout: bool  # the official code's blocks (remainder first) and its windows that write only references
 
 
 def entry_latent(solver: Solver, noise: NoiseSource, anchor: Tensor | None, latent_id: int, variant: int) -> Tensor:
     """A new latent at the top level T: pure noise, or ``anchor`` noised to T."""
     T = solver.grid.num_levels
-    eps = noise.draw("entry", latent_id, T, variant)
+    eps = noise.draw(ENTRY_NOISE, latent_id, T, variant)
     if anchor is None:
         return eps
     lv = torch.tensor([T])
@@ -66,32 +69,13 @@ def run_candidate(runner: WindowRunner, request: CandidateRequest) -> Tensor:
     """Grow one candidate (a short FIFO-style run from fresh noise); return its new latents ``[B, C, N, H, W]``."""
     T = runner.solver.grid.num_levels
     frozen = len(request.ref_ids)
-    xs = list(request.refs.unbind(dim=2))
-    levels, ids = list(request.ref_levels), list(request.ref_ids)
+    queue = Queue(list(request.refs.unbind(dim=2)), list(request.ref_levels), list(request.ref_ids))
     for step in range(request.steps):
-        if step < len(request.groups):
-            for i in request.groups[step]:
-                xs.append(entry_latent(runner.solver, runner.noise, request.anchor, i, request.candidate))
-                levels.append(T)
-                ids.append(i)
-        n = len(xs)
-        for a, b in sweep_blocks(n, request.window, request.stride, step % request.stride):
-            if b <= frozen:
-                continue
-            span = range(a, min(n, a + request.window))
-            kept = [frozen <= j < b for j in span]
-            out = runner(
-                "reflect",
-                [xs[j] for j in span],
-                [levels[j] for j in span],
-                [ids[j] for j in span],
-                kept,
-                guidance=[j < frozen for j in span],
-                variant=request.candidate,
-            )
-            for j, x in zip([j for j, k in zip(span, kept) if k], out):
-                xs[j], levels[j] = x, levels[j] - 1
-    return torch.stack(xs[frozen:], dim=2)
+        for i in request.groups[step] if step < len(request.groups) else []:
+            queue.push(entry_latent(runner.solver, runner.noise, request.anchor, i, request.candidate), T, i)
+        for window in candidate_windows(len(queue), frozen, request.window, request.stride, step, request.official_layout):
+            queue.step(runner, REFLECT, window, request.candidate)
+    return torch.stack(queue.xs[frozen:], dim=2)
 
 
 CandidateRunner = Callable[[Sequence[CandidateRequest]], list[Tensor]]

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .denoiser import Conditioning, Denoiser, guided_forward
 from .noise import NoiseSource
+from .phases import REFLECT, STEP_NOISE
 from .solvers import Solver
 from .trace import CallTrace, Counters
 
@@ -45,13 +46,14 @@ class WindowRunner:
         lv = torch.tensor(list(levels), dtype=torch.long)
         t = self.solver.grid.timesteps[lv].to(device=x.device, dtype=torch.float32)
         out = guided_forward(self.model, x, t, self.cond)
+        self._count(phase, ids, levels, guidance, kept, variant)
+        if not any(kept):  # the official schedule runs candidate windows that write only frozen references
+            return []
         first = kept.index(True)
         keep = slice(first, first + sum(bool(k) for k in kept))  # the written latents are contiguous
-        self._count(phase, ids, levels, guidance, kept, variant)
         step_noise = None
         if self.solver.stochastic:
-            purpose = "step/stage1" if phase == "fill" else f"step/{phase}"
-            step_noise = self.noise.frames(purpose, ids[keep], levels[keep], variant)
+            step_noise = self.noise.frames(STEP_NOISE[phase], ids[keep], levels[keep], variant)
         stepped = self.solver.step(x[:, :, keep], out[:, :, keep], lv[keep], step_noise)
         return list(stepped.unbind(dim=2))
 
@@ -69,6 +71,6 @@ class WindowRunner:
                 "guidance": [bool(g) for g in guidance],
                 "kept": [bool(k) for k in kept],
             }
-            if phase == "reflect":
+            if phase == REFLECT:
                 entry["candidate"] = variant
             self.trace.record(entry)

@@ -7,8 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-PHASES = ("base", "fill", "stage1", "stage2", "refine", "reflect", "fifo")
-
 
 @dataclass
 class Counters:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..decode import to_uint8
+from ..pixels import to_uint8
 from .unet import Upsample
 
 LATENT_SCALE = 0.18215

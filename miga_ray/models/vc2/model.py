@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ...sampling.grid import LevelGrid, ddpm_grid
-from ..prompts import PromptEncoder, encode_with_negative
-from ..wan import RandomPromptEncoder
+from ..prompts import PromptEncoder, RandomPromptEncoder, encode_with_negative
 from .autoencoder import DecoderConfig, FirstStage, FrameDecoder
 from .text import ClipTokenizer, OpenClipPromptEncoder, OpenClipText, TextConfig, find_bpe_vocab
 from .unet import UNet3D, UNetConfig
