@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,26 @@ from miga_ray.config import ConfigError, load_config
 from miga_ray.storage import JobRecord, LocalStore, write_job
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "numpy", "boto3", "av", "ray", "diffusers", "transformers")
 
 
 @pytest.mark.parametrize("command", [["render"], ["demo"], ["status"], ["bench", "sampler"]])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Example: miga" in result.output
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["render", "--help"], ["batch", "--help"], ["render", "x", "--set", "frames=0"]]
+)
+def test_help_and_config_errors_answer_without_loading_torch(argv):
+    """`miga --help` and config errors take well under a second: no torch, numpy or model code on the way."""
+    code = f"import sys\nfrom miga_ray.cli import app\ntry:\n    app({argv!r})\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+    code += f"print('loaded', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "loaded []" in out, out
+    assert ("exit 2" if "--set" in argv else "exit 0") in out
 
 
 @pytest.mark.parametrize(
