@@ -72,6 +72,8 @@ def render_jobs(prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[s
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
+    for prompt in prompts:
+        cfg.check_prompt(prompt)
     from .render import JobRun, load_for  # after the store check: a bad --out fails before diffusers loads
 
     model = load_for(cfg)

@@ -56,6 +56,18 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, args, needle):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json")), "nothing half-written"
 
 
+def test_a_prompt_outside_the_toy_grammar_exits_2_before_the_model_loads(tmp_path, monkeypatch):
+    import miga_ray.render
+
+    monkeypatch.setattr(miga_ray.render, "load_for", lambda cfg: pytest.fail("the model was loaded"))
+    result = runner.invoke(app, ["render", "a cat playing piano", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "'cat'" in result.output and "grammar" in result.output and "sprite :=" in result.output
+    assert not any((tmp_path / "o").rglob("*.json")), "nothing half-written"
+    other = load_config(None, ["model.name=wan2.1-1.3b-random"])
+    other.check_prompt("a cat playing piano")  # only the toy model is bound to the toy grammar
+
+
 def test_config_file_errors_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampler:\n  miga:\n    group: zero\n")

@@ -1,6 +1,6 @@
 """Vocabulary, scenes and the prompt grammar of the toy world.
 
-Grammar (case and whitespace tolerant, a trailing full stop is ignored)::
+Grammar (``GRAMMAR``; case and whitespace tolerant, a trailing full stop is ignored)::
 
     prompt := sprite ("and" sprite)* ["moving"] ("over" | "on") ["the"] background
     sprite := ("a" | "an") [size] colour shape
@@ -29,6 +29,10 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 COLORS: tuple[str, ...] = tuple(COLOR_RGB)
 BACKGROUNDS: tuple[str, ...] = ("sand", "grass", "water", "night", "brick", "snow")
 MAX_SPRITES = 3
+GRAMMAR = (
+    'prompt := sprite ("and" sprite)* ["moving"] ("over" | "on") ["the"] background; '
+    'sprite := ("a" | "an") [size] colour shape'
+)
 
 _ARTICLES = ("a", "an")
 _FILLERS = ("moving",)
