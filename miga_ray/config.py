@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .sampling import FifoConfig, MigaConfig, get_preset
 
-
 TOY_MODEL = "toy"  # model.name of the shipped toy model, which renders only the toy world's prompts
 
 
