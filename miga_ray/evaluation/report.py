@@ -58,7 +58,7 @@ def _toy_report(frames: np.ndarray, prompt: str) -> dict[str, Any] | str:
     from ..models.toy_world import analyze, parse_prompt
 
     try:
-        scene = parse_prompt(prompt)
+        parse_prompt(prompt)
     except ValueError as exc:
         return f"not a toy-world prompt: {exc}"
-    return analyze(frames, scene).to_dict(per_frame=False)
+    return analyze(frames, prompt).to_dict(per_frame=False)

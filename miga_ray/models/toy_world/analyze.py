@@ -43,7 +43,7 @@ class ToyReport:
     chunk: int
     present: np.ndarray  # bool [F, S]: a blob of the sprite's colour is present
     shape_ok: np.ndarray  # bool [F, S]: ... and the prompted shape is its best-fitting template
-    size_ok: np.ndarray  # bool [F, S]: ... and its area is nearest the prompted size
+    size_ok: np.ndarray  # bool [F, S]: ... and its area is nearest the prompted size (any, if the prompt names none)
     area_ratio: np.ndarray  # float [F, S]: blob area / expected area (0 where absent)
     centroids: np.ndarray  # float [F, S, 2]: blob centroid (x, y) in input pixels, NaN where absent
     background_ok: np.ndarray  # bool [F]: the background statistics are nearest the prompted background
@@ -52,7 +52,7 @@ class ToyReport:
     smoothness_frames: np.ndarray  # float [F, S]: centroid linear-prediction score, NaN where undefined
     color_rate: float
     shape_rate: float
-    size_rate: float
+    size_rate: float  # over the sprites whose size the prompt names; NaN when it names none
     background_rate: float
     flicker: float
     smoothness: float
@@ -208,12 +208,13 @@ def _judge(blob: np.ndarray, sprite: Sprite, height: int, width: int) -> np.ndar
     """Judge blobs [3 + len(SHAPES), F] as the sprite: [F, 6] present, shape_ok, size_ok, area ratio, x, y.
 
     The shape is right when the prompted shape's template fits the blob best; the size is right
-    when the area is nearer the prompted size's area than any other size's.
+    when the area is nearer the prompted size's area than any other size's, or, when the prompt
+    names no size, whenever the sprite is present.
     """
     ratio = blob[0] / (SHAPE_AREA[sprite.shape] * sprite_radius(sprite.size, height, width) ** 2)
     present = ratio >= MIN_AREA
     shape_ok = present & (np.nan_to_num(blob[3:], nan=-1.0).argmax(axis=0) == SHAPES.index(sprite.shape))
-    size_ok = present & (np.abs(np.log(np.maximum(ratio, 1e-9))) < _SIZE_TOLERANCE)
+    size_ok = present & (np.abs(np.log(np.maximum(ratio, 1e-9))) < _SIZE_TOLERANCE) if sprite.size_named else present
     return np.stack([present, shape_ok, size_ok, ratio, blob[1], blob[2]], axis=1)
 
 
@@ -319,17 +320,18 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     labels = _sprite_labels(work)
     sprites = _sprite_measures(labels, scene)
     present, shape_ok, size_ok = (sprites[..., i] > 0.5 for i in range(3))
+    named = np.array([s.size_named for s in scene.sprites])  # sprites whose size is judged
     centroids = np.where(present[..., None], sprites[..., 4:6], np.nan)
     static = ~_dilate(labels < len(COLORS), max(1, round(KEEPOUT * min(height, width))))
     background_ok, background_distance = _background_measures(work, static, scene.background)
     flicker = _flicker(work, static)
     smooth = _smoothness(centroids, SMOOTH_SCALE * min(height, width))
     series = {
-        "color_rate": present, "shape_rate": shape_ok, "size_rate": size_ok, "background_rate": background_ok,
+        "color_rate": present, "shape_rate": shape_ok, "size_rate": size_ok[:, named], "background_rate": background_ok,
         "background_distance": background_distance, "flicker": flicker, "smoothness": smooth,
     }
     return ToyReport(
-        prompt=scene.prompt,
+        prompt=prompt if isinstance(prompt, str) else scene.prompt,
         chunk=chunk,
         present=present,
         shape_ok=shape_ok,
@@ -342,7 +344,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
         smoothness_frames=smooth,
         color_rate=float(present.mean()),
         shape_rate=float(shape_ok.mean()),
-        size_rate=float(size_ok.mean()),
+        size_rate=float(size_ok[:, named].mean()) if named.any() else math.nan,
         background_rate=float(background_ok.mean()),
         flicker=_nanmean(flicker),
         smoothness=_nanmean(smooth),
