@@ -160,3 +160,10 @@ def test_sigterm_leaves_job_json_interrupted_with_how_to_resume(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert record["status"] == "interrupted" and "SIGTERM" in record["error"] and "same command again" in record["error"]
     assert "interrupted (SIGTERM)" in stderr and "resume" in stderr
+
+
+def test_eval_of_a_file_that_is_not_a_video_exits_2_naming_it(tmp_path):
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    result = runner.invoke(app, ["eval", str(notes)])
+    assert result.exit_code == 2 and str(notes) in result.output and "not a video" in result.output, result.output

@@ -36,7 +36,10 @@ def evaluate(target: str, prompt: str | None = None, dino: str | None = None, cl
     """Scores for a video path or a job (``<out>/<job_id>``); the prompt comes from job.json when not given."""
     path = Path(target)
     if path.is_file():
-        frames, source = decode_video(path), str(path)
+        try:
+            frames, source = decode_video(path), str(path)
+        except (av.error.FFmpegError, ValueError) as exc:  # not a video (or none FFmpeg can read): a usage error
+            raise ConfigError(f"{target}: not a video FFmpeg can read ({getattr(exc, 'strerror', None) or exc})") from None
     else:
         base, _, job_id = target.rstrip("/").rpartition("/")
         store = open_store(base or ".")
