@@ -2,7 +2,9 @@
 
 ``python -m miga_ray.benchmarks.sampler`` prints a table. Calls are counted in steady state
 (the difference between two lengths, so the base clip, the warm-up and the tail cancel out) and
-over a whole video of the longer length.
+over a whole video of the longer length. Times are measured, never subtracted across runs: in
+one run of a whole video, the wall time spent inside the zero model and the rest (the sampler's
+bookkeeping), per output latent; repeated, with median and range.
 
 Example: miga bench sampler --latents 600
 """
@@ -10,7 +12,9 @@ Example: miga bench sampler --latents 600
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +45,10 @@ class Row:
     base_cost: float
 
 
-def build(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> StreamingEngine:
-    runner = WindowRunner(zero_model, preset.solver(), Conditioning(None), NoiseSource(0, shape, torch.float32, "cpu"))
+def build(
+    preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...], model: Callable[..., torch.Tensor] = zero_model
+) -> StreamingEngine:
+    runner = WindowRunner(model, preset.solver(), Conditioning(None), NoiseSource(0, shape, torch.float32, "cpu"))
     if sampler == "miga":
         return MigaEngine(runner, preset.miga, num_latents)
     lookahead = sampler == "fifo"
@@ -66,29 +72,43 @@ def call_costs(presets: list[str], short: int, long: int) -> list[Row]:
     return rows
 
 
-def _timed_run(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, int]:
-    engine = build(preset, sampler, num_latents, shape)
+@dataclass
+class Spread:
+    """Repeated measurements: median, smallest and largest."""
+
+    values: list[float]
+
+    def __str__(self) -> str:
+        return f"{statistics.median(self.values):8.3f} [{min(self.values):.3f}-{max(self.values):.3f}]"
+
+
+def run_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, float]:
+    """One whole video: milliseconds per output latent outside and inside the zero model.
+
+    The model's time is measured around each call and lies inside the run's wall time, so the
+    bookkeeping share is never negative. The base clip, the fill and the tail are included.
+    """
+    inside = 0.0
+
+    def timed_model(x: torch.Tensor, t: torch.Tensor, context: object) -> torch.Tensor:
+        nonlocal inside
+        start = time.perf_counter()
+        out = zero_model(x, t, context)
+        inside += time.perf_counter() - start
+        return out
+
+    engine = build(preset, sampler, num_latents, shape, timed_model)
     start = time.perf_counter()
     for _ in engine:
         pass
-    return time.perf_counter() - start, engine.counters.total_calls
+    wall = time.perf_counter() - start
+    return 1000 * (wall - inside) / num_latents, 1000 * inside / num_latents
 
 
-def bookkeeping_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, float]:
-    """Steady-state milliseconds per output latent of everything but the model, and the zero model's share.
-
-    Timed as the difference between a run of ``num_latents`` and one of half that, so the base
-    clip, fill-time reflection and the tail cancel out.
-    """
-    (t_short, c_short), (t_long, c_long) = (_timed_run(preset, sampler, n, shape) for n in (num_latents // 2, num_latents))
-    x = torch.zeros((shape[0], shape[1], preset.miga.window, *shape[2:]))
-    t0 = time.perf_counter()
-    for _ in range(200):
-        zero_model(x, torch.zeros(x.shape[2]), None)
-    per_call = (time.perf_counter() - t0) / 200
-    span = num_latents - num_latents // 2
-    model = per_call * (c_long - c_short)
-    return 1000 * (t_long - t_short - model) / span, 1000 * model / span
+def bookkeeping_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...], repeats: int) -> tuple[Spread, Spread]:
+    """Ms per output latent outside (the sampler) and inside the zero model, over ``repeats`` whole videos."""
+    runs = [run_ms(preset, sampler, num_latents, shape) for _ in range(repeats)]
+    return Spread([r[0] for r in runs]), Spread([r[1] for r in runs])
 
 
 def peak_held(preset: Preset, num_latents: int) -> int:
@@ -105,8 +125,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", type=int, default=500)
     parser.add_argument("--long", type=int, default=1500)
-    parser.add_argument("--latents", type=int, default=600, help="output latents for the timing runs")
+    parser.add_argument("--latents", type=int, default=600, help="output latents of each timing run")
+    parser.add_argument("--repeats", type=int, default=3, help="timing runs per row (median [min-max] shown)")
     args = parser.parse_args(argv)
+    if args.latents < 1 or args.repeats < 1:
+        parser.error(f"--latents and --repeats must be >= 1 (got {args.latents}, {args.repeats})")
     torch.set_num_threads(1)
     print(f"model calls per output latent (steady state: {args.short} -> {args.long} latents; whole: {args.long} latents incl. base clip and tail)")
     print(f"{'preset':<12} {'sampler':<18} {'steady':>8} {'whole':>8} {'base model (T/f)':>17}")
@@ -117,11 +140,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         print(f"{name:<12} {peak_held(get_preset(name), args.long):6d}")
     wan = get_preset("wan2.1-1.3b").miga
     p = get_preset("wan2.1-1.3b")
-    print(f"\nbookkeeping per output latent, zero-cost denoiser, f={wan.window}, T={p.num_levels}, {args.latents} latents, 1 thread")
-    for label, shape in (("tiny latents 16x8x8", (1, 16, 8, 8)), ("Wan 832x480 latents 16x60x104", (1, 16, 60, 104))):
+    print(f"\nms per output latent over a whole video, zero-cost denoiser, f={wan.window}, T={p.num_levels}, {args.latents} latents, "
+          f"1 thread; median [min-max] of {args.repeats} runs")
+    print(f"{'latents':<30} {'sampler':<7} {'bookkeeping':>24} {'zero model':>24}")
+    for label, shape in (("tiny 16x8x8", (1, 16, 8, 8)), ("Wan 832x480: 16x60x104", (1, 16, 60, 104))):
         for sampler in ("miga", "fifo"):
-            bk, model = bookkeeping_ms(p, sampler, args.latents, shape)
-            print(f"{label:<30} {sampler:<5} sampler {bk:8.3f} ms/latent   (zero model itself {model:.3f} ms/latent)")
+            bk, model = bookkeeping_ms(p, sampler, args.latents, shape, args.repeats)
+            print(f"{label:<30} {sampler:<7} {bk!s:>24} {model!s:>24}")
 
 
 if __name__ == "__main__":
