@@ -77,14 +77,15 @@ def _clock(seconds: float | None) -> str:
     return "-:--:--" if seconds is None else str(timedelta(seconds=round(seconds)))
 
 
-def _bar_fields(p: RenderProgress) -> dict[str, Any]:
-    """A job's progress as bar fields: work done of work needed, frames so far, this run's rate, ETA."""
+def _bar_fields(p: dict[str, Any]) -> dict[str, Any]:
+    """A job's progress (``render.Progress.as_dict``) as bar fields: work done of work needed, frames, this run's rate, ETA."""
+    work = bool(p.get("work_total"))
     return {
-        "total": p.work_total or p.frames_total,
-        "completed": p.work_done if p.work_total else p.frames_done,
-        "frames": f"{p.frames_done}/{p.frames_total}",
-        "fps": f"{p.fps:.1f} fps" if p.frames_done > p.frames_before else "- fps",
-        "eta": _clock(p.eta),
+        "total": p["work_total"] if work else p["frames_total"],
+        "completed": p["work_done"] if work else p["frames_done"],
+        "frames": f"{p['frames_done']}/{p['frames_total']}",
+        "fps": f"{p['fps']:.1f} fps" if p["fps"] else "- fps",
+        "eta": _clock(p.get("eta")),
     }
 
 
@@ -130,7 +131,7 @@ def render_jobs(
 
         threads, why = cpu_threads(at_once)
         torch.set_num_threads(threads)
-        err.print(f"{at_once} at once, {threads} CPU thread{'s' * (threads > 1)} each ({why})", highlight=False)
+        err.print(f"{at_once} render{'s' * (at_once > 1)} at once, {threads} CPU thread{'s' * (threads > 1)} each ({why})", highlight=False)
     stop: list[str] = []  # the signal that stops every render (at its next progress tick)
     with ExitStack() as stack, _progress_bar() as bar:
         sink = stack.enter_context(trace.open("a", encoding="utf-8")) if trace else None
@@ -142,7 +143,7 @@ def render_jobs(
             def show(p: RenderProgress) -> None:
                 if stop:
                     raise KeyboardInterrupt(stop[0])
-                bar.update(task, **_bar_fields(p))
+                bar.update(task, **_bar_fields(p.as_dict()))
 
             result = run.run(show, tick_s=TICK_S)
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
@@ -170,8 +171,8 @@ def _guard(fn, *args, **kwargs):
     except ConfigError as exc:
         _fail(2, str(exc))
     except KeyboardInterrupt as exc:
-        name = str(exc) or "SIGINT"
-        _fail(128 + signal.Signals[name].value, f"interrupted ({name}); run the same command again to resume from the last checkpoint")
+        sig = signal.Signals.__members__.get(str(exc), signal.SIGINT)  # KeyboardInterrupt("SIGTERM") from _raise_interrupt
+        _fail(128 + sig.value, f"interrupted ({sig.name}); run the same command again to resume from the last checkpoint")
     except Exception as exc:  # noqa: BLE001 - the command line reports every failure as its cause
         logging.getLogger(__name__).debug("failure", exc_info=True)
         _fail(1, f"{type(exc).__name__}: {exc}")
@@ -276,13 +277,12 @@ def _batch_bar_events(bar: Progress):
         if job is None:
             return
         if job not in tasks:
-            tasks[job] = bar.add_task(job[:32], total=None, fps=0.0, reflect="-")
+            tasks[job] = bar.add_task(job, total=None, frames="-", fps="- fps", eta=_clock(None))
         task = tasks[job]
         if e["event"] == "progress":
-            r = e.get("reflections", {})
-            bar.update(task, total=e["frames_total"], completed=e["frames_done"], fps=e["fps"], reflect=f"{r.get('triggered', 0)}/{r.get('accepted', 0)}")
+            bar.update(task, **_bar_fields(e))
         elif e["event"] == "done":
-            bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1)
+            bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1, eta="done")
         elif e["event"] in ("retry", "failed"):
             bar.console.print(f"{job}: {e['event']} after failing on worker {e['worker']}: {escape(e['error'])}", highlight=False)
 

@@ -83,6 +83,11 @@ class Progress:
             return None
         return (self.work_total - self.work_done) * self.seconds / done
 
+    def as_dict(self) -> dict[str, Any]:
+        """The numbers a progress bar shows, JSON-able (what a batch worker reports)."""
+        keys = ("job_id", "frames_done", "frames_total", "work_done", "work_total", "fps", "eta")
+        return {k: getattr(self, k) for k in keys}
+
 
 @dataclass
 class RenderResult:

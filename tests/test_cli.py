@@ -119,7 +119,7 @@ def test_the_progress_line_fits_80_columns_and_keeps_its_numbers():
     console = Console(file=io.StringIO(), width=80)
     bar = _progress_bar(console)
     p = Progress("a-yellow-square-and-a-blue-triangle-moving-over--s0", 120, 600, 6.0, Counters(), work_done=1100, work_total=5500)
-    bar.add_task(p.job_id, **_bar_fields(p))
+    bar.add_task(p.job_id, **_bar_fields(p.as_dict()))
     console.print(bar.make_tasks_table(bar.tasks))
     line = console.file.getvalue().splitlines()[0]
     assert len(line) <= 80 and line.startswith("a-yellow-square")
@@ -167,3 +167,18 @@ def test_eval_of_a_file_that_is_not_a_video_exits_2_naming_it(tmp_path):
     notes.write_text("not a video")
     result = runner.invoke(app, ["eval", str(notes)])
     assert result.exit_code == 2 and str(notes) in result.output and "not a video" in result.output, result.output
+
+
+def test_batch_rows_show_a_workers_progress_report():
+    from miga_ray.cli import _batch_bar_events, _progress_bar
+    from miga_ray.render import Progress
+    from miga_ray.sampling import Counters
+
+    console = Console(file=io.StringIO(), width=80)
+    bar = _progress_bar(console)
+    report = Progress("long", 30, 60, 3.0, Counters(), work_done=100, work_total=400).as_dict()
+    _batch_bar_events(bar)({"event": "progress", **report, "worker": 0, "reflections": {}})
+    console.print(bar.make_tasks_table(bar.tasks))
+    line = console.file.getvalue().splitlines()[0]
+    for number in ("25%", "30/60 fr", "10.0 fps", "eta 0:00:09"):
+        assert number in line, line
