@@ -6,21 +6,31 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from .config import ConfigError, RenderConfig, load_config
 
+if TYPE_CHECKING:
+    from .render import Progress as RenderProgress
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Long, consistent videos from short-clip video diffusion models (MIGA).")
 err = Console(stderr=True)
-DEMO_PROMPTS = ("a red circle moving over sand", "a yellow square and a blue triangle moving over grass")
+DEMO_PROMPTS = {  # readable job id (before "-s<seed>") -> prompt
+    "red-circle": "a red circle moving over sand",
+    "yellow-square-blue-triangle": "a yellow square and a blue triangle moving over grass",
+}
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. --set sampler.miga.group=7")]
@@ -39,17 +49,44 @@ def _render_config(config: Path | None, overrides: list[str] | None, **fields) -
         raise AssertionError  # unreachable
 
 
-def _progress_bar() -> Progress:
+TICK_S = 0.5  # progress between clean latents at most this often
+
+
+def _progress_bar(console: Console = err) -> Progress:
+    """One row per job: id (shortened to fit), work bar, % of the sampler's work, frames, this run's fps, elapsed, ETA.
+
+    Fits 80 columns: only the job id gives way. Paths printed on stdout do not pass through it.
+    """
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:.2f} fps"),
-        TextColumn("reflect {task.fields[reflect]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
+        TextColumn("{task.description}", table_column=Column(ratio=1, min_width=8, no_wrap=True, overflow="ellipsis")),
+        BarColumn(bar_width=12),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[frames]} fr", table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[fps]}", table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TextColumn("eta {task.fields[eta]}", table_column=Column(no_wrap=True)),
+        console=console,
+        expand=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
     )
+
+
+def _clock(seconds: float | None) -> str:
+    """``h:mm:ss``, or ``-:--:--`` when unknown."""
+    return "-:--:--" if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+def _bar_fields(p: dict[str, Any]) -> dict[str, Any]:
+    """A job's progress (``render.Progress.as_dict``) as bar fields: work done of work needed, frames, this run's rate, ETA."""
+    work = bool(p.get("work_total"))
+    return {
+        "total": p["work_total"] if work else p["frames_total"],
+        "completed": p["work_done"] if work else p["frames_done"],
+        "frames": f"{p['frames_done']}/{p['frames_total']}",
+        "fps": f"{p['fps']:.1f} fps" if p["fps"] else "- fps",
+        "eta": _clock(p.get("eta")),
+    }
 
 
 def _s3_endpoint_note(out: str) -> str:
@@ -64,32 +101,66 @@ def _s3_endpoint_note(out: str) -> str:
         return ""
 
 
-def render_jobs(prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None) -> list[str]:
-    """Render prompts one after another into ``out`` with a progress bar; return where the videos are."""
+def _print_path(bar: Progress, path: str) -> None:
+    """A finished video's path on stdout at once (above the live bar when both share a terminal)."""
+    if bar.live.is_started and bar.console.is_terminal and sys.stdout.isatty():
+        bar.console.print(path, markup=False, highlight=False, soft_wrap=True)
+    else:
+        print(path, flush=True)
+
+
+def render_jobs(
+    prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool = False
+) -> list[str]:
+    """Render prompts into ``out`` (``side_by_side``: as many at once as there are CPUs) with a progress bar;
+    print each video's path on stdout the moment it is finished and return them all."""
     from .storage import StoreError, open_store
 
     try:
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
+    for prompt in prompts:
+        cfg.check_prompt(prompt)
     from .engines import load_for
-    from .render import JobRun  # after the store check: a bad --out fails before diffusers loads
+    from .render import JobRun, cpu_threads, usable_cpus  # bad input has failed before torch loads
 
     model = load_for(cfg)
-    videos = []
+    at_once = min(len(prompts), usable_cpus()) if side_by_side else 1
+    if model.device.type == "cpu":
+        import torch
+
+        threads, why = cpu_threads(at_once)
+        torch.set_num_threads(threads)
+        err.print(f"{at_once} render{'s' * (at_once > 1)} at once, {threads} CPU thread{'s' * (threads > 1)} each ({why})", highlight=False)
+    stop: list[str] = []  # the signal that stops every render (at its next progress tick)
     with ExitStack() as stack, _progress_bar() as bar:
         sink = stack.enter_context(trace.open("a", encoding="utf-8")) if trace else None
-        for prompt, job_id in zip(prompts, job_ids):
+
+        def one(prompt: str, job_id: str | None) -> str:
             run = JobRun(store, prompt, cfg, model, job_id=job_id, restart=restart, trace=sink)
-            task = bar.add_task(run.job.job_id[:32], total=cfg.frames, fps=0.0, reflect="-")
+            task = bar.add_task(run.job.job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
 
-            def show(p, task=task):
-                r = p.counters.reflections
-                bar.update(task, completed=p.frames_done, fps=p.fps, reflect=f"{r.get('triggered', 0)}/{r.get('accepted', 0)}")
+            def show(p: RenderProgress) -> None:
+                if stop:
+                    raise KeyboardInterrupt(stop[0])
+                bar.update(task, **_bar_fields(p.as_dict()))
 
-            result = run.run(show)
-            videos.append(f"{out.rstrip('/')}/{result.job_id}/video.mp4")
-    return videos
+            result = run.run(show, tick_s=TICK_S)
+            path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
+            if result.skipped:
+                bar.update(task, total=1, completed=1, frames=f"{cfg.frames}/{cfg.frames}", eta="done")
+                bar.console.print(f"{result.job_id}: already done ({result.record.frames_done} frames)", highlight=False)
+            _print_path(bar, path)
+            return path
+
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="render") as pool:
+            futures = [pool.submit(one, p, j) for p, j in zip(prompts, job_ids)]
+            try:
+                return [f.result() for f in futures]
+            except KeyboardInterrupt as exc:
+                stop.append(str(exc) or "SIGINT")  # every render records 'interrupted' and stops
+                raise
 
 
 def _guard(fn, *args, **kwargs):
@@ -100,8 +171,9 @@ def _guard(fn, *args, **kwargs):
         raise
     except ConfigError as exc:
         _fail(2, str(exc))
-    except KeyboardInterrupt:
-        _fail(130, "interrupted; run the same command again to resume from the last checkpoint")
+    except KeyboardInterrupt as exc:
+        sig = signal.Signals.__members__.get(str(exc), signal.SIGINT)  # KeyboardInterrupt("SIGTERM") from _raise_interrupt
+        _fail(128 + sig.value, f"interrupted ({sig.name}); run the same command again to resume from the last checkpoint")
     except Exception as exc:  # noqa: BLE001 - the command line reports every failure as its cause
         logging.getLogger(__name__).debug("failure", exc_info=True)
         _fail(1, f"{type(exc).__name__}: {exc}")
@@ -131,8 +203,7 @@ def render(
     overrides += [f"model.name={model}"] if model else []
     overrides += [f"model.device={device}"] if device else []
     cfg = _render_config(config, overrides, frames=frames, seed=seed)
-    videos = _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace)
-    print(videos[0])
+    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace)
 
 
 @app.command()
@@ -141,13 +212,14 @@ def demo(
     frames: Annotated[Optional[int], typer.Option(help="frames per video (default 600)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Render the toy demo: 2 prompts x 600 frames with MIGA on this machine; prints where the videos are.
+    """Render the toy demo: 2 prompts x 600 frames with MIGA, side by side on this machine's CPUs; prints
+    each video's path as soon as it is finished.
 
     Example: miga demo --config configs/demo.yaml --out out/demo
     """
     cfg = _render_config(config, [], frames=frames or (None if config else 600))
-    for video in _guard(render_jobs, list(DEMO_PROMPTS), cfg, out, [None] * len(DEMO_PROMPTS), False, None):
-        print(video)
+    job_ids: list[str | None] = [f"{name}-s{cfg.seed}" for name in DEMO_PROMPTS]
+    _guard(render_jobs, list(DEMO_PROMPTS.values()), cfg, out, job_ids, False, None, side_by_side=True)
 
 
 @app.command()
@@ -206,13 +278,12 @@ def _batch_bar_events(bar: Progress):
         if job is None:
             return
         if job not in tasks:
-            tasks[job] = bar.add_task(job[:32], total=None, fps=0.0, reflect="-")
+            tasks[job] = bar.add_task(job, total=None, frames="-", fps="- fps", eta=_clock(None))
         task = tasks[job]
         if e["event"] == "progress":
-            r = e.get("reflections", {})
-            bar.update(task, total=e["frames_total"], completed=e["frames_done"], fps=e["fps"], reflect=f"{r.get('triggered', 0)}/{r.get('accepted', 0)}")
+            bar.update(task, **_bar_fields(e))
         elif e["event"] == "done":
-            bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1)
+            bar.update(task, total=bar.tasks[task].total or 1, completed=bar.tasks[task].total or 1, eta="done")
         elif e["event"] in ("retry", "failed"):
             bar.console.print(f"{job}: {e['event']} after failing on worker {e['worker']}: {escape(e['error'])}", highlight=False)
 
@@ -363,8 +434,14 @@ for _name, _summary in BENCHES.items():
     _add_bench(_name, _summary)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a render as Ctrl-C does: job.json says 'interrupted' and how to resume."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     app()
 
 

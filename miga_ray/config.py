@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .sampling import FifoConfig, MigaConfig, get_preset
 
+TOY_MODEL = "toy"  # model.name of the shipped toy model, which renders only the toy world's prompts
+
 
 class ConfigError(ValueError):
     """A configuration the user must fix (exit code 2)."""
@@ -29,7 +31,7 @@ class _Strict(BaseModel):
 class ModelSettings(_Strict):
     """Which base model, where, in what precision."""
 
-    name: str = Field("toy", description="toy | wan2.1-1.3b | wan2.1-1.3b-random | vc2-random | a diffusers Wan directory or hub id | a VideoCrafter2 .ckpt or .safetensors file")
+    name: str = Field(TOY_MODEL, description="toy | wan2.1-1.3b | wan2.1-1.3b-random | vc2-random | a diffusers Wan directory or hub id | a VideoCrafter2 .ckpt or .safetensors file")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
@@ -113,6 +115,17 @@ class RenderConfig(_Strict):
         except ValueError as exc:
             raise ValueError(f"sampler.{self.sampler.kind}.{exc}") from None
         return self
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ConfigError when the model cannot render ``prompt``: the toy model knows only its grammar."""
+        if self.model.name != TOY_MODEL:
+            return
+        from .models.toy_world.world import GRAMMAR, parse_prompt
+
+        try:
+            parse_prompt(prompt)
+        except ValueError as exc:
+            raise ConfigError(f"prompt {prompt!r} is outside the toy model's grammar: {exc}. Grammar: {GRAMMAR}") from None
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output pixels (not checkpoint cadence)."""

@@ -6,10 +6,11 @@ or a GPU machine without PyAV and boto3 builds engines exactly as ``miga render`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 import torch
+from torch import Tensor
 
 from .config import ConfigError, RenderConfig
 from .models.registry import LoadedModel, load_model
@@ -18,6 +19,7 @@ from .sampling import (
     CallTrace,
     CandidateRunner,
     Conditioning,
+    Denoiser,
     FifoEngine,
     FlowEuler,
     MigaEngine,
@@ -61,9 +63,11 @@ def build_engine(
     num_latents: int,
     trace: TextIO | None = None,
     candidates: CandidateRunner | None = None,
+    on_call: Callable[[], None] | None = None,
 ) -> StreamingEngine:
-    """The sampler for one prompt on a loaded model; a list of prompts samples one batch row each
-    (every random tensor is then drawn for the whole batch, so a row differs from its prompt alone)."""
+    """The sampler for one prompt on a loaded model (``on_call`` runs after every model forward); a list of
+    prompts samples one batch row each (every random tensor is then drawn for the whole batch, so a row
+    differs from its prompt alone)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     height, width = cfg.video.height or model.default_resolution[0], cfg.video.width or model.default_resolution[1]
     spatial = model.vae_scale[1]
@@ -73,10 +77,22 @@ def build_engine(
     cond = Conditioning(pos, neg, cfg.sampler.guidance_scale())
     shape = (len(prompts), model.latent_channels, height // spatial, width // spatial)
     noise = NoiseSource(cfg.seed, shape, model.dtype, model.device)
-    runner = WindowRunner(model.denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None)
+    denoiser = _notify_after(model.denoiser, on_call) if on_call else model.denoiser
+    runner = WindowRunner(denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None)
     try:
         if cfg.sampler.kind == "miga":
             return MigaEngine(runner, cfg.sampler.miga_config(model.default_window), num_latents, model.dtype, model.device, candidates)
         return FifoEngine(runner, cfg.sampler.fifo_config(model.default_window), num_latents, model.dtype, model.device)
     except ValueError as exc:
         raise ConfigError(f"sampler.{cfg.sampler.kind}.{exc}") from None
+
+
+def _notify_after(model: Denoiser, on_call: Callable[[], None]) -> Denoiser:
+    """``model`` calling ``on_call`` after each forward."""
+
+    def forward(latents: Tensor, timesteps: Tensor, context: Any) -> Tensor:
+        out = model(latents, timesteps, context)
+        on_call()
+        return out
+
+    return forward

@@ -23,6 +23,7 @@ from .engines import build_engine
 from .models.decode import frames_of_latents, latents_for_frames
 from .models.registry import LoadedModel
 from .sampling import CandidateRunner, Counters, StreamingEngine
+from .sampling.plan import planned_calls, scheduled_calls
 from .storage import (
     CheckpointStore,
     JobLayout,
@@ -42,17 +43,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """What a progress bar shows: frames, speed, reflections."""
+    """What a progress bar shows: sampler work (scheduled model calls) and frames, in all and in this run."""
 
     job_id: str
     frames_done: int
     frames_total: int
-    seconds: float
+    seconds: float  # this run's sampling time so far
     counters: Counters
+    work_done: int = 0  # scheduled model calls made, by earlier runs of a resumed job too
+    work_total: int = 0  # scheduled model calls of the whole render (sampling.plan), 0 when not planned
+    frames_before: int = 0  # frames finished by earlier runs (a resumed job)
+    work_before: int = 0  # scheduled model calls made by earlier runs
 
     @property
     def fps(self) -> float:
-        return self.frames_done / self.seconds if self.seconds > 0 else 0.0
+        """Frames per second of this run's own work (resumed frames do not count)."""
+        return (self.frames_done - self.frames_before) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at this run's rate of work, or None before its first model call."""
+        done = self.work_done - self.work_before
+        if done <= 0 or self.seconds <= 0 or not self.work_total:
+            return None
+        return (self.work_total - self.work_done) * self.seconds / done
+
+    def as_dict(self) -> dict[str, Any]:
+        """The numbers a progress bar shows, JSON-able (what a batch worker reports)."""
+        keys = ("job_id", "frames_done", "frames_total", "work_done", "work_total", "fps", "eta")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -68,6 +87,53 @@ def job_id_for(prompt: str, seed: int) -> str:
     """A stable, storage-safe job id: the same prompt and seed resume the same job."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "job"
     return f"{slug}-s{seed}"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_threads(side_by_side: int) -> tuple[int, str]:
+    """CPU threads for each of ``side_by_side`` renders, and why: OMP_NUM_THREADS when set, else the
+    CPUs this process may use that other work leaves idle, shared out (extra threads on a busy machine spin)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cpus = usable_cpus()
+    load = os.getloadavg()[0]
+    idle = max(1, round(cpus - load))
+    return max(1, idle // side_by_side), f"{cpus} CPUs, load {load:.1f}; set OMP_NUM_THREADS to choose"
+
+
+class _Reporter:
+    """Reports a run's Progress: after every clean latent, and between them at most every ``tick_s`` seconds."""
+
+    def __init__(self, job_id: str, frames_total: int, on_progress: Callable[[Progress], None], tick_s: float | None) -> None:
+        self.job_id, self.frames_total, self.on_progress, self.tick_s = job_id, frames_total, on_progress, tick_s
+        self.engine: StreamingEngine | None = None
+
+    def start(self, engine: StreamingEngine, frames_before: int) -> None:
+        """Sampling begins (after any resume): plan the work and start this run's clock."""
+        self.engine, self.frames_done, self.frames_before = engine, frames_before, frames_before
+        self.work_total, self.work_before = planned_calls(engine), scheduled_calls(engine.counters)
+        self.start_time = self.last = time.perf_counter()
+        self.report()
+
+    def frames(self, done: int) -> None:
+        self.frames_done = done
+        self.report()
+
+    def tick(self) -> None:
+        if self.engine is not None and self.tick_s is not None and time.perf_counter() - self.last >= self.tick_s:
+            self.report()
+
+    def report(self) -> None:
+        assert self.engine is not None
+        self.last = now = time.perf_counter()
+        counters = self.engine.counters
+        self.on_progress(Progress(self.job_id, self.frames_done, self.frames_total, now - self.start_time, counters,
+                                  scheduled_calls(counters), self.work_total, self.frames_before, self.work_before))
 
 
 class JobRun:
@@ -90,22 +156,32 @@ class JobRun:
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
         self.restart, self.trace, self.candidates = restart, trace, candidates
 
-    def run(self, on_progress: Callable[[Progress], None] | None = None) -> RenderResult:
-        """Render, resume, or (if this job is already done with this configuration) return its record."""
+    def run(self, on_progress: Callable[[Progress], None] | None = None, tick_s: float | None = None) -> RenderResult:
+        """Render, resume, or (if this job is already done with this configuration) return its record.
+
+        ``on_progress`` hears after every clean latent and, with ``tick_s``, between them at most
+        every ``tick_s`` seconds (a MIGA queue fills for minutes before its first clean latent).
+        """
         t0 = time.perf_counter()
         fix_mmap_threshold()
         finished = None if self.restart else self._finished()
         if finished is not None:
             return RenderResult(self.job.job_id, finished, skipped=True)
-        engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates)
+        reporter = _Reporter(self.job.job_id, self.cfg.frames, on_progress, tick_s) if on_progress else None
+        tick = reporter.tick if reporter and tick_s is not None else None
+        engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick)
         if self.restart:
             self._wipe()
         uploader = Uploader(self.store)
         record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
         try:
-            result = self._run(engine, uploader, record, t0, on_progress)
+            result = self._run(engine, uploader, record, t0, reporter)
         except BaseException as exc:
-            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM as the command line raises it
+                record.status = "interrupted"
+                record.error = f"stopped by {str(exc) or 'SIGINT'}; run the same command again to resume from the last checkpoint"
+            else:
+                record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             try:
                 write_job(uploader, record)
                 uploader.close()
@@ -130,7 +206,7 @@ class JobRun:
         for key in self.store.list(self.job.job_id + "/"):
             self.store.delete(key)
 
-    def _run(self, engine: StreamingEngine, uploader: Uploader, record: JobRecord, t0: float, on_progress) -> RenderResult:
+    def _run(self, engine: StreamingEngine, uploader: Uploader, record: JobRecord, t0: float, reporter: _Reporter | None) -> RenderResult:
         cfg, s = self.cfg, self.model.vae_scale[1]
         shape = engine.shape
         height, width = shape[2] * s, shape[3] * s
@@ -144,6 +220,8 @@ class JobRun:
         write_job(uploader, record)
         last_ckpt_time, last_ckpt_at = time.perf_counter(), engine.emitted
         start = time.perf_counter()
+        if reporter:
+            reporter.start(engine, min(cfg.frames, frames_of_latents(engine.emitted, self.temporal)))
         for index, latent in engine:
             latents.write(index, latent[0])
             self._write_frames(writer, decoder, index, latent)
@@ -153,8 +231,8 @@ class JobRun:
             if not engine.done and (engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds):
                 self._checkpoint(ckpts, engine, uploader, record, done)
                 last_ckpt_time, last_ckpt_at = now, engine.emitted
-            if on_progress:
-                on_progress(Progress(self.job.job_id, done, cfg.frames, now - start, engine.counters))
+            if reporter:
+                reporter.frames(done)
         writer.finish()
         uploader.flush()
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)

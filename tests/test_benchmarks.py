@@ -134,3 +134,16 @@ def test_seaweed_server_reached_through_the_standard_aws_variables(tmp_path: Pat
         store.put_bytes("x", b"1")
         assert store.get_bytes("x") == b"1"
     assert server.proc is None
+
+
+def test_sampler_bench_reports_measured_times_with_their_spread():
+    """Each time is measured (never a subtraction of two noisy runs): median [min-max], none negative."""
+    result = runner.invoke(app, ["bench", "sampler", "--short", "20", "--long", "40", "--latents", "12", "--repeats", "3"])
+    assert result.exit_code == 0, result.output
+    cells = re.findall(r"^(?:tiny|Wan).*?(miga|fifo)\s+(.*)$", result.stdout, re.M)
+    assert [s for s, _ in cells] == ["miga", "fifo", "miga", "fifo"], result.stdout
+    for _, rest in cells:
+        spreads = re.findall(r"(-?[\d.]+) \[(-?[\d.]+)-(-?[\d.]+)\]", rest)
+        assert len(spreads) == 2, rest  # bookkeeping and the zero model's own time
+        for median, low, high in spreads:
+            assert 0 <= float(low) <= float(median) <= float(high), rest

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from miga_ray.cli import app
@@ -13,12 +21,28 @@ from miga_ray.config import ConfigError, load_config
 from miga_ray.storage import JobRecord, LocalStore, write_job
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a red circle moving over sand"
+SMALL = [f"--set={s}" for s in ("model.device=cpu", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4")]
+HEAVY = ("torch", "numpy", "boto3", "av", "ray", "diffusers", "transformers")
 
 
 @pytest.mark.parametrize("command", [["render"], ["demo"], ["status"], ["bench", "sampler"]])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Example: miga" in result.output
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["render", "--help"], ["batch", "--help"], ["render", "x", "--set", "frames=0"]]
+)
+def test_help_and_config_errors_answer_without_loading_torch(argv):
+    """`miga --help` and config errors take well under a second: no torch, numpy or model code on the way."""
+    code = f"import sys\nfrom miga_ray.cli import app\ntry:\n    app({argv!r})\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+    code += f"print('loaded', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "loaded []" in out, out
+    assert ("exit 2" if "--set" in argv else "exit 0") in out
 
 
 @pytest.mark.parametrize(
@@ -54,6 +78,18 @@ def test_sampler_settings_are_the_sampling_dataclasses_fields():
     assert load_config(None, ["sampler.miga.schedule=reference"]).sampler.miga_config().schedule == "reference"
 
 
+def test_a_prompt_outside_the_toy_grammar_exits_2_before_the_model_loads(tmp_path, monkeypatch):
+    import miga_ray.engines
+
+    monkeypatch.setattr(miga_ray.engines, "load_for", lambda cfg: pytest.fail("the model was loaded"))
+    result = runner.invoke(app, ["render", "a cat playing piano", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "'cat'" in result.output and "grammar" in result.output and "sprite :=" in result.output
+    assert not any((tmp_path / "o").rglob("*.json")), "nothing half-written"
+    other = load_config(None, ["model.name=wan2.1-1.3b-random"])
+    other.check_prompt("a cat playing piano")  # only the toy model is bound to the toy grammar
+
+
 def test_config_file_errors_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampler:\n  miga:\n    group: zero\n")
@@ -87,3 +123,76 @@ def test_status_reads_progress_from_storage(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "job-1")])
     assert "running, 40/600 frames" in result.output
     assert runner.invoke(app, ["status", str(tmp_path / "nope")]).exit_code == 1
+
+
+def test_the_progress_line_fits_80_columns_and_keeps_its_numbers():
+    from miga_ray.cli import _bar_fields, _progress_bar
+    from miga_ray.render import Progress
+    from miga_ray.sampling import Counters
+
+    console = Console(file=io.StringIO(), width=80)
+    bar = _progress_bar(console)
+    p = Progress("a-yellow-square-and-a-blue-triangle-moving-over--s0", 120, 600, 6.0, Counters(), work_done=1100, work_total=5500)
+    bar.add_task(p.job_id, **_bar_fields(p.as_dict()))
+    console.print(bar.make_tasks_table(bar.tasks))
+    line = console.file.getvalue().splitlines()[0]
+    assert len(line) <= 80 and line.startswith("a-yellow-square")
+    for number in ("20%", "120/600 fr", "20.0 fps", "eta 0:00:24"):
+        assert number in line, line
+
+
+def test_render_prints_the_path_and_says_already_done_with_readable_files(tmp_path):
+    args = ["render", PROMPT, "--frames", "5", "--out", str(tmp_path), *SMALL]
+    first = runner.invoke(app, args)
+    video = tmp_path / "a-red-circle-moving-over-sand-s0" / "video.mp4"
+    assert first.exit_code == 0 and str(video) in first.stdout and "already done" not in first.output, first.output
+    assert stat.S_IMODE(video.stat().st_mode) & 0o044 == 0o044 & ~_umask(), "group and others may read it as the umask allows"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and str(video) in again.stdout and "already done (5 frames)" in again.output
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_sigterm_leaves_job_json_interrupted_with_how_to_resume(tmp_path):
+    job = tmp_path / "a-red-circle-moving-over-sand-s0" / "job.json"
+    cmd = [sys.executable, "-m", "miga_ray.cli", "render", PROMPT, "--frames", "400", "--out", str(tmp_path), *SMALL]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not job.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert job.exists(), proc.communicate()[1] if proc.poll() is not None else "no job.json in 120 s"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    record = json.loads(job.read_text())
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"] and "same command again" in record["error"]
+    assert "interrupted (SIGTERM)" in stderr and "resume" in stderr
+
+
+def test_eval_of_a_file_that_is_not_a_video_exits_2_naming_it(tmp_path):
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    result = runner.invoke(app, ["eval", str(notes)])
+    assert result.exit_code == 2 and str(notes) in result.output and "not a video" in result.output, result.output
+
+
+def test_batch_rows_show_a_workers_progress_report():
+    from miga_ray.cli import _batch_bar_events, _progress_bar
+    from miga_ray.render import Progress
+    from miga_ray.sampling import Counters
+
+    console = Console(file=io.StringIO(), width=80)
+    bar = _progress_bar(console)
+    report = Progress("long", 30, 60, 3.0, Counters(), work_done=100, work_total=400).as_dict()
+    _batch_bar_events(bar)({"event": "progress", **report, "worker": 0, "reflections": {}})
+    console.print(bar.make_tasks_table(bar.tasks))
+    line = console.file.getvalue().splitlines()[0]
+    for number in ("25%", "30/60 fr", "10.0 fps", "eta 0:00:09"):
+        assert number in line, line

@@ -109,3 +109,45 @@ def test_trace_file_has_one_line_per_model_call(tmp_path, toy):
     calls = [json.loads(line) for line in trace.read_text().splitlines()]
     expected = sum(result.record.metrics["model_calls"]["calls"].values())
     assert len(calls) == expected and {"call", "phase", "latents", "levels", "guidance", "kept"} <= set(calls[0])
+
+
+@pytest.mark.parametrize("sampler", ["miga", "fifo"])
+def test_progress_is_the_planned_sampler_work_from_the_first_call(tmp_path, toy, sampler):
+    cfg = small_config(**{"sampler.kind": sampler, "sampler.miga.reflect_delta": 0})
+    seen = []
+    result = JobRun(LocalStore(tmp_path), PROMPT, cfg, toy).run(seen.append, tick_s=0)
+    calls = result.record.metrics["model_calls"]["calls"]
+    if sampler == "miga":
+        assert calls.get("reflect", 0) > 0, "reflection ran: its candidate calls are outside the plan"
+    first, last = seen[0], seen[-1]
+    assert first.frames_done == 0 and first.work_done == 0 and first.eta is None and first.work_total > 0
+    before_frames = [p for p in seen if p.frames_done == 0]
+    assert before_frames[-1].work_done > first.work_total // 4 and before_frames[-1].eta is not None, "work shows before frames"
+    assert [p.work_done for p in seen] == sorted(p.work_done for p in seen)
+    assert last.work_done == last.work_total == sum(calls.values()) - calls.get("reflect", 0)
+    assert last.frames_done == 29 and last.eta == 0
+
+
+def test_a_resumed_run_rates_its_own_work_only(tmp_path, toy):
+    store, cfg = LocalStore(tmp_path), small_config(frames=61)  # long enough that model work remains after frame 8
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, cfg, toy).run(stop_after(8))
+    seen = []
+    JobRun(store, PROMPT, cfg, toy).run(seen.append)
+    start = seen[0]
+    assert start.frames_before > 0 and start.frames_done == start.frames_before and start.fps == 0.0
+    assert 0 < start.work_before == start.work_done < start.work_total and start.eta is None
+    last = seen[-1]
+    assert last.fps == pytest.approx((61 - start.frames_before) / last.seconds)
+
+
+def test_ctrl_c_records_interrupted_with_how_to_resume(tmp_path, toy):
+    def interrupt(progress):
+        if progress.frames_done >= 6:
+            raise KeyboardInterrupt
+
+    store = LocalStore(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        JobRun(store, PROMPT, small_config(), toy).run(interrupt)
+    record = read_job(store, "a-red-circle-moving-over-sand-s0")
+    assert record.status == "interrupted" and "SIGINT" in record.error and "same command again" in record.error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,3 +125,11 @@ def test_server_refuses_unsigned_and_wrong_key_requests(seaweedfs: SeaweedServer
         with pytest.raises(ClientError) as get:
             client.get_object(Bucket=seaweedfs.bucket, Key=".ready")
         assert get.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_local_objects_are_readable_as_the_umask_allows(local_store: LocalStore) -> None:
+    """Not mkstemp's 0600: a web server or a teammate can read a finished video."""
+    local_store.put_bytes("job/video.mp4", b"x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((local_store.root / "job/video.mp4").stat().st_mode) == 0o666 & ~mask != 0o600

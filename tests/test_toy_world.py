@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -372,3 +373,13 @@ def test_blur_and_noise_keep_colour_and_background(size: int) -> None:
         assert report.count_rate >= 0.9, scene.prompt
         assert report.subject_consistency >= 0.95, scene.prompt
         assert report.background_consistency >= 0.95, scene.prompt
+
+
+def test_a_prompt_that_names_no_size_is_not_judged_on_size() -> None:
+    """'a red circle' draws the default size but does not ask for it: any size passes, size_rate is None."""
+    small = render_clip(parse_prompt("a small red circle over sand"), 16, 64, 64, seed=0)
+    unsized = analyze(small, "a red circle over sand")
+    assert parse_prompt("a red circle over sand").sprites[0].size_named is False
+    assert unsized.color_rate >= 0.95 and unsized.size_ok.all() and math.isnan(unsized.size_rate)
+    assert unsized.to_dict(per_frame=False)["size_rate"] is None and unsized.prompt == "a red circle over sand"
+    assert analyze(small, "a large red circle over sand").size_rate <= 0.05, "a named size is still judged"

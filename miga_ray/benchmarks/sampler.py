@@ -6,6 +6,9 @@ phase and in all, and over a whole video of the longer length. ``--schedule refe
 MIGA's reference mode (the official VideoCrafter2 schedule, fixed length) once and prints its calls
 per output latent, base clip included; ``--trace`` writes that run's call trace. The vc2 preset
 steps on MIGA's VideoCrafter2 grid (``vc2_grid``), as a loaded VC2 does.
+Times are measured, never subtracted across runs: in one run of a whole video, the wall time spent
+inside the zero model and the rest (the sampler's bookkeeping), per output latent; repeated, with median
+and range.
 
 Example: miga bench sampler --preset vc2 --schedule reference --groups 30 --trace vc2-reference.jsonl
 """
@@ -13,8 +16,10 @@ Example: miga bench sampler --preset vc2 --schedule reference --groups 30 --trac
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +68,13 @@ def grid_for(preset: Preset) -> LevelGrid:
     return preset.grid()
 
 
-def build(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...], schedule: str = "stream", sink: TextIO | None = None) -> StreamingEngine:
-    """An engine over a zero-cost model, on the preset's grid, optionally writing its call trace to ``sink``."""
+def build(
+    preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...], schedule: str = "stream",
+    sink: TextIO | None = None, model: Callable[..., torch.Tensor] = zero_model,
+) -> StreamingEngine:
+    """An engine over a zero-cost model (or ``model``), on the preset's grid, optionally writing its call trace to ``sink``."""
     noise = NoiseSource(0, shape, torch.float32, "cpu")
-    runner = WindowRunner(zero_model, preset.solver(grid_for(preset)), Conditioning(None), noise, CallTrace(sink) if sink else None)
+    runner = WindowRunner(model, preset.solver(grid_for(preset)), Conditioning(None), noise, CallTrace(sink) if sink else None)
     if sampler == "miga":
         return MigaEngine(runner, preset.miga.with_(schedule=schedule), num_latents)
     lookahead = sampler == "fifo"
@@ -102,29 +110,43 @@ def reference_costs(preset: Preset, groups: int, trace: Path | None) -> tuple[Co
     return engine.counters.calls, out
 
 
-def _timed_run(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, int]:
-    engine = build(preset, sampler, num_latents, shape)
+@dataclass
+class Spread:
+    """Repeated measurements: median, smallest and largest."""
+
+    values: list[float]
+
+    def __str__(self) -> str:
+        return f"{statistics.median(self.values):8.3f} [{min(self.values):.3f}-{max(self.values):.3f}]"
+
+
+def run_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, float]:
+    """One whole video: milliseconds per output latent outside and inside the zero model.
+
+    The model's time is measured around each call and lies inside the run's wall time, so the
+    bookkeeping share is never negative. The base clip, the fill and the tail are included.
+    """
+    inside = 0.0
+
+    def timed_model(x: torch.Tensor, t: torch.Tensor, context: object) -> torch.Tensor:
+        nonlocal inside
+        start = time.perf_counter()
+        out = zero_model(x, t, context)
+        inside += time.perf_counter() - start
+        return out
+
+    engine = build(preset, sampler, num_latents, shape, model=timed_model)
     start = time.perf_counter()
     for _ in engine:
         pass
-    return time.perf_counter() - start, engine.counters.total_calls
+    wall = time.perf_counter() - start
+    return 1000 * (wall - inside) / num_latents, 1000 * inside / num_latents
 
 
-def bookkeeping_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...]) -> tuple[float, float]:
-    """Steady-state milliseconds per output latent of everything but the model, and the zero model's share.
-
-    Timed as the difference between a run of ``num_latents`` and one of half that, so the base
-    clip, fill-time reflection and the tail cancel out.
-    """
-    (t_short, c_short), (t_long, c_long) = (_timed_run(preset, sampler, n, shape) for n in (num_latents // 2, num_latents))
-    x = torch.zeros((shape[0], shape[1], preset.miga.window, *shape[2:]))
-    t0 = time.perf_counter()
-    for _ in range(200):
-        zero_model(x, torch.zeros(x.shape[2]), None)
-    per_call = (time.perf_counter() - t0) / 200
-    span = num_latents - num_latents // 2
-    model = per_call * (c_long - c_short)
-    return 1000 * (t_long - t_short - model) / span, 1000 * model / span
+def bookkeeping_ms(preset: Preset, sampler: str, num_latents: int, shape: tuple[int, ...], repeats: int) -> tuple[Spread, Spread]:
+    """Ms per output latent outside (the sampler) and inside the zero model, over ``repeats`` whole videos."""
+    runs = [run_ms(preset, sampler, num_latents, shape) for _ in range(repeats)]
+    return Spread([r[0] for r in runs]), Spread([r[1] for r in runs])
 
 
 def peak_held(preset: Preset, num_latents: int) -> int:
@@ -146,10 +168,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--schedule", choices=("stream", "reference"), default="stream", help="reference: MIGA's official VC2 schedule, fixed length")
     parser.add_argument("--groups", type=int, default=30, help="reference schedule: groups of L_zig latents (the official default 30)")
     parser.add_argument("--trace", type=Path, help="reference schedule: write its call trace (JSON lines) here")
+    parser.add_argument("--repeats", type=int, default=3, help="timing runs per row (median [min-max] shown)")
     args = parser.parse_args(argv)
     if args.schedule != "reference" and args.trace:
         parser.error("argument --trace: needs --schedule reference")
     presets = [args.preset] if args.preset else ["vc2", "wan2.1-1.3b"]
+    if args.latents < 1 or args.repeats < 1:
+        parser.error(f"--latents and --repeats must be >= 1 (got {args.latents}, {args.repeats})")
     torch.set_num_threads(1)
     if args.schedule == "reference":
         for name in presets:
@@ -171,11 +196,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         print(f"{name:<12} {peak_held(get_preset(name), args.long):6d}")
     wan = get_preset("wan2.1-1.3b").miga
     p = get_preset("wan2.1-1.3b")
-    print(f"\nbookkeeping per output latent, zero-cost denoiser, f={wan.window}, T={p.num_levels}, {args.latents} latents, 1 thread")
-    for label, shape in (("tiny latents 16x8x8", (1, 16, 8, 8)), ("Wan 832x480 latents 16x60x104", (1, 16, 60, 104))):
+    print(f"\nms per output latent over a whole video, zero-cost denoiser, f={wan.window}, T={p.num_levels}, {args.latents} latents, "
+          f"1 thread; median [min-max] of {args.repeats} runs")
+    print(f"{'latents':<30} {'sampler':<7} {'bookkeeping':>24} {'zero model':>24}")
+    for label, shape in (("tiny 16x8x8", (1, 16, 8, 8)), ("Wan 832x480: 16x60x104", (1, 16, 60, 104))):
         for sampler in ("miga", "fifo"):
-            bk, model = bookkeeping_ms(p, sampler, args.latents, shape)
-            print(f"{label:<30} {sampler:<5} sampler {bk:8.3f} ms/latent   (zero model itself {model:.3f} ms/latent)")
+            bk, model = bookkeeping_ms(p, sampler, args.latents, shape, args.repeats)
+            print(f"{label:<30} {sampler:<7} {bk!s:>24} {model!s:>24}")
 
 
 if __name__ == "__main__":

@@ -151,14 +151,7 @@ class RenderWorker:
         )
 
     def _on_progress(self, p: Progress) -> None:
-        self._progress = {
-            "job_id": p.job_id,
-            "frames_done": p.frames_done,
-            "frames_total": p.frames_total,
-            "fps": p.fps,
-            "worker": self.index,
-            "reflections": dict(p.counters.reflections),
-        }
+        self._progress = p.as_dict() | {"worker": self.index, "reflections": dict(p.counters.reflections)}
 
     # -- peer group --------------------------------------------------------------------------------
     @ray.method(concurrency_group="peer")

@@ -42,7 +42,10 @@ def evaluate(
     """
     path = Path(target)
     if path.is_file():
-        frames, source = decode_video(path), str(path)
+        try:
+            frames, source = decode_video(path), str(path)
+        except (av.error.FFmpegError, ValueError) as exc:  # not a video (or none FFmpeg can read): a usage error
+            raise ConfigError(f"{target}: not a video FFmpeg can read ({getattr(exc, 'strerror', None) or exc})") from None
     else:
         base, _, job_id = target.rstrip("/").rpartition("/")
         store = open_store(base or ".")
@@ -65,11 +68,11 @@ def _toy_sections(frames: np.ndarray, prompt: str, bins: int) -> dict[str, Any]:
     from ..models.toy_world import analyze, parse_prompt
 
     try:
-        scene = parse_prompt(prompt)
+        parse_prompt(prompt)
     except ValueError as exc:
         return {"toy_world": f"toy-world numbers do not apply: the prompt is outside the toy grammar ({exc})"}
     try:
-        toy = analyze(frames, scene)
+        toy = analyze(frames, prompt)
     except ValueError as exc:  # frames the analyzer cannot judge, e.g. smaller than its MIN_SIDE
         return {"toy_world": f"toy-world numbers do not apply: {exc}"}
     return {"toy_world": toy.to_dict(per_frame=False), "drift": toy.summary(min(bins, len(frames)))}

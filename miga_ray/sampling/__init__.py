@@ -1,25 +1,41 @@
 """FIFO-Diffusion and MIGA as streaming, constant-memory, resumable engines: pure PyTorch.
 
 Nothing here imports Ray, diffusers, boto3 or av; a base model enters only through ``Denoiser``.
+Names load on first use, so the torch-free configs and presets (``miga_ray.config``, the command
+line's validation) do not import torch.
 """
 
-from .config import FifoConfig, MigaConfig
-from .denoiser import Conditioning, Denoiser, guided_forward
-from .engine import StreamingEngine, sample_base_clip
-from .fifo import FifoEngine
-from .grid import LevelGrid, ddpm_grid, flow_grid, flow_grid_from_sigmas
-from .miga import MigaEngine
-from .noise import NoiseSource
-from .presets import PRESETS, Preset, get_preset
-from .reflection import CandidateRequest, CandidateRunner, consistency_score, local_candidates, run_candidate
-from .runner import WindowRunner
-from .solvers import DDIM, FlowEuler, Solver
-from .trace import CallTrace, Counters, read_trace
+from __future__ import annotations
 
-__all__ = [
-    "CallTrace", "CandidateRequest", "CandidateRunner", "Conditioning", "Counters", "DDIM", "Denoiser",
-    "FifoConfig", "FifoEngine", "FlowEuler", "LevelGrid", "MigaConfig", "MigaEngine", "NoiseSource",
-    "PRESETS", "Preset", "Solver", "StreamingEngine", "WindowRunner", "consistency_score", "ddpm_grid",
-    "flow_grid", "flow_grid_from_sigmas", "get_preset", "guided_forward", "local_candidates", "read_trace",
-    "run_candidate", "sample_base_clip",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "config": ("FifoConfig", "MigaConfig"),
+    "denoiser": ("Conditioning", "Denoiser", "guided_forward"),
+    "engine": ("StreamingEngine", "sample_base_clip"),
+    "fifo": ("FifoEngine",),
+    "grid": ("LevelGrid", "ddpm_grid", "flow_grid", "flow_grid_from_sigmas"),
+    "miga": ("MigaEngine",),
+    "noise": ("NoiseSource",),
+    "presets": ("PRESETS", "Preset", "get_preset"),
+    "reflection": ("CandidateRequest", "CandidateRunner", "consistency_score", "local_candidates", "run_candidate"),
+    "runner": ("WindowRunner",),
+    "solvers": ("DDIM", "FlowEuler", "Solver"),
+    "trace": ("CallTrace", "Counters", "read_trace"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)  # noqa: PLE0605 - the names of _EXPORTS
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first use (PEP 562)."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import FifoConfig, MigaConfig
-from .grid import LevelGrid, ddpm_grid, flow_grid
-from .solvers import DDIM, FlowEuler, Solver
+
+if TYPE_CHECKING:  # torch loads only when a grid or solver is built: configs validate without it
+    from .grid import LevelGrid
+    from .solvers import Solver
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,16 @@ class Preset:
 
     def grid(self) -> LevelGrid:
         """The preset's default grid (a loaded model may supply its own scheduler's grid instead)."""
+        from .grid import ddpm_grid, flow_grid
+
         if self.solver_kind == "ddim":
             return ddpm_grid(self.num_levels)
         return flow_grid(self.num_levels, shift=self.shift)
 
     def solver(self, grid: LevelGrid | None = None) -> Solver:
+        """The preset's solver on ``grid`` (default: the preset's grid)."""
+        from .solvers import DDIM, FlowEuler
+
         grid = grid or self.grid()
         return DDIM(grid, eta=self.eta) if self.solver_kind == "ddim" else FlowEuler(grid)
 

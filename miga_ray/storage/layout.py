@@ -25,7 +25,7 @@ from safetensors.torch import save as save_safetensors
 from .objects import ObjectNotFound, ObjectStore, check_key
 from .uploader import Sink
 
-JobStatus = Literal["running", "done", "failed"]
+JobStatus = Literal["running", "done", "failed", "interrupted"]
 MANIFEST = "manifest.parquet"
 PLAYLIST = "video.m3u8"
 MP4 = "video.mp4"

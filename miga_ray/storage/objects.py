@@ -31,6 +31,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MiB = 1024 * 1024
 _TMP_PREFIX = ".tmp-"
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (0644 with the usual 022).
+
+    Read once, at import: setting the umask to read it is not safe while other threads create files."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _new_file_mode()
+
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 
 
@@ -125,6 +138,7 @@ class LocalStore(ObjectStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
         try:
+            os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a finished object is as readable as any new file
             fill(fd)
             os.fsync(fd)
             os.close(fd)

@@ -61,8 +61,9 @@ class ToyReport:
     chunk: int
     present: np.ndarray  # bool [F, S]: a blob of the sprite's colour is present
     shape_ok: np.ndarray  # bool [F, S]: ... and the prompted shape is its best-fitting template
-    size_ok: np.ndarray  # bool [F, S]: ... and its area is nearest the prompted size
+    size_ok: np.ndarray  # bool [F, S]: ... and its area is nearest the prompted size (any, if the prompt names none)
     count_ok: np.ndarray  # bool [F]: the number of sprite-coloured blobs of at least MIN_AREA equals the prompted number
+    size_named: np.ndarray  # bool [S]: the prompt names this sprite's size (size_rate judges only those)
     area_ratio: np.ndarray  # float [F, S]: blob area / expected area (0 where absent)
     centroids: np.ndarray  # float [F, S, 2]: blob centroid (x, y) in input pixels, NaN where absent
     background_ok: np.ndarray  # bool [F]: the background statistics are nearest the prompted background
@@ -75,7 +76,7 @@ class ToyReport:
 
     color_rate = _series_mean("color_rate", "Share of frames x sprites where a blob of the sprite's colour is present.")
     shape_rate = _series_mean("shape_rate", "Share of frames x sprites present with the prompted shape.")
-    size_rate = _series_mean("size_rate", "Share of frames x sprites present with the prompted size.")
+    size_rate = _series_mean("size_rate", "Share of frames x sprites whose size the prompt names, present with that size; NaN if it names none.")
     count_rate = _series_mean("count_rate", "Share of frames showing exactly the prompted number of sprites.")
     background_rate = _series_mean("background_rate", "Share of frames whose background is nearest the prompted one.")
     subject_consistency = _series_mean("subject_consistency", "VBench-form consistency of the sprites only.")
@@ -90,7 +91,7 @@ class ToyReport:
         return {
             "color_rate": self.present.mean(axis=1),
             "shape_rate": self.shape_ok.mean(axis=1),
-            "size_rate": self.size_ok.mean(axis=1),
+            "size_rate": self.size_ok[:, self.size_named].mean(axis=1) if self.size_named.any() else np.full(len(self.present), math.nan),
             "count_rate": self.count_ok.astype(float),
             "background_rate": self.background_ok.astype(float),
             "subject_consistency": _row_nanmean(self.subject_frames),
@@ -320,12 +321,13 @@ def _judge(blob: np.ndarray, sprite: Sprite, height: int, width: int) -> np.ndar
     """Judge blobs [3 + len(SHAPES), F] as the sprite: [F, 6] present, shape_ok, size_ok, area ratio, x, y.
 
     The shape is right when the prompted shape's template fits the blob best; the size is right
-    when the area is nearer the prompted size's area than any other size's.
+    when the area is nearer the prompted size's area than any other size's, or, when the prompt
+    names no size, whenever the sprite is present.
     """
     ratio = blob[0] / _expected_area(sprite, height, width)
     present = ratio >= MIN_AREA
     shape_ok = present & (np.nan_to_num(blob[3:], nan=-1.0).argmax(axis=0) == SHAPES.index(sprite.shape))
-    size_ok = present & (np.abs(np.log(np.maximum(ratio, 1e-9))) < _SIZE_TOLERANCE)
+    size_ok = present & (np.abs(np.log(np.maximum(ratio, 1e-9))) < _SIZE_TOLERANCE) if sprite.size_named else present
     return np.stack([present, shape_ok, size_ok, ratio, blob[1], blob[2]], axis=1)
 
 
@@ -500,6 +502,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     sprites, sprite_roots = _sprite_measures(blobs, scene)
     count_ok = _count_ok(blobs, scene)
     present, shape_ok, size_ok = (sprites[..., i] > 0.5 for i in range(3))
+    named = np.array([s.size_named for s in scene.sprites])  # sprites whose size is judged
     centroids = np.where(present[..., None], sprites[..., 4:6], np.nan)
     static = ~_dilate(labels < len(COLORS), max(1, round(KEEPOUT * min(height, width))))
     background_ok, background_distance = _background_measures(work, static, scene.background)
@@ -509,7 +512,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
     subject = _subject_consistency(work, blobs, sprite_roots, centroids, scene)
     background = _background_consistency(work, static)
     return ToyReport(
-        prompt=scene.prompt,
+        prompt=prompt if isinstance(prompt, str) else scene.prompt,
         chunk=chunk,
         present=present,
         shape_ok=shape_ok,
@@ -521,6 +524,7 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
         background_distance=background_distance,
         flicker_pairs=flicker,
         smoothness_frames=smooth,
+        size_named=named,
         subject_frames=subject,
         background_frames=background,
         motion_frames=np.concatenate([[math.nan], _row_nanmean(step)]),

@@ -1,6 +1,6 @@
 """Vocabulary, scenes and the prompt grammar of the toy world.
 
-Grammar (case and whitespace tolerant, a trailing full stop is ignored)::
+Grammar (``GRAMMAR``; case and whitespace tolerant, a trailing full stop is ignored)::
 
     prompt := sprite ("and" sprite)* ["moving"] ("over" | "on") ["the"] background
     sprite := ("a" | "an") [size] colour shape
@@ -11,7 +11,7 @@ The canonical prompt (``Scene.prompt``) always names the size and says "moving o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,10 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 COLORS: tuple[str, ...] = tuple(COLOR_RGB)
 BACKGROUNDS: tuple[str, ...] = ("sand", "grass", "water", "night", "brick", "snow")
 MAX_SPRITES = 3
+GRAMMAR = (
+    'prompt := sprite ("and" sprite)* ["moving"] ("over" | "on") ["the"] background; '
+    'sprite := ("a" | "an") [size] colour shape'
+)
 
 _ARTICLES = ("a", "an")
 _FILLERS = ("moving",)
@@ -43,11 +47,12 @@ def _check(kind: str, word: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class Sprite:
-    """One coloured shape of a given size."""
+    """One coloured shape of a given size (DEFAULT_SIZE is drawn when a prompt names none)."""
 
     shape: str
     color: str
     size: str = DEFAULT_SIZE
+    size_named: bool = field(default=True, compare=False)  # the prompt named the size: only then is it judged
 
     def __post_init__(self) -> None:
         """Reject names outside the vocabulary so a typo fails where it is made."""
@@ -91,10 +96,10 @@ def _parse_sprite(words: list[str], i: int) -> tuple[Sprite, int]:
     """Parse 'a [size] colour shape' starting at words[i]; return the sprite and next index."""
     _check("article", _word(words, i, "an article"), _ARTICLES)
     i += 1
-    size = DEFAULT_SIZE
+    size, named = DEFAULT_SIZE, False
     word = _word(words, i, "a size or colour")
     if word in SIZES:
-        size, i = word, i + 1
+        size, named, i = word, True, i + 1
     elif word not in COLORS:
         raise ValueError(
             f"unknown size or colour {word!r}; allowed sizes: {', '.join(SIZES)}; "
@@ -104,7 +109,7 @@ def _parse_sprite(words: list[str], i: int) -> tuple[Sprite, int]:
     _check("colour", color, COLORS)
     shape = _word(words, i + 1, "a shape")
     _check("shape", shape, SHAPES)
-    return Sprite(shape, color, size), i + 2
+    return Sprite(shape, color, size, named), i + 2
 
 
 def parse_prompt(text: str) -> Scene:
