@@ -34,6 +34,7 @@ from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
 from miga_ray.models.toy_world import analyze, sample_scene
+from miga_ray.sampling import PRESETS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
 VARIANTS = {"fifo": "FIFO-Diffusion", "tta": "TTA only", "dce": "DCE only", "miga": "MIGA (TTA + DCE)"}
@@ -76,9 +77,9 @@ def metric(row: dict[str, Any], name: str) -> float:
 
 
 @torch.no_grad()
-def render_batch(model_name: str, variant: str, texts: list[str], seed: int, latents: int, device: str) -> tuple[np.ndarray, dict[str, Any]]:
+def render_batch(model_name: str, preset: str, variant: str, texts: list[str], seed: int, latents: int, device: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Sample one batch (a row per prompt) and decode it: uint8 ``[B, F, H, W, 3]`` and the run's costs."""
-    overrides = [f"model.name={model_name}", f"model.device={device}", "model.dtype=float32"]  # toy models: fp32 everywhere
+    overrides = [f"model.name={model_name}", f"sampler.preset={preset}", f"model.device={device}", "model.dtype=float32"]  # toy models: fp32
     cfg = load_config(CONFIGS / f"{variant}.yaml", overrides, seed=seed)
     model = load_for(cfg)
     start = time.monotonic()
@@ -100,7 +101,7 @@ def _done(path: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     return {(r["model"], r["variant"], r["prompt"], r["seed"]): r for r in rows}
 
 
-def run(out: Path, models: list[str], variants: list[str], texts: list[str], seeds: list[int], latents: int,
+def run(out: Path, models: list[str], preset: str, variants: list[str], texts: list[str], seeds: list[int], latents: int,
         device: str, workers: int) -> list[dict[str, Any]]:
     """Every (model, variant, seed) batch with a prompt not yet in ``<out>/videos.jsonl``; returns all rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def run(out: Path, models: list[str], variants: list[str], texts: list[str], see
     print(f"{len(rows)} videos done, {len(batches) * len(texts)} to render", flush=True)
     with ProcessPoolExecutor(workers) as pool, path.open("a") as sink:
         for i, (model, variant, seed) in enumerate(batches, 1):
-            video, costs = render_batch(model, variant, texts, seed, latents, device)
+            video, costs = render_batch(model, preset, variant, texts, seed, latents, device)
             for prompt, scores in zip(texts, pool.map(score, video, texts)):
                 row = {"model": model, "variant": variant, "prompt": prompt, "seed": seed, "latents": latents,
                        "frames": video.shape[1], **scores, **costs}
@@ -221,6 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/ablation"))
     parser.add_argument("--models", type=_names, default=["toy"], help="base models: names or directories (default toy)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy", help="sampler preset of those models (default toy)")
     parser.add_argument("--variants", type=lambda t: _names(t, tuple(VARIANTS)), default=list(VARIANTS),
                         help="comma-separated: fifo, tta, dce, miga (default all)")
     parser.add_argument("--prompts", type=positive_int, default=12)
@@ -240,7 +242,7 @@ def main() -> None:
         rows = [r for r in done if r["model"] in args.models and r["variant"] in args.variants and r["prompt"] in texts
                 and r["seed"] in seeds and r["latents"] == args.latents]
     else:
-        rows = run(args.out, args.models, args.variants, texts, seeds, args.latents, args.device, args.workers)
+        rows = run(args.out, args.models, args.preset, args.variants, texts, seeds, args.latents, args.device, args.workers)
     text = report(rows, args.models, args.variants, texts, seeds, args.latents)
     (args.out / "table.md").write_text(text + "\n")
     curves(rows, args.models, args.variants).save(args.out / "curves.png")

@@ -47,6 +47,7 @@ from miga_ray.sampling.solvers import FlowEuler
 
 SIZE = 64  # pixels, square
 WINDOW = 16  # latents per window: 16 frames, VideoCrafter2's window
+PRESET = "toy16"  # the sampler preset of the models this recipe trains
 STREAM = 33  # latents per encoded training stream: 33 frames (Wan's encoder takes 1 + 4k frames)
 CLIP = 9  # frames of the real clips whose reconstructions score the VAE
 TEXT_LEN = 32
@@ -396,15 +397,16 @@ def main() -> None:
     for name, value in PROFILES["gpu"].items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"overrides the profile's {name}")
     parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
-    parser.add_argument("--steps", type=int, default=get_preset("toy").num_levels, help="quality gate: grid levels (the toy preset's)")
-    parser.add_argument(
-        "--cfg", type=float, default=get_preset("toy").cfg_scale, help="quality gate: guidance scale (the toy preset's)"
-    )
+    parser.add_argument("--preset", default=PRESET, help=f"quality gate: the sampler preset whose T and CFG it uses (default {PRESET})")
+    parser.add_argument("--steps", type=int, help="quality gate: grid levels (default: the preset's T)")
+    parser.add_argument("--cfg", type=float, help="quality gate: guidance scale (default: the preset's)")
     args = parser.parse_args()
+    preset = get_preset(args.preset)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.eval:
-        print(json.dumps(quality_gate(args.out, args.prompts, args.steps, args.cfg, args.seed, device), indent=2))
+        steps, cfg = args.steps or preset.num_levels, args.cfg or preset.cfg_scale
+        print(json.dumps(quality_gate(args.out, args.prompts, steps, cfg, args.seed, device), indent=2))
         return
     sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PROFILES[args.profile].items()}
     train(args.out, sizes, args.levels, device, args.seed, args.vae_from)

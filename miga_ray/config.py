@@ -15,7 +15,7 @@ from typing import Any, Literal, get_type_hints
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from .sampling import FifoConfig, MigaConfig, get_preset
+from .sampling import PRESETS, FifoConfig, MigaConfig, get_preset
 
 TOY_MODEL = "toy"  # model.name of the shipped toy model, which renders only the toy world's prompts
 
@@ -53,7 +53,7 @@ class SamplerSettings(_Strict):
     """The long-video sampler over the base model's level grid."""
 
     kind: Literal["miga", "fifo"] = "miga"
-    preset: Literal["toy", "vc2", "wan2.1-1.3b"] = "toy"
+    preset: Literal[tuple(PRESETS)] = "toy"  # type: ignore[valid-type]  # the names of sampling.PRESETS
     num_levels: int | None = Field(None, ge=2, le=1000, description="T; default: the preset's")
     shift: float | None = Field(None, gt=0, description="flow time shift; default: the model scheduler's")
     cfg_scale: float | None = Field(None, ge=1.0)

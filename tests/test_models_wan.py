@@ -211,7 +211,7 @@ def test_shipped_toy_model_meets_its_quality_gate() -> None:
     """The issue's gate, run as docs/RESULTS.md runs it on the shipped checkpoint: base sampler, one window,
     20 prompts; the analyzer recognises the prompted colour and the background in at least 90% of frames."""
     done = subprocess.run(
-        [sys.executable, str(TRAIN_TOY), "--eval", "--threads", "1"], capture_output=True, text=True, timeout=900
+        [sys.executable, str(TRAIN_TOY), "--eval", "--threads", "1", "--preset", "toy", "--steps", "40"], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-2000:]
     gate = json.loads(done.stdout)
