@@ -52,6 +52,7 @@ def test_help_and_config_errors_answer_without_loading_torch(argv):
         (["--set", "frames=-5"], "frames: Input should be greater than or equal to 1"),
         (["--set", "sampler.kind=diagonal"], "sampler.kind"),
         (["--set", "sampler.miga.schedule=official"], "sampler.miga.schedule"),
+        (["--frames", "13", "--set", "sampler.miga.schedule=reference"], "num_latents: must satisfy, with schedule reference, a multiple of group"),
         (["--set", "sampler.miga.schedule=reference", "--set", "sampler.miga.reflect_during=always"], "sampler.miga.reflect_during: must satisfy fill with schedule reference"),
         (["--set", "sampler.miga.guidance=8"], "guidance: must satisfy 0 <= guidance (m_guid) < window"),
         (["--set", "video.height=50"], "video.height"),

@@ -62,8 +62,8 @@ class MigaEngine(StreamingEngine):
         config.validate(self.T, runner.solver.grid.lowest_step)
         if config.schedule == "reference":
             fill_max = self.T - config.window // config.group
-            _ok = num_latents % config.group == 0 and config.window <= num_latents <= fill_max * config.group
-            if not _ok:
+            fits = num_latents % config.group == 0 and config.window <= num_latents <= fill_max * config.group
+            if not fits:
                 raise ValueError(
                     f"num_latents: must satisfy, with schedule reference, a multiple of group ({config.group}) from window "
                     f"({config.window}) to {fill_max} groups ({fill_max * config.group}), as the official code caps it (got {num_latents})"
@@ -104,7 +104,7 @@ class MigaEngine(StreamingEngine):
         """
         c = self.cfg
         groups = self.num_latents // c.group
-        fill_sweeps = min(groups, self.T - c.window // c.group - c.stage2_levels - 2)
+        fill_sweeps = max(0, min(groups, self.T - c.window // c.group - c.stage2_levels - 2))
         if self.state.fill_iters < min(groups, fill_sweeps + 1):
             self._push_group(self.state.anchor, None)
             self.state.fill_iters += 1
@@ -184,7 +184,7 @@ class MigaEngine(StreamingEngine):
             return
         j = queue.levels.index(level)
         r = j - c.reflect_refs * L
-        if r < L:  # as the reference: references are full groups behind the head group (head below 50 - 3)
+        if r < L:  # references behind the head group: the official code judges index 50 once the head is below 47
             return
         refs = torch.stack(queue.xs[r:j], dim=2)
         judged = torch.stack(queue.xs[j : j + L], dim=2)
