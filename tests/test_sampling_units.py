@@ -184,3 +184,21 @@ def test_sampling_imports_nothing_but_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("grid", ["flow", "vc2"])
+@pytest.mark.parametrize("kind", ["miga", "fifo"])
+def test_planned_calls_are_the_calls_a_whole_run_schedules(grid, kind):
+    """The progress plan dry-runs the engine on its own grid: MIGA's VC2 grid has one stage-2 sweep fewer."""
+    from miga_ray.models.vc2.model import vc2_grid
+    from miga_ray.sampling import DDIM, Conditioning, FifoEngine, FlowEuler, MigaEngine, NoiseSource, WindowRunner, flow_grid
+    from miga_ray.sampling.plan import planned_calls, scheduled_calls
+
+    solver = FlowEuler(flow_grid(20, shift=3.0)) if grid == "flow" else DDIM(vc2_grid(20), eta=1.0)
+    runner = WindowRunner(lambda x, t, c: torch.zeros_like(x), solver, Conditioning(None), NoiseSource(0, (1, 2, 2, 2), torch.float32, "cpu"))
+    engine = (MigaEngine(runner, MigaConfig(window=8, group=2, guidance=2, stage2_levels=4), 40) if kind == "miga"
+              else FifoEngine(runner, FifoConfig(window=8), 40))
+    planned = planned_calls(engine)
+    for _ in engine:
+        pass
+    assert planned == scheduled_calls(engine.counters) > 0

@@ -14,11 +14,9 @@ from torch import Tensor
 from .denoiser import Conditioning
 from .engine import StreamingEngine
 from .fifo import FifoEngine
-from .grid import flow_grid
 from .miga import MigaEngine
 from .noise import NoiseSource
 from .runner import WindowRunner
-from .solvers import FlowEuler
 from .trace import Counters
 
 UNPLANNED = ("reflect",)  # phases whose calls depend on latent values
@@ -35,9 +33,8 @@ def _zero_model(latents: Tensor, timesteps: Tensor, context: object) -> Tensor:
 
 def planned_calls(engine: StreamingEngine) -> int:
     """Scheduled model calls a whole render on ``engine`` makes from the start (``scheduled_calls`` at the end)."""
-    T = engine.runner.solver.grid.num_levels
     noise = NoiseSource(engine.runner.noise.seed, (1, 1, 1, 1), torch.float32, "cpu")
-    runner = WindowRunner(_zero_model, FlowEuler(flow_grid(T)), Conditioning(None), noise)
+    runner = WindowRunner(_zero_model, engine.runner.solver, Conditioning(None), noise)  # its grid decides the sweeps
     if isinstance(engine, MigaEngine):
         dry: StreamingEngine = MigaEngine(runner, engine.cfg.with_(reflect=False), engine.num_latents)
     elif isinstance(engine, FifoEngine):
