@@ -12,5 +12,7 @@ install:
 test: install
 	OMP_NUM_THREADS=1 $(ISOLATE) $(PYTHON) -m pytest -q --durations=15
 
+# The demo renders its prompts side by side with torch threads chosen for the machine's idle CPUs
+# (render.cpu_threads); a user's OMP_NUM_THREADS wins.
 demo: install
 	$(PYTHON) -m miga_ray.cli demo --config configs/demo.yaml --out out/demo

@@ -151,3 +151,17 @@ def test_ctrl_c_records_interrupted_with_how_to_resume(tmp_path, toy):
         JobRun(store, PROMPT, small_config(), toy).run(interrupt)
     record = read_job(store, "a-red-circle-moving-over-sand-s0")
     assert record.status == "interrupted" and "SIGINT" in record.error and "same command again" in record.error
+
+
+def test_cpu_threads_share_the_idle_cpus_unless_omp_num_threads_says(monkeypatch):
+    import miga_ray.render as render
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert render.cpu_threads(2) == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(render, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(render.os, "getloadavg", lambda: (4.0, 4.0, 4.0))
+    assert render.cpu_threads(2)[0] == 2, "4 idle CPUs shared by 2 renders"
+    assert render.cpu_threads(1)[0] == 4
+    monkeypatch.setattr(render.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert render.cpu_threads(2)[0] == 1, "a busy machine: one thread each, never oversubscribed"
