@@ -72,8 +72,13 @@ def render_jobs(prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[s
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
-    from .render import JobRun, load_for  # after the store check: a bad --out fails before diffusers loads
+    from .config import job_id_for
+    from .render import JobRun, check_identity, load_for  # after the store check: a bad --out fails before diffusers loads
 
+    job_ids = [job_id or job_id_for(prompt, cfg) for prompt, job_id in zip(prompts, job_ids)]
+    if not restart:
+        for prompt, job_id in zip(prompts, job_ids):
+            check_identity(store, job_id, prompt, cfg)  # a job holding another render fails before the model loads
     model = load_for(cfg)
     videos = []
     with ExitStack() as stack, _progress_bar() as bar:
@@ -116,7 +121,7 @@ def render(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="write the sampler's call trace (JSON lines) here")] = None,
-    job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: from the prompt and seed")] = None,
+    job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: a slug of the prompt plus a hash of prompt, seed and settings")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard this job's output and checkpoints first")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -130,6 +135,13 @@ def render(
     overrides += [f"model.name={model}"] if model else []
     overrides += [f"model.device={device}"] if device else []
     cfg = _render_config(config, overrides, frames=frames, seed=seed)
+    if job_id is not None:
+        from .storage import check_job_id
+
+        try:
+            check_job_id(job_id)
+        except ValueError as exc:
+            _fail(2, f"--job-id: {exc}")
     videos = _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace)
     print(videos[0])
 
@@ -151,12 +163,12 @@ def demo(
 
 @app.command()
 def status(
-    uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-s0, or <out> for every job of a run")],
+    uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-c1e4f30bf521, or <out> for every job of a run")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
     """Progress of a job, read from storage alone.
 
-    Example: miga status out/a-red-circle-moving-over-sand-s0 --json
+    Example: miga status out/a-red-circle-moving-over-sand-c1e4f30bf521 --json
     """
     from .storage import open_store, read_job
 
@@ -300,7 +312,7 @@ def eval_(
     """VBench-form consistency numbers of a video or a finished job (JSON on stdout).
 
     Without --dino/--clip a weight-free pixel fallback is used and labelled as such.
-    Example: miga eval out/a-red-circle-moving-over-sand-s0
+    Example: miga eval out/a-red-circle-moving-over-sand-c1e4f30bf521
     """
     from .evaluation.report import evaluate
 

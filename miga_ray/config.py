@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,10 +126,52 @@ class RenderConfig(_Strict):
             raise ValueError(f"sampler.{self.sampler.kind}.{exc}") from None
         return self
 
+    def output_settings(self) -> dict[str, Any]:
+        """Every setting that changes the output pixels (not checkpoint cadence, not the device)."""
+        return self.model_dump(exclude={"checkpoint": True, "model": {"device"}})
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output pixels (not checkpoint cadence)."""
-        data = self.model_dump(exclude={"checkpoint": True, "model": {"device"}})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of ``output_settings``."""
+        return hashlib.sha256(json.dumps(self.output_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def job_identity(prompt: str, cfg: RenderConfig) -> dict[str, Any]:
+    """What decides a job's output: the full prompt and every output-affecting setting (seed included)."""
+    return {"prompt": prompt, "render": cfg.output_settings()}
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """sha256 (hex) of a job identity in canonical JSON."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def job_id_for(prompt: str, cfg: RenderConfig) -> str:
+    """The default job id: a readable slug of the prompt plus a short hash of the whole identity."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].strip("-") or "job"
+    return f"{slug}-{identity_hash(job_identity(prompt, cfg))[:12]}"
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters, so messages never echo unbounded input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def _flatten(value: Any, key: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for name, sub in value.items():
+            flat |= _flatten(sub, f"{key}.{name}" if key else str(name))
+        return flat
+    return {key: value}
+
+
+def identity_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """``key: stored X, requested Y`` for every field where two job identities differ (values shortened)."""
+    a, b = _flatten(stored), _flatten(requested)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return [f"{k.removeprefix('render.')}: stored {shorten(a.get(k))}, requested {shorten(b.get(k))}" for k in keys]
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,15 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
-from .config import ConfigError, RenderConfig
+from .config import (
+    ConfigError,
+    RenderConfig,
+    build_config,
+    identity_differences,
+    identity_hash,
+    job_id_for,
+    job_identity,
+)
 from .models.decode import frames_of_latents, latents_for_frames
 from .models.registry import LoadedModel, load_model
 from .sampling import (
@@ -45,6 +52,7 @@ from .storage import (
     SegmentWriter,
     Uploader,
     read_job,
+    check_job_id,
     write_job,
     write_png_frames,
 )
@@ -78,10 +86,28 @@ class RenderResult:
     skipped: bool = False  # already done with this configuration: nothing rendered
 
 
-def job_id_for(prompt: str, seed: int) -> str:
-    """A stable, storage-safe job id: the same prompt and seed resume the same job."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "job"
-    return f"{slug}-s{seed}"
+def checked_job_id(job_id: str) -> str:
+    """``job_id`` if it follows the job-id rule, else a ConfigError naming the rule (exit 2)."""
+    try:
+        return check_job_id(job_id)
+    except ValueError as exc:
+        raise ConfigError(f"--job-id: {exc}") from None
+
+
+def check_identity(store: ObjectStore, job_id: str, prompt: str, cfg: RenderConfig) -> JobRecord | None:
+    """The job's stored record (None if new); ConfigError naming the differences if it holds another render."""
+    previous = read_job(store, job_id)
+    if previous is None or previous.config.get("identity") == identity_hash(job_identity(prompt, cfg)):
+        return previous
+    try:
+        stored = job_identity(previous.config["prompt"], build_config(previous.config["render"]))
+        differences = identity_differences(stored, job_identity(prompt, cfg))
+    except (KeyError, TypeError, ConfigError):
+        differences = ["its job.json records no identity this version can read"]
+    raise ConfigError(
+        f"job {job_id} holds another render ({'; '.join(differences[:6])}); "
+        "pass --restart to replace it, or another --job-id"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,7 +166,8 @@ class JobRun:
         candidates: CandidateRunner | None = None,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model = store, prompt, cfg, model
-        self.job = JobLayout(job_id or job_id_for(prompt, cfg.seed))
+        self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg))
+        self.identity = identity_hash(job_identity(prompt, cfg))
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
         self.restart, self.trace, self.candidates = restart, trace, candidates
@@ -159,6 +186,9 @@ class JobRun:
         record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
         try:
             result = self._run(engine, uploader, record, t0, on_progress)
+        except ConfigError:  # refused (the job holds another render): not this run's to mark
+            uploader.close()
+            raise
         except BaseException as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             try:
@@ -171,15 +201,12 @@ class JobRun:
         return result
 
     def _finished(self) -> JobRecord | None:
-        previous = read_job(self.store, self.job.job_id)
-        if previous is None or previous.status != "done":
-            return None
-        if previous.config.get("fingerprint") != self.cfg.fingerprint():
-            raise ConfigError(f"job {self.job.job_id} was rendered with another configuration; pass --restart to render it again")
-        return previous
+        """The job's record if it is done with this very identity; ConfigError if it holds another render."""
+        previous = check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
+        return previous if previous is not None and previous.status == "done" else None
 
     def _config_record(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "render": self.cfg.model_dump(), "fingerprint": self.cfg.fingerprint()}
+        return {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
@@ -233,7 +260,7 @@ class JobRun:
 
     def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord, done: int) -> None:
         tensors, meta = engine.state_dict()
-        ckpts.save(engine.emitted, tensors, {"engine": meta, "fingerprint": self.cfg.fingerprint(), "frames_done": done})
+        ckpts.save(engine.emitted, tensors, {"engine": meta, "identity": self.identity, "frames_done": done})
         record.frames_done = done
         write_job(uploader, record)
 
@@ -243,10 +270,10 @@ class JobRun:
         if latest is None:
             return None
         step, tensors, meta = latest
-        if meta.get("fingerprint") != self.cfg.fingerprint():
+        if meta.get("identity") != self.identity:
             raise ConfigError(
-                f"job {self.job.job_id}: the configuration differs from the one its checkpoint was made with "
-                f"(fingerprint {meta.get('fingerprint')} vs {self.cfg.fingerprint()}); pass --restart to start over"
+                f"job {self.job.job_id}: its checkpoint was made for another prompt or configuration "
+                f"(identity {str(meta.get('identity'))[:16]} vs {self.identity[:16]}); pass --restart to start over"
             )
         engine.load_state_dict(tensors, meta["engine"])
         first = min(_latent_of_frame(writer.frames_written, self.temporal), engine.emitted)

@@ -32,6 +32,7 @@ import boto3
 import numpy as np
 import pytest
 
+from miga_ray.config import job_id_for, load_config
 from miga_ray.storage import S3Store, read_job
 from toy_model import TOY, toy_frames
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from conftest import SeaweedServer
 
 PROMPT = "a red circle moving over sand"
-JOB = "a-red-circle-moving-over-sand-s0"
 LATENTS = 21
 FRAMES = toy_frames(LATENTS)
 FPS = 8  # 16-frame segments, the last one short
@@ -48,6 +48,7 @@ SETTINGS = [
     "model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
     "sampler.miga.reflect_after=4", "checkpoint.every_latents=3", f"video.fps={FPS}", "video.png_frames=true",
 ]  # fmt: skip
+JOB = job_id_for(PROMPT, load_config(None, SETTINGS, frames=FRAMES))
 RUN_TIMEOUT_S = 240.0
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from miga_ray.config import ConfigError, load_config
+from miga_ray.config import ConfigError, identity_hash, job_id_for, job_identity, load_config
 from miga_ray.render import JobRun, load_for
 from miga_ray.storage import LocalStore, read_job
 from toy_model import TOY, toy_latents
@@ -57,7 +57,7 @@ def test_render_writes_the_job_layout(tmp_path, toy):
     assert len(list((job / "latents").glob("*.safetensors"))) == toy_latents(29)
     record = read_job(LocalStore(tmp_path), result.job_id)
     assert record.status == "done" and record.frames_done == 29
-    assert record.config["fingerprint"] == cfg.fingerprint()
+    assert record.config["identity"] == identity_hash(job_identity(PROMPT, cfg))
     assert record.metrics["model_calls"]["calls"]["stage2"] > 0
     sheet = Image.open(job / "contact_sheet.png")
     assert sheet.size == (4 * 128, 3 * (128 + 14))  # 12 frames of 64x64, doubled, in 4 columns
@@ -93,12 +93,41 @@ def test_interrupted_render_resumes_to_the_same_video(tmp_path, toy, sampler):
 def test_a_changed_config_is_refused_unless_restarted(tmp_path, toy):
     store = LocalStore(tmp_path)
     with pytest.raises(Stop):
-        JobRun(store, PROMPT, small_config(), toy).run(stop_after(10))
+        JobRun(store, PROMPT, small_config(), toy, job_id="fixed").run(stop_after(10))
     changed = small_config(**{"sampler.miga.group": 1})
-    with pytest.raises(ConfigError, match="differs.*--restart"):
-        JobRun(store, PROMPT, changed, toy).run()
-    result = JobRun(store, PROMPT, changed, toy, restart=True).run()
+    with pytest.raises(ConfigError, match=r"job fixed holds another render \(sampler\.miga\.group: stored None, requested 1\).*--restart"):
+        JobRun(store, PROMPT, changed, toy, job_id="fixed").run()
+    result = JobRun(store, PROMPT, changed, toy, job_id="fixed", restart=True).run()
     assert result.resumed_from is None and read_job(store, result.job_id).status == "done"
+
+
+OTHER = "a red circle moving over grass"
+
+
+def test_default_ids_differ_for_every_output_affecting_change():
+    cfg = small_config()
+    ids = {job_id_for(PROMPT, cfg), job_id_for(OTHER, cfg), job_id_for(PROMPT + "!", cfg), job_id_for(PROMPT, small_config(seed=1)),
+           job_id_for(PROMPT, small_config(frames=30)), job_id_for(PROMPT, small_config(**{"sampler.cfg_scale": 3.5})),
+           job_id_for(PROMPT, small_config(negative_prompt="blurry"))}  # fmt: skip
+    assert len(ids) == 7 and all(i.startswith("a-red-circle-moving-over-") for i in ids)
+    assert job_id_for(PROMPT, cfg) == job_id_for(PROMPT, small_config(**{"checkpoint.every_latents": 5, "model.device": "cpu"}))
+    long_prompt = "x" * 300 + " over sand"
+    assert job_id_for(long_prompt, cfg) != job_id_for("x" * 300 + " over snow", cfg) and len(job_id_for(long_prompt, cfg)) <= 61
+
+
+def test_a_job_holding_another_prompt_is_never_reused(tmp_path, toy):
+    """Done, interrupted (job.json says running) or only a checkpoint left: another prompt under the id is refused."""
+    store, cfg = LocalStore(tmp_path), small_config(frames=9)
+    JobRun(store, PROMPT, cfg, toy, job_id="shared").run()
+    with pytest.raises(ConfigError, match=r"prompt: stored 'a red circle moving over sand', requested 'a red circle moving over grass'"):
+        JobRun(store, OTHER, cfg, toy, job_id="shared").run()
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, small_config(), toy, job_id="cut").run(stop_after(10))
+    (tmp_path / "cut" / "job.json").unlink()  # a kill before job.json: only the checkpoint knows the identity
+    with pytest.raises(ConfigError, match="checkpoint was made for another prompt"):
+        JobRun(store, OTHER, small_config(), toy, job_id="cut").run()
+    assert not (tmp_path / "cut" / "job.json").exists(), "a refused run wrote to the job"
+    assert len(list((tmp_path / "shared" / "latents").glob("*"))) == toy_latents(9), "nothing was overwritten"
 
 
 def test_trace_file_has_one_line_per_model_call(tmp_path, toy):

@@ -32,7 +32,28 @@ MP4 = "video.mp4"
 SEGMENTS_DIR = "segments"
 LATENTS_DIR = "latents"
 
+JOB_ID_MAX = 128
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RESERVED_JOB_IDS = frozenset({MANIFEST, "state", "latents", "segments", "frames", "sheet"})
+
 _SECRET_WORDS = {"secret", "key", "token", "password", "passwd", "credential", "credentials", "apikey"}
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is a safe job id, else ValueError: the one rule for ``render --job-id`` and batch ids.
+
+    The rule: 1 to 128 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit, no ``..``, not a
+    reserved name of the output layout. The message never repeats the id (it may be huge).
+    """
+    if not job_id or len(job_id) > JOB_ID_MAX:
+        raise ValueError(f"a job id must be 1 to {JOB_ID_MAX} characters (got {len(job_id)})")
+    if not _JOB_ID.fullmatch(job_id):
+        raise ValueError("a job id may hold only A-Z a-z 0-9 . _ - and must start with a letter or digit")
+    if ".." in job_id:
+        raise ValueError("a job id must not contain '..'")
+    if job_id.lower() in RESERVED_JOB_IDS:
+        raise ValueError(f"a job id must not be a reserved name ({', '.join(sorted(RESERVED_JOB_IDS))})")
+    return job_id
 
 
 def segment_name(index: int) -> str:
