@@ -51,8 +51,9 @@ from .storage import (
     ObjectStore,
     SegmentWriter,
     Uploader,
-    read_job,
     check_job_id,
+    read_job,
+    remove_stale_mp4_dirs,
     write_job,
     write_png_frames,
 )
@@ -176,14 +177,17 @@ class JobRun:
         """Render, resume, or (if this job is already done with this configuration) return its record."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
-        finished = None if self.restart else self._finished()
-        if finished is not None:
-            return RenderResult(self.job.job_id, finished, skipped=True)
+        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
+        if previous is not None and previous.status == "done":
+            return RenderResult(self.job.job_id, previous, skipped=True)
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates)
         if self.restart:
             self._wipe()
+        self._clean_temp()
         uploader = Uploader(self.store)
         record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
+        record.frames_done = previous.frames_done if previous is not None else 0
+        self._writer: SegmentWriter | None = None
         try:
             result = self._run(engine, uploader, record, t0, on_progress)
         except ConfigError:  # refused (the job holds another render): not this run's to mark
@@ -191,6 +195,8 @@ class JobRun:
             raise
         except BaseException as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            if self._writer is not None:  # the truth on disk: frames in the stored segments
+                record.frames_done = self._writer.frames_written
             try:
                 write_job(uploader, record)
                 uploader.close()
@@ -200,17 +206,19 @@ class JobRun:
         uploader.close()
         return result
 
-    def _finished(self) -> JobRecord | None:
-        """The job's record if it is done with this very identity; ConfigError if it holds another render."""
-        previous = check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
-        return previous if previous is not None and previous.status == "done" else None
-
     def _config_record(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
             self.store.delete(key)
+
+    def _clean_temp(self) -> None:
+        """Remove what killed runs left behind: temp objects in the job and MP4 temp directories."""
+        removed = self.store.remove_temp(self.job.job_id)
+        dirs = remove_stale_mp4_dirs()
+        if removed or dirs:
+            log.info("job %s: removed %d temp objects and %d MP4 temp directories of killed runs", self.job.job_id, removed, len(dirs))
 
     def _run(self, engine: StreamingEngine, uploader: Uploader, record: JobRecord, t0: float, on_progress) -> RenderResult:
         cfg, s = self.cfg, self.model.vae_scale[1]
@@ -219,6 +227,9 @@ class JobRun:
         ckpts = CheckpointStore(self.store, self.job.state, sink=uploader)
         latents = LatentWriter(self.store, self.job, sink=uploader)
         writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
+        if writer.finished:  # killed after the video was finished, before the job was recorded done
+            writer.reopen()
+        self._writer = writer
         decoder = self.model.decoder()
         self.sheet = ContactSheet(self.job.job_id, cfg.frames)
         resumed = self._resume(engine, ckpts, latents, decoder, writer)

@@ -137,3 +137,57 @@ def test_trace_file_has_one_line_per_model_call(tmp_path, toy):
     calls = [json.loads(line) for line in trace.read_text().splitlines()]
     expected = sum(result.record.metrics["model_calls"]["calls"].values())
     assert len(calls) == expected and {"call", "phase", "latents", "levels", "guidance", "kept"} <= set(calls[0])
+
+
+def set_running(job: Path) -> None:
+    """Rewrite job.json as a run killed before its last write leaves it: status running."""
+    record = json.loads((job / "job.json").read_text())
+    (job / "job.json").write_text(json.dumps(record | {"status": "running", "frames_done": 16}))
+
+
+@pytest.mark.parametrize("point", ["after-playlist-end", "before-playlist-end", "before-mp4"])
+def test_a_kill_in_the_finishing_window_finishes_as_done_on_rerun(tmp_path, toy, point):
+    """Killed after the video was (partly) finished but before job.json said done: the rerun completes the job."""
+    cfg = small_config(frames=21)
+    store = LocalStore(tmp_path)
+    first = JobRun(store, PROMPT, cfg, toy).run()
+    job = tmp_path / first.job_id
+    reference = decoded_frames(job / "video.mp4")
+    set_running(job)
+    playlist = (job / "video.m3u8").read_text()
+    if point != "after-playlist-end":
+        (job / "video.m3u8").write_text(playlist.replace("#EXT-X-ENDLIST\n", ""))
+    if point == "before-mp4":
+        (job / "video.mp4").unlink()
+    again = JobRun(store, PROMPT, cfg, toy).run()
+    assert not again.skipped and again.resumed_from is not None
+    record = read_job(store, first.job_id)
+    assert record.status == "done" and record.frames_done == 21
+    assert (job / "video.m3u8").read_text() == playlist
+    video = decoded_frames(job / "video.mp4")
+    assert video.shape == reference.shape and np.abs(video.astype(int) - reference.astype(int)).mean() < 1.0
+
+
+def test_job_json_tells_the_frames_on_disk_after_a_failure_and_temp_leftovers_go(tmp_path, toy):
+    """A rerun that fails at once still reports the frames its segments hold; killed writes' temp files are removed."""
+    import subprocess
+    import tempfile
+
+    cfg = small_config(frames=41)
+    store = LocalStore(tmp_path)
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, cfg, toy, job_id="j").run(stop_after(30))
+    on_disk = sum(round(float(line[8:].split(",")[0]) * 8) for line in (tmp_path / "j" / "video.m3u8").read_text().splitlines() if line.startswith("#EXTINF:"))
+    assert on_disk >= 16
+    (tmp_path / "j" / "segments" / ".tmp-killed").write_bytes(b"half a segment")
+    (tmp_path / "j" / ".tmp-job").write_bytes(b"{")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"miga-mp4-{dead.pid}-test"
+    stale.mkdir()
+    (stale / "video.mp4").write_bytes(b"half an mp4")
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, cfg, toy, job_id="j").run(stop_after(0))
+    record = read_job(store, "j")
+    assert record.status == "failed" and record.frames_done == on_disk
+    assert not list((tmp_path / "j").rglob(".tmp-*")) and not stale.exists()

@@ -4,7 +4,7 @@ from .checkpoints import CheckpointError, CheckpointStore
 from .layout import JobLayout, JobRecord, LatentWriter, check_job_id, read_job, scrub_secrets, write_job
 from .manifest import ManifestRow, read_manifest, update_manifest
 from .objects import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreError, open_store
-from .segments import SegmentWriter, write_png_frames
+from .segments import SegmentWriter, remove_stale_mp4_dirs, write_png_frames
 from .uploader import Sink, Uploader, UploadError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "open_store",
     "read_job",
     "read_manifest",
+    "remove_stale_mp4_dirs",
     "scrub_secrets",
     "update_manifest",
     "write_job",

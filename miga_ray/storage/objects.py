@@ -83,6 +83,10 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove an object; removing a missing object is not an error."""
 
+    def remove_temp(self, prefix: str) -> int:
+        """Remove temp objects left under ``prefix`` by killed writes; return how many (none on S3, whose writes leave none)."""
+        return 0
+
     def submit(self, key: str, data: bytes | os.PathLike[str]) -> None:
         """Write bytes or a local file now: the synchronous twin of ``Uploader.submit``."""
         if isinstance(data, bytes):
@@ -175,6 +179,13 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def remove_temp(self, prefix: str) -> int:
+        base = self._path(prefix.strip("/"))
+        stale = [p for p in base.rglob(f"{_TMP_PREFIX}*") if p.is_file()] if base.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
 import tempfile
 from fractions import Fraction
 from itertools import pairwise
@@ -26,6 +28,29 @@ from .objects import ObjectNotFound, ObjectStore
 from .uploader import Sink
 
 SEGMENT_SECONDS = 2
+MP4_TMP_PREFIX = "miga-mp4-"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_mp4_dirs() -> list[Path]:
+    """Remove the MP4 temp directories (``miga-mp4-<pid>-*``) of processes that no longer run; return them."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{MP4_TMP_PREFIX}*-*"):
+        pid = path.name.removeprefix(MP4_TMP_PREFIX).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class _SegmentEncoder:
@@ -123,6 +148,10 @@ class SegmentWriter:
             counts.pop()
         return counts, finished
 
+    def reopen(self) -> None:
+        """Treat a finished video as unfinished (its job was never recorded done): ``finish`` remuxes it again."""
+        self.finished = False
+
     def playlist(self, ended: bool = False) -> str:
         """HLS (EVENT) playlist of the written segments; ``ended`` adds EXT-X-ENDLIST."""
         lines = [
@@ -176,7 +205,7 @@ class SegmentWriter:
         if not self.segments:
             raise ValueError(f"no frames were written under {self.prefix!r}")
         self.sink.flush()
-        with tempfile.TemporaryDirectory(prefix="miga-mp4-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{MP4_TMP_PREFIX}{os.getpid()}-") as tmp:
             path = Path(tmp, MP4)
             self._remux(path)
             self.sink.submit(self._key(MP4), path)
