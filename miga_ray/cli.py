@@ -166,16 +166,18 @@ def status(
     uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-c1e4f30bf521, or <out> for every job of a run")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
-    """Progress of a job, read from storage alone.
+    """Progress of a job, read from storage alone (status never writes).
 
     Example: miga status out/a-red-circle-moving-over-sand-c1e4f30bf521 --json
     """
     from .storage import open_store, read_job
 
-    base, _, job = uri.rstrip("/").rpartition("/")
+    text = uri.rstrip("/")
+    base, _, job = text.rpartition("/")
     if not job:
         _fail(2, f"{uri}: expected <out>/<job_id>")
-    record = _guard(lambda: read_job(open_store(base or "."), job))
+    bucket_root = text.startswith("s3://") and "/" not in text.removeprefix("s3://")
+    record = None if bucket_root else _guard(lambda: read_job(open_store(base or ".", check=False), job))
     if record is None:
         _print_run_status(uri, as_json)  # not a job: maybe a run directory (manifest and/or jobs)
         return
@@ -190,7 +192,7 @@ def _print_run_status(uri: str, as_json: bool) -> None:
     from .cluster.report import run_status
     from .storage import open_store
 
-    jobs = _guard(lambda: run_status(open_store(uri)))
+    jobs = _guard(lambda: run_status(open_store(uri, check=False)))
     if not jobs:
         _fail(1, f"{uri}: no job.json there, and no manifest.parquet or job directories")
     if as_json:
@@ -285,10 +287,17 @@ def submit(
     """
     from .cluster.submit import auth_token, follow, submit_batch
 
+    from .storage.layout import is_secret_name
+
     cfg = _render_config(config, list(set_ or []))
     pairs = [e.partition("=") for e in env or []]
     if any(not name or not sep for name, sep, _ in pairs):
-        _fail(2, f"--env: expected NAME=VALUE, got {[e for e in env or [] if '=' not in e or e.startswith('=')]}")
+        _fail(2, f"--env: expected NAME=VALUE, got {[e.partition('=')[0][:40] + '=...' for e in env or [] if '=' not in e or e.startswith('=')]}")
+    secrets = [name for name, _, _ in pairs if is_secret_name(name)]
+    if secrets:
+        _fail(2, f"--env {', '.join(secrets)}: looks like a secret, and a Ray job's environment is stored in its runtime_env "
+                 "and shown in Ray's logs and dashboard; give the cluster's nodes their own credentials (instance role, "
+                 "~/.aws on every node, or the environment Ray was started with)")
     args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
     args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
     token = _guard(auth_token, token_file)

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Strict):
@@ -180,7 +180,19 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key"
     if error["type"] == "value_error" and not key:  # a cross-field rule: its message names the key
         return str(error["ctx"]["error"])
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    return f"{key}: {error['msg']} (got {shorten(error.get('input'))})"
+
+
+def read_text(path: Path, what: str, encoding: str = "utf-8", limit: int | None = None) -> str:
+    """A text file's content; ConfigError if it is over ``limit`` bytes or naming the line of its first bad byte."""
+    if limit is not None and path.stat().st_size > limit:
+        raise ConfigError(f"{what}: larger than {limit} bytes")
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{what}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
 def build_config(data: dict[str, Any] | None = None) -> RenderConfig:
@@ -191,14 +203,61 @@ def build_config(data: dict[str, Any] | None = None) -> RenderConfig:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in exc.errors())) from None
 
 
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_NODES = 100_000
+
+
+def _expanded_nodes(node: yaml.Node, seen: dict[int, int], path: set[int]) -> int:
+    """Nodes in ``node`` with every alias expanded (memoised per node); ValueError on a recursive alias."""
+    if id(node) in seen:
+        return seen[id(node)]
+    if id(node) in path:
+        raise ValueError("a recursive alias")
+    path.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_nodes(child, seen, path)
+        if total > YAML_MAX_NODES:
+            break
+    path.discard(id(node))
+    seen[id(node)] = total
+    return total
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse YAML with limits: at most 1 MiB and 100,000 nodes with aliases expanded (no alias bombs).
+
+    Errors are ConfigErrors naming ``what``; they never repeat more than a short snippet of the input.
+    """
+    if len(text.encode()) > YAML_MAX_BYTES:
+        raise ConfigError(f"{what}: larger than {YAML_MAX_BYTES} bytes")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            nodes = _expanded_nodes(node, {}, set())
+            if nodes > YAML_MAX_NODES:
+                raise ConfigError(f"{what}: more than {YAML_MAX_NODES} YAML nodes once aliases are expanded")
+        return yaml.safe_load(text)
+    except ValueError as exc:  # a recursive alias
+        raise ConfigError(f"{what}: not usable YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: not valid YAML: {shorten(str(exc), 400)}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. sampler.miga.group=7")
+        raise ConfigError(f"--set {shorten(text)}: expected key=value, e.g. sampler.miga.group=7")
     key, value = text.split("=", 1)
     if not key.strip():
-        raise ConfigError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+        raise ConfigError(f"--set {shorten(text)}: empty key")
+    return key.strip().split("."), load_yaml(value, f"--set {shorten(key.strip())}") if value.strip() else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **fields: Any) -> RenderConfig:
@@ -208,10 +267,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--config {p}: no such file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {p}: not valid YAML: {exc}") from None
+        data = load_yaml(read_text(p, f"--config {p}", limit=YAML_MAX_BYTES), f"--config {p}") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"--config {p}: the top level must be a mapping")
     for text in overrides:
@@ -220,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {k} is not a section")
+                raise ConfigError(f"--set {shorten(text)}: {k} is not a section")
         node[keys[-1]] = value
     for key, value in fields.items():
         if value is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,69 @@ def test_status_reads_progress_from_storage(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "job-1")])
     assert "running, 40/600 frames" in result.output
     assert runner.invoke(app, ["status", str(tmp_path / "nope")]).exit_code == 1
+
+
+@pytest.mark.parametrize("value", [".inf", "inf", "1e999", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", ["sampler.cfg_scale", "sampler.shift", "sampler.miga.reflect_delta", "checkpoint.every_seconds"])
+def test_float_settings_must_be_finite(tmp_path, key, value):
+    result = runner.invoke(app, ["render", "x", "--out", str(tmp_path / "o"), "--set", f"{key}={value}"])
+    assert result.exit_code == 2 and f"{key}: Input should be a finite number" in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A ~700-byte YAML document whose aliases expand to 9**levels leaves."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nnegative_prompt: *a{levels - 1}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path):
+    import time
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())
+    assert len(bomb.read_bytes()) < 1000
+    started = time.monotonic()
+    result = runner.invoke(app, ["render", "x", "--config", str(bomb), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "more than 100000 YAML nodes once aliases are expanded" in result.output, result.output
+    assert time.monotonic() - started < 5 and len(result.output) < 2000
+    result = runner.invoke(app, ["render", "x", "--out", str(tmp_path / "o"), "--set", "negative_prompt=" + alias_bomb().replace("\n", ", ").join("{}")])
+    assert result.exit_code == 2 and len(result.output) < 2000, result.output[:3000]
+    (tmp_path / "big.yaml").write_text("negative_prompt: " + "y" * (2 << 20))
+    result = runner.invoke(app, ["render", "x", "--config", str(tmp_path / "big.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "larger than 1048576 bytes" in result.output and len(result.output) < 2000
+
+
+def test_a_long_wrong_value_is_not_echoed_in_full(tmp_path):
+    result = runner.invoke(app, ["render", "x", "--out", str(tmp_path / "o"), "--set", "sampler.miga.group=" + "z" * 100_000])
+    assert result.exit_code == 2 and "sampler.miga.group" in result.output and "chars)" in result.output and len(result.output) < 2000
+
+
+def test_an_undecodable_config_file_exits_2_with_its_line(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("frames: 9\nnegative_prompt: caf\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, ["render", "x", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and f"--config {bad}: line 2: not UTF-8 text (byte 0xe9)" in result.output.replace("\n", ""), result.output
+
+
+def test_status_never_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(name, os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert runner.invoke(app, ["status", str(tmp_path / "missing" / "job")]).exit_code == 1
+    assert runner.invoke(app, ["status", "s3://no-such-bucket-here"]).exit_code == 1
+    assert runner.invoke(app, ["status", "out/job"]).exit_code == 1
+    assert list(tmp_path.iterdir()) == [], "status created something"
+
+
+def test_submit_refuses_secrets_in_env_without_echoing_them(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "x"}\n')
+    result = runner.invoke(app, ["submit", str(prompts), "--address", "http://127.0.0.1:9", "--out", str(tmp_path / "o"),
+                                 "--env", "AWS_ENDPOINT_URL=http://s3", "--env", "AWS_SECRET_ACCESS_KEY=hunter2-secret-value"])  # fmt: skip
+    assert result.exit_code == 2 and "--env AWS_SECRET_ACCESS_KEY: looks like a secret" in result.output.replace("\n", " "), result.output
+    assert "hunter2" not in result.output

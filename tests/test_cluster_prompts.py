@@ -188,3 +188,23 @@ def test_manifest_summary_and_run_status(tmp_path):
     assert result.exit_code == 0 and "extra: running, 3/9 frames" in result.output, result.output
     result = runner.invoke(app, ["status", str(tmp_path / "empty-dir")])
     assert result.exit_code == 1
+
+
+def test_csv_and_jsonl_are_parsed_as_their_formats(tmp_path):
+    """A quoted newline stays inside its CSV cell; U+2028 (legal in a JSON string) stays inside its JSONL row."""
+    (tmp_path / "p.csv").write_text('id,prompt\na,"a red circle\nmoving over sand"\nb,a blue square\n', newline="")
+    rows = read_prompts(tmp_path / "p.csv")
+    assert [(r.id, r.prompt) for r in rows] == [("a", "a red circle\nmoving over sand"), ("b", "a blue square")]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "prompt": "left\u2028right"}, ensure_ascii=False) + "\r\n" + json.dumps({"id": "b", "prompt": "x"}) + "\n")
+    assert [(r.id, r.prompt) for r in read_prompts(tmp_path / "p.jsonl")] == [("a", "left\u2028right"), ("b", "x")]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_an_undecodable_prompt_file_exits_2_with_its_line(tmp_path, suffix):
+    path = tmp_path / f"p{suffix}"
+    good = '{"id": "a", "prompt": "x"}\n' if suffix == ".jsonl" else "id,prompt\na,x\n"
+    bad = '{"id": "b", "prompt": "caf\xe9"}\n' if suffix == ".jsonl" else "b,caf\xe9\n"
+    path.write_bytes(good.encode() + bad.encode("latin-1"))
+    result = runner.invoke(app, ["batch", str(path), "--out", str(tmp_path / "o"), "--set", "model.device=cpu"])
+    line = 2 if suffix == ".jsonl" else 3  # the CSV header is line 1
+    assert result.exit_code == 2 and f"line {line}: not UTF-8 text (byte 0xe9)" in result.output.replace("\n", ""), result.output

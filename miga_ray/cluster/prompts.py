@@ -9,6 +9,7 @@ Ids become storage keys: they follow ``storage.check_job_id``'s rule and must be
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, RenderConfig, build_config, shorten
+from ..config import ConfigError, RenderConfig, build_config, read_text, shorten
 from ..storage import check_job_id
 
 COLUMNS = ("id", "prompt", "frames", "seed", "negative_prompt")
@@ -59,11 +60,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             return pq.read_table(path).to_pylist()
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
             raise PromptFileError(f"{path}: not a readable Parquet file: {exc}") from None
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, str(path), encoding="utf-8-sig")
     if kind == "csv":
-        return list(csv.DictReader(text.splitlines()))
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline="")))  # quoted newlines stay inside their cell
+        except csv.Error as exc:
+            raise PromptFileError(f"{path}: not valid CSV: {exc}") from None
     records, problems = [], []
-    for n, line in enumerate((ln for ln in text.splitlines() if ln.strip()), start=1):
+    lines = (ln.removesuffix("\r") for ln in text.split("\n"))  # JSON lines end at \n only: U+2028 is legal in a string
+    for n, line in enumerate((ln for ln in lines if ln.strip()), start=1):
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -345,8 +345,8 @@ class S3Store(ObjectStore):
         self._retry(f"delete {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
 
-def open_store(uri: str | os.PathLike[str], **s3_options: Any) -> ObjectStore:
-    """Open ``s3://bucket/prefix`` (S3Store, options passed on) or a local path, and check it is usable."""
+def open_store(uri: str | os.PathLike[str], check: bool = True, **s3_options: Any) -> ObjectStore:
+    """Open ``s3://bucket/prefix`` (S3Store, options passed on) or a local path; ``check`` it is usable (a write probe)."""
     text = os.fspath(uri)
     store: ObjectStore
     if text.startswith("s3://"):
@@ -360,5 +360,6 @@ def open_store(uri: str | os.PathLike[str], **s3_options: Any) -> ObjectStore:
         if s3_options:
             raise TypeError(f"S3 options {sorted(s3_options)} given for local store {text!r}")
         store = LocalStore(text.removeprefix("file://"))
-    store.check()
+    if check:
+        store.check()
     return store
