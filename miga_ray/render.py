@@ -45,6 +45,7 @@ from .sampling import (
 )
 from .storage import (
     CheckpointStore,
+    DamagedError,
     JobLayout,
     JobRecord,
     LatentWriter,
@@ -225,7 +226,7 @@ class JobRun:
         shape = engine.shape
         height, width = shape[2] * s, shape[3] * s
         ckpts = CheckpointStore(self.store, self.job.state, sink=uploader)
-        latents = LatentWriter(self.store, self.job, sink=uploader)
+        latents = self._latents = LatentWriter(self.store, self.job, sink=uploader)
         writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
         if writer.finished:  # killed after the video was finished, before the job was recorded done
             writer.reopen()
@@ -250,8 +251,11 @@ class JobRun:
                 on_progress(Progress(self.job.job_id, done, cfg.frames, now - start, engine.counters))
         writer.finish()
         uploader.flush()
-        record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
         timings["sampling"] = time.perf_counter() - start
+        verify_start = time.perf_counter()
+        record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
+        timings["verify"] = time.perf_counter() - verify_start
+        record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
         record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
@@ -269,9 +273,48 @@ class JobRun:
             if self.cfg.video.png_frames:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
+    def _verify(self, writer: SegmentWriter, latents: LatentWriter, uploader: Uploader) -> int | None:
+        """Check every stored piece the video depends on before the job may be called done.
+
+        Latents: present and equal (sha256) to what was written, else DamagedError naming them (no
+        stored checkpoint covers an earlier latent). Segments: each decodes to its listed frame count;
+        from the first damaged one the video is decoded again from the stored latents. The MP4: as many
+        frames as the job's, else remuxed once. Returns the segment repaired from, if any.
+        """
+        problems = [p for i in range(self.num_latents) if (p := latents.problem(i))]
+        if problems:
+            raise DamagedError(f"job {self.job.job_id}: {len(problems)} damaged latent(s): {'; '.join(problems[:5])}; run again with --restart")
+        damaged = writer.first_damaged_segment()
+        if damaged is not None:
+            log.warning("job %s: segment %d is damaged; decoding the video again from there", self.job.job_id, damaged)
+            writer.rewind(damaged)
+            self._redecode(writer, latents, self.model.decoder(), writer.frames_written, self.num_latents)
+            writer.finish()
+            uploader.flush()
+            if (again := writer.first_damaged_segment()) is not None:
+                raise DamagedError(f"job {self.job.job_id}: segment {again} is still damaged after decoding it again")
+        if writer.mp4_frames() != self.cfg.frames:
+            writer.reopen()
+            writer.finish()
+            uploader.flush()
+            if (frames := writer.mp4_frames()) != self.cfg.frames:
+                raise DamagedError(f"job {self.job.job_id}: video.mp4 decodes to {frames} frames, not {self.cfg.frames}")
+        return damaged
+
+    def _redecode(self, writer: SegmentWriter, latents: LatentWriter, decoder, frame: int, end: int) -> None:
+        """Decode stored latents ``[latent of frame, end)`` into the video, after rebuilding the decoder's context."""
+        first = min(_latent_of_frame(frame, self.temporal), end)
+        context = getattr(decoder, "context_latents", first)
+        before = [latents.read(i) for i in range(max(0, first - context), first)]
+        if before:
+            decoder.resume(torch.stack(before, dim=1).unsqueeze(0).to(self.model.device, self.model.dtype), first)
+        for i in range(first, end):
+            self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
+
     def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord, done: int) -> None:
         tensors, meta = engine.state_dict()
-        ckpts.save(engine.emitted, tensors, {"engine": meta, "identity": self.identity, "frames_done": done})
+        digests = [self._latents.digests[i] for i in range(engine.emitted)]
+        ckpts.save(engine.emitted, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
         record.frames_done = done
         write_job(uploader, record)
 
@@ -287,13 +330,8 @@ class JobRun:
                 f"(identity {str(meta.get('identity'))[:16]} vs {self.identity[:16]}); pass --restart to start over"
             )
         engine.load_state_dict(tensors, meta["engine"])
-        first = min(_latent_of_frame(writer.frames_written, self.temporal), engine.emitted)
-        context = getattr(decoder, "context_latents", first)
-        before = [latents.read(i) for i in range(max(0, first - context), first)]
-        if before:
-            decoder.resume(torch.stack(before, dim=1).unsqueeze(0).to(self.model.device, self.model.dtype), first)
-        for i in range(first, engine.emitted):
-            self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
+        latents.digests = dict(enumerate(meta.get("latents_sha256", [])))
+        self._redecode(writer, latents, decoder, writer.frames_written, engine.emitted)
         log.info("job %s resumed from checkpoint at latent %d", self.job.job_id, step)
         return step
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from miga_ray.config import ConfigError, identity_hash, job_id_for, job_identity, load_config
@@ -191,3 +192,48 @@ def test_job_json_tells_the_frames_on_disk_after_a_failure_and_temp_leftovers_go
     record = read_job(store, "j")
     assert record.status == "failed" and record.frames_done == on_disk
     assert not list((tmp_path / "j").rglob(".tmp-*")) and not stale.exists()
+
+
+def cut_render(tmp_path, toy, frames: int = 30):
+    """A 41-frame job stopped after ``frames`` frames; returns (store, config, job directory)."""
+    cfg = small_config(frames=41)
+    store = LocalStore(tmp_path / "cut")
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, cfg, toy, job_id="j").run(stop_after(frames))
+    return store, cfg, tmp_path / "cut" / "j"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "pickled", "valid-but-wrong"])
+def test_a_damaged_stored_latent_fails_the_job_naming_it(tmp_path, toy, damage):
+    """Latent 1 sits before every checkpoint of the job: no checkpoint can rebuild it, so the rerun exits naming it."""
+    import pickle
+
+    from safetensors.torch import save as save_safetensors
+
+    from miga_ray.storage import DamagedError
+
+    store, cfg, job = cut_render(tmp_path, toy)
+    latent = job / "latents" / "000001.safetensors"
+    if damage == "deleted":
+        latent.unlink()
+    elif damage == "pickled":
+        latent.write_bytes(pickle.dumps({"latent": [0.0] * 16}))
+    else:
+        latent.write_bytes(save_safetensors({"latent": torch.zeros(4, 8, 8)}, metadata={"index": "1"}))
+    with pytest.raises(DamagedError, match=r"latent 1 \(j/latents/000001.safetensors\) (is missing|differs from the one written)"):
+        JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    record = read_job(store, "j")
+    assert record.status == "failed" and "latent 1" in record.error and not (job / "video.mp4").exists()
+
+
+def test_a_truncated_segment_is_decoded_again_from_the_stored_latents(tmp_path, toy):
+    whole = JobRun(LocalStore(tmp_path / "whole"), PROMPT, small_config(frames=41), toy, job_id="j").run()
+    reference = decoded_frames(tmp_path / "whole" / "j" / "video.mp4")
+    store, cfg, job = cut_render(tmp_path, toy)
+    segment = job / "segments" / "00000.ts"
+    segment.write_bytes(segment.read_bytes()[: segment.stat().st_size // 3])
+    result = JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    assert result.record.status == "done" and result.record.metrics["repaired_from_segment"] == 0
+    video = decoded_frames(job / "video.mp4")
+    assert whole.record.metrics["repaired_from_segment"] is None
+    assert video.shape == reference.shape == (41, 64, 64, 3) and np.abs(video.astype(int) - reference.astype(int)).mean() < 1.0

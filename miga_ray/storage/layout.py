@@ -12,6 +12,7 @@ manifest.parquet                     one row per job of a batch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -171,21 +172,50 @@ def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
         return None
 
 
+class DamagedError(RuntimeError):
+    """A stored piece of a job is missing or differs from what was written (exit 1, naming it)."""
+
+
 class LatentWriter:
-    """Clean latents of a job, one ``latents/NNNNNN.safetensors`` per latent frame, written as produced."""
+    """Clean latents of a job, one ``latents/NNNNNN.safetensors`` per latent frame, written as produced.
+
+    ``digests[i]`` is the sha256 of latent ``i``'s object as written (restored from a checkpoint on
+    resume): ``read`` and ``problem`` check stored latents against it.
+    """
 
     def __init__(self, store: ObjectStore, job: JobLayout, sink: Sink | None = None) -> None:
         self.store = store
         self.job = job
         self.sink: Sink = sink if sink is not None else store
+        self.digests: dict[int, str] = {}
 
     def write(self, index: int, latent: torch.Tensor) -> None:
-        """Store latent frame ``index`` (any shape, e.g. ``[C, H, W]``)."""
+        """Store latent frame ``index`` (any shape, e.g. ``[C, H, W]``) and record its checksum."""
         data = save_safetensors({"latent": latent.detach().cpu().contiguous()}, metadata={"index": str(index)})
+        self.digests[index] = hashlib.sha256(data).hexdigest()
         self.sink.submit(self.job.latent(index), data)
 
+    def problem(self, index: int) -> str | None:
+        """What is wrong with stored latent ``index`` (missing, or not the bytes written), or None."""
+        try:
+            data = self.store.get_bytes(self.job.latent(index))
+        except ObjectNotFound:
+            return f"latent {index} ({self.job.latent(index)}) is missing"
+        if index not in self.digests:
+            return f"latent {index} ({self.job.latent(index)}) has no recorded checksum"
+        if hashlib.sha256(data).hexdigest() != self.digests[index]:
+            return f"latent {index} ({self.job.latent(index)}) differs from the one written (sha256 mismatch)"
+        return None
+
     def read(self, index: int) -> torch.Tensor:
-        return load_safetensors(self.store.get_bytes(self.job.latent(index)))["latent"]
+        """Latent ``index`` as stored, checked against its recorded checksum when there is one."""
+        try:
+            data = self.store.get_bytes(self.job.latent(index))
+        except ObjectNotFound:
+            raise DamagedError(f"latent {index} ({self.job.latent(index)}) is missing") from None
+        if index in self.digests and hashlib.sha256(data).hexdigest() != self.digests[index]:
+            raise DamagedError(f"latent {index} ({self.job.latent(index)}) differs from the one written (sha256 mismatch)")
+        return load_safetensors(data)["latent"]
 
     def count(self) -> int:
         """How many latents ``0..n-1`` are stored without a gap (where a resumed job continues)."""

@@ -53,6 +53,15 @@ def remove_stale_mp4_dirs() -> list[Path]:
     return removed
 
 
+def count_frames(data: bytes) -> int:
+    """Frames an encoded video (MPEG-TS or MP4) decodes to; -1 if it cannot be decoded at all."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            return sum(1 for _ in container.decode(video=0))
+    except (av.FFmpegError, IndexError, ValueError):
+        return -1
+
+
 class _SegmentEncoder:
     """One segment being encoded into an in-memory MPEG-TS file."""
 
@@ -151,6 +160,28 @@ class SegmentWriter:
     def reopen(self) -> None:
         """Treat a finished video as unfinished (its job was never recorded done): ``finish`` remuxes it again."""
         self.finished = False
+
+    def rewind(self, index: int) -> None:
+        """Forget segments ``index`` and later (they are damaged): frames are written again from there."""
+        self.segments, self.finished, self._open = self.segments[:index], False, None
+
+    def first_damaged_segment(self) -> int | None:
+        """Index of the first listed segment that is missing or does not decode to its listed frame count."""
+        for index, frames in enumerate(self.segments):
+            try:
+                data = self.store.get_bytes(self._key(segment_name(index)))
+            except ObjectNotFound:
+                return index
+            if count_frames(data) != frames:
+                return index
+        return None
+
+    def mp4_frames(self) -> int:
+        """Frames the stored ``video.mp4`` decodes to (-1: missing or undecodable)."""
+        try:
+            return count_frames(self.store.get_bytes(self._key(MP4)))
+        except ObjectNotFound:
+            return -1
 
     def playlist(self, ended: bool = False) -> str:
         """HLS (EVENT) playlist of the written segments; ``ended`` adds EXT-X-ENDLIST."""
