@@ -49,6 +49,7 @@ from .storage import (
     JobLayout,
     JobRecord,
     LatentWriter,
+    ObjectNotFound,
     ObjectStore,
     SegmentWriter,
     Uploader,
@@ -58,9 +59,11 @@ from .storage import (
     write_job,
     write_png_frames,
 )
+from .storage.layout import latent_name
 from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
+LATENT_SUMS = "latents.sha256"  # sha256sum format, written when the job is done
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -180,7 +183,10 @@ class JobRun:
         fix_mmap_threshold()
         previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
         if previous is not None and previous.status == "done":
-            return RenderResult(self.job.job_id, previous, skipped=True)
+            damage = self._damage_of_done_job()
+            if damage is None:
+                return RenderResult(self.job.job_id, previous, skipped=True)
+            log.warning("job %s is recorded done but %s; rendering it again from its last checkpoint", self.job.job_id, damage)
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates)
         if self.restart:
             self._wipe()
@@ -256,6 +262,7 @@ class JobRun:
         record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
         timings["verify"] = time.perf_counter() - verify_start
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
+        uploader.submit(self.job.key(LATENT_SUMS), "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
         record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
@@ -272,6 +279,28 @@ class JobRun:
             self.sheet.offer(writer.sink, pixels, first)
             if self.cfg.video.png_frames:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
+
+    def _damage_of_done_job(self) -> str | None:
+        """What is wrong with a job recorded done (a latent, a segment or the MP4), or None if it is intact."""
+        latents = LatentWriter(self.store, self.job)
+        try:
+            sums = self.store.get_bytes(self.job.key(LATENT_SUMS)).decode().splitlines()
+            latents.digests = {i: line.split()[0] for i, line in enumerate(sums)}
+        except (ObjectNotFound, UnicodeDecodeError, IndexError):
+            return f"its {LATENT_SUMS} is missing or unreadable"
+        if (problem := next((p for i in range(self.num_latents) if (p := latents.problem(i))), None)) is not None:
+            return problem
+        height = self.cfg.video.height or self.model.default_resolution[0]
+        width = self.cfg.video.width or self.model.default_resolution[1]
+        try:
+            writer = SegmentWriter(self.store, self.job.job_id, self.cfg.video.fps, width, height)
+        except ValueError as exc:
+            return f"its playlist is unreadable ({exc})"
+        if (segment := writer.first_damaged_segment()) is not None:
+            return f"segment {segment} is damaged"
+        if writer.frames_written != self.cfg.frames or writer.mp4_frames() != self.cfg.frames:
+            return f"its video does not hold {self.cfg.frames} frames"
+        return None
 
     def _verify(self, writer: SegmentWriter, latents: LatentWriter, uploader: Uploader) -> int | None:
         """Check every stored piece the video depends on before the job may be called done.

@@ -237,3 +237,19 @@ def test_a_truncated_segment_is_decoded_again_from_the_stored_latents(tmp_path, 
     video = decoded_frames(job / "video.mp4")
     assert whole.record.metrics["repaired_from_segment"] is None
     assert video.shape == reference.shape == (41, 64, 64, 3) and np.abs(video.astype(int) - reference.astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize("damage", ["segment", "mp4"])
+def test_a_done_job_with_a_damaged_video_is_repaired_not_reported_done(tmp_path, toy, damage):
+    """Rerunning a job recorded done verifies it first: a damaged segment or MP4 is rebuilt, the video equals the original."""
+    store, cfg = LocalStore(tmp_path), small_config(frames=41)
+    first = JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    reference = decoded_frames(tmp_path / "j" / "video.mp4")
+    assert (tmp_path / "j" / "latents.sha256").read_text().count("latents/") == toy_latents(41)
+    assert JobRun(store, PROMPT, cfg, toy, job_id="j").run().skipped, "an intact done job is not rendered again"
+    target = tmp_path / "j" / ("segments/00001.ts" if damage == "segment" else "video.mp4")
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    again = JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    assert not again.skipped and again.record.status == "done" and first.record.status == "done"
+    video = decoded_frames(tmp_path / "j" / "video.mp4")
+    assert video.shape == reference.shape and np.abs(video.astype(int) - reference.astype(int)).mean() < 1.0

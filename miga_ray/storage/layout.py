@@ -62,6 +62,11 @@ def segment_name(index: int) -> str:
     return f"{SEGMENTS_DIR}/{index:05d}.ts"
 
 
+def latent_name(index: int) -> str:
+    """Name of latent ``index`` relative to the job."""
+    return f"{LATENTS_DIR}/{index:06d}.safetensors"
+
+
 def join(prefix: str, name: str) -> str:
     """``prefix/name``, or ``name`` alone when the prefix is empty."""
     return f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
@@ -102,7 +107,7 @@ class JobLayout:
         return self.key(segment_name(index))
 
     def latent(self, index: int) -> str:
-        return self.key(f"{LATENTS_DIR}/{index:06d}.safetensors")
+        return self.key(latent_name(index))
 
 
 def _words(name: str) -> list[str]:
