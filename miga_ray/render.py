@@ -60,6 +60,7 @@ from .storage import (
     write_png_frames,
 )
 from .storage.layout import latent_name
+from .storage.lease import Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
@@ -169,18 +170,33 @@ class JobRun:
         restart: bool = False,
         trace: TextIO | None = None,
         candidates: CandidateRunner | None = None,
+        lease_ttl_s: float = 60.0,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model = store, prompt, cfg, model
         self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg))
         self.identity = identity_hash(job_identity(prompt, cfg))
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
-        self.restart, self.trace, self.candidates = restart, trace, candidates
+        self.restart, self.trace, self.candidates, self.lease_ttl_s = restart, trace, candidates, lease_ttl_s
 
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RenderResult:
-        """Render, resume, or (if this job is already done with this configuration) return its record."""
+        """Render, resume, or (if this job is already done with this configuration) return its record.
+
+        Everything happens under the job's lease: a live holder elsewhere makes this a ConfigError (exit 2)."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
+        self._lease = Lease(self.store, self.job.job_id, self.lease_ttl_s)
+        try:
+            self._lease.acquire()
+        except LeaseHeld as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            return self._run_leased(t0, on_progress)
+        finally:
+            self._lease.release()
+
+    def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None) -> RenderResult:
+        """``run`` once the lease is held."""
         previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
         if previous is not None and previous.status == "done":
             damage = self._damage_of_done_job()
@@ -197,7 +213,7 @@ class JobRun:
         self._writer: SegmentWriter | None = None
         try:
             result = self._run(engine, uploader, record, t0, on_progress)
-        except ConfigError:  # refused (the job holds another render): not this run's to mark
+        except (ConfigError, LeaseLost):  # refused, or another process owns the job now: not this run's to mark
             uploader.close()
             raise
         except BaseException as exc:
@@ -218,7 +234,8 @@ class JobRun:
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
-            self.store.delete(key)
+            if not key.startswith(self.job.key("lease/")):
+                self.store.delete(key)
 
     def _clean_temp(self) -> None:
         """Remove what killed runs left behind: temp objects in the job and MP4 temp directories."""
@@ -245,6 +262,7 @@ class JobRun:
         last_ckpt_time, last_ckpt_at = time.perf_counter(), engine.emitted
         start = time.perf_counter()
         for index, latent in engine:
+            self._lease.check()
             latents.write(index, latent[0])
             self._write_frames(writer, decoder, index, latent)
             done = min(cfg.frames, frames_of_latents(index + 1, self.temporal))
@@ -263,6 +281,7 @@ class JobRun:
         timings["verify"] = time.perf_counter() - verify_start
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
         uploader.submit(self.job.key(LATENT_SUMS), "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
+        self._lease.check()
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
         record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}

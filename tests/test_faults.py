@@ -355,3 +355,20 @@ def test_output_on_a_read_only_mount_exits_2(tmp_path: Path) -> None:
     assert f"--out {directory / 'out'}" in message and "Read-only file system" in message, message
     assert "Loading weights" not in message
     assert list(directory.iterdir()) == []
+
+
+def test_a_second_render_of_a_running_job_exits_2_naming_the_holder(s3_env: SeaweedServer, reference: str, tmp_path: Path) -> None:
+    """The first render is paused (SIGSTOP) while it holds the job; the same command again exits 2 naming it, then the first finishes equal."""
+    prefix = new_prefix("twowriters")
+    out, env, store = f"s3://{s3_env.bucket}/{prefix}", cli_env(s3_env), s3_reader(s3_env, prefix)
+    first = Render.start(out, env, tmp_path / "first.log")
+    first.wait_until(lambda: store.exists(latent_key(1)))
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        second = Render.start(out, env, tmp_path / "second.log")
+        assert second.wait(120) == 2, second.output[-3000:]
+        assert "is being written by" in second.output and f"(pid {first.proc.pid} on" in second.output, second.output[-3000:]
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    assert first.wait() == 0, first.output[-3000:]
+    assert_same_render(store, s3_reader(s3_env, reference))

@@ -253,3 +253,21 @@ def test_a_done_job_with_a_damaged_video_is_repaired_not_reported_done(tmp_path,
     assert not again.skipped and again.record.status == "done" and first.record.status == "done"
     video = decoded_frames(tmp_path / "j" / "video.mp4")
     assert video.shape == reference.shape and np.abs(video.astype(int) - reference.astype(int)).mean() < 1.0
+
+
+def test_a_second_writer_of_a_job_is_refused_naming_the_holder(tmp_path, toy):
+    """While one run holds the job, another (here with another config, same id) exits 2 naming it; the first finishes alone."""
+    store, cfg = LocalStore(tmp_path), small_config(frames=21)
+    other = small_config(frames=21, **{"sampler.cfg_scale": 3.0})
+    refused = []
+
+    def second_writer(progress):
+        if not refused:
+            with pytest.raises(ConfigError, match=r"job j is being written by [^ ]+ \(pid \d+ on") as info:
+                JobRun(store, PROMPT, other, toy, job_id="j").run()
+            refused.append(str(info.value))
+
+    result = JobRun(store, PROMPT, cfg, toy, job_id="j").run(second_writer)
+    assert refused and result.record.status == "done"
+    assert read_job(store, "j").config["identity"] == identity_hash(job_identity(PROMPT, cfg))
+    assert not (tmp_path / "j" / "lease").exists() or not list((tmp_path / "j" / "lease").iterdir()), "the lease is released"

@@ -68,6 +68,14 @@ class ObjectStore(ABC):
         """Upload a local file atomically (multipart on S3 when large) without reading it into memory."""
 
     @abstractmethod
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write an object only if none exists under ``key``, atomically; False if one does."""
+
+    def honours_conditional_create(self) -> bool:
+        """Whether ``create_if_absent`` really refuses to replace an object (a store may ignore the condition)."""
+        return True
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """Read a whole object; raise ObjectNotFound if it does not exist."""
 
@@ -153,6 +161,22 @@ class LocalStore(ObjectStore):
                 shutil.copyfileobj(src, dst, 4 * MiB)
 
         self._write_atomic(key, fill)
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # atomic, and fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -241,6 +265,7 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.retry_deadline_s = retry_deadline_s
+        self._honours: bool | None = None
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._where = self.uri + (f" at {endpoint_url}" if endpoint_url else "")
         config = Config(
@@ -308,6 +333,26 @@ class S3Store(ObjectStore):
             f"put {key}",
             lambda: self._client.upload_file(os.fspath(path), self.bucket, full, Config=self._transfer),
         )
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        full = self._full(key)
+        try:
+            self._retry(f"create {key}", lambda: self._client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"))
+        except bce.ClientError as e:
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def honours_conditional_create(self) -> bool:
+        """Probe once: a second conditional create of one key must be refused."""
+        if self._honours is None:
+            probe = f".miga-probe-{uuid.uuid4().hex}"
+            try:
+                self._honours = self.create_if_absent(probe, b"1") and not self.create_if_absent(probe, b"2")
+            finally:
+                self.delete(probe)
+        return self._honours
 
     def get_bytes(self, key: str) -> bytes:
         full = self._full(key)
