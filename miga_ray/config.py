@@ -100,7 +100,7 @@ class VideoSettings(_Strict):
 
 class CheckpointSettings(_Strict):
     every_latents: int = Field(32, ge=1, description="checkpoint after this many new clean latents")
-    every_seconds: float = Field(120.0, gt=0, description="... or after this many seconds, whichever first")
+    every_seconds: float = Field(60.0, gt=0, description="... or after this many seconds, whichever first (also while the queue fills)")
 
 
 class RenderConfig(_Strict):

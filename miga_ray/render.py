@@ -60,7 +60,7 @@ from .storage import (
     write_png_frames,
 )
 from .storage.layout import latent_name
-from .storage.lease import Lease, LeaseHeld, LeaseLost
+from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
@@ -170,26 +170,34 @@ class JobRun:
         restart: bool = False,
         trace: TextIO | None = None,
         candidates: CandidateRunner | None = None,
-        lease_ttl_s: float = 60.0,
+        lease_ttl_s: float = TTL_S,
+        lease_wait_s: float = 0.0,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model = store, prompt, cfg, model
         self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg))
         self.identity = identity_hash(job_identity(prompt, cfg))
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
-        self.restart, self.trace, self.candidates, self.lease_ttl_s = restart, trace, candidates, lease_ttl_s
+        self.restart, self.trace, self.candidates = restart, trace, candidates
+        self.lease_ttl_s, self.lease_wait_s = lease_ttl_s, lease_wait_s  # wait: how long to wait for a live holder
 
     def run(self, on_progress: Callable[[Progress], None] | None = None) -> RenderResult:
         """Render, resume, or (if this job is already done with this configuration) return its record.
 
-        Everything happens under the job's lease: a live holder elsewhere makes this a ConfigError (exit 2)."""
+        Everything happens under the job's lease: a holder still live after ``lease_wait_s`` makes this a
+        ConfigError (exit 2)."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
         self._lease = Lease(self.store, self.job.job_id, self.lease_ttl_s)
-        try:
-            self._lease.acquire()
-        except LeaseHeld as exc:
-            raise ConfigError(str(exc)) from None
+        give_up = time.monotonic() + self.lease_wait_s
+        while True:
+            try:
+                self._lease.acquire()
+                break
+            except LeaseHeld as exc:
+                if time.monotonic() >= give_up:
+                    raise ConfigError(str(exc)) from None
+                time.sleep(min(5.0, self.lease_ttl_s / 4))
         try:
             return self._run_leased(t0, on_progress)
         finally:
@@ -259,19 +267,23 @@ class JobRun:
         resumed = self._resume(engine, ckpts, latents, decoder, writer)
         timings = {"setup": time.perf_counter() - t0}
         write_job(uploader, record)
-        last_ckpt_time, last_ckpt_at = time.perf_counter(), engine.emitted
+        last_ckpt_time, last_ckpt_at, last_ckpt_calls = time.perf_counter(), engine.emitted, engine.counters.total_calls
         start = time.perf_counter()
-        for index, latent in engine:
+        ck = cfg.checkpoint
+        while not engine.done:
+            item = engine.step()  # a clean latent, or None after a unit of work (the fill emits none for long)
             self._lease.check()
-            latents.write(index, latent[0])
-            self._write_frames(writer, decoder, index, latent)
-            done = min(cfg.frames, frames_of_latents(index + 1, self.temporal))
+            if item is not None:
+                index, latent = item
+                latents.write(index, latent[0])
+                self._write_frames(writer, decoder, index, latent)
             now = time.perf_counter()
-            ck = cfg.checkpoint
-            if not engine.done and (engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds):
-                self._checkpoint(ckpts, engine, uploader, record, done)
-                last_ckpt_time, last_ckpt_at = now, engine.emitted
-            if on_progress:
+            due = engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds
+            if due and not engine.done and engine.counters.total_calls != last_ckpt_calls:
+                self._checkpoint(ckpts, engine, uploader, record)
+                last_ckpt_time, last_ckpt_at, last_ckpt_calls = now, engine.emitted, engine.counters.total_calls
+            if item is not None and on_progress:
+                done = min(cfg.frames, frames_of_latents(engine.emitted, self.temporal))
                 on_progress(Progress(self.job.job_id, done, cfg.frames, now - start, engine.counters))
         writer.finish()
         uploader.flush()
@@ -359,15 +371,17 @@ class JobRun:
         for i in range(first, end):
             self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
 
-    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord, done: int) -> None:
+    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord) -> None:
+        """Save the engine state under its model-call count (it grows during the fill too, when no latent comes out)."""
         tensors, meta = engine.state_dict()
         digests = [self._latents.digests[i] for i in range(engine.emitted)]
-        ckpts.save(engine.emitted, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
+        done = min(self.cfg.frames, frames_of_latents(engine.emitted, self.temporal))
+        ckpts.save(engine.counters.total_calls, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
         record.frames_done = done
         write_job(uploader, record)
 
     def _resume(self, engine, ckpts: CheckpointStore, latents: LatentWriter, decoder, writer: SegmentWriter) -> int | None:
-        """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks."""
+        """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks; return the latent it resumes at."""
         latest = ckpts.load_latest()
         if latest is None:
             return None
@@ -380,8 +394,8 @@ class JobRun:
         engine.load_state_dict(tensors, meta["engine"])
         latents.digests = dict(enumerate(meta.get("latents_sha256", [])))
         self._redecode(writer, latents, decoder, writer.frames_written, engine.emitted)
-        log.info("job %s resumed from checkpoint at latent %d", self.job.job_id, step)
-        return step
+        log.info("job %s resumed from checkpoint %d (model calls) at latent %d", self.job.job_id, step, engine.emitted)
+        return engine.emitted
 
 
 def _latent_of_frame(frame: int, temporal: int) -> int:

@@ -271,3 +271,47 @@ def test_a_second_writer_of_a_job_is_refused_naming_the_holder(tmp_path, toy):
     assert refused and result.record.status == "done"
     assert read_job(store, "j").config["identity"] == identity_hash(job_identity(PROMPT, cfg))
     assert not (tmp_path / "j" / "lease").exists() or not list((tmp_path / "j" / "lease").iterdir()), "the lease is released"
+
+
+@pytest.mark.parametrize("sampler", ["miga", "fifo"])
+def test_a_checkpoint_made_while_the_queue_fills_resumes_to_the_same_latents(tmp_path, toy, monkeypatch, sampler):
+    """Checkpoints come on time even before the first clean latent; a crash then resumes from one, not from scratch."""
+    cfg = small_config(frames=21, **{"sampler.kind": sampler, "checkpoint.every_seconds": 0.001, "checkpoint.every_latents": 1000})
+    whole = JobRun(LocalStore(tmp_path / "whole"), PROMPT, cfg, toy, job_id="j").run()
+    original = JobRun._checkpoint
+    calls_at_crash = []
+
+    def crash_in_the_fill(self, ckpts, engine, uploader, record):
+        original(self, ckpts, engine, uploader, record)
+        if engine.emitted == 0 and engine.counters.total_calls >= 20:
+            calls_at_crash.append(engine.counters.total_calls)
+            raise Stop("in the fill")
+
+    store = LocalStore(tmp_path / "cut")
+    monkeypatch.setattr(JobRun, "_checkpoint", crash_in_the_fill)
+    with pytest.raises(Stop):
+        JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    monkeypatch.setattr(JobRun, "_checkpoint", original)
+    assert not list((tmp_path / "cut" / "j").glob("latents/*")), "the crash came before any clean latent"
+    resumed = JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    assert resumed.resumed_from == 0 and calls_at_crash
+    total = sum(whole.record.metrics["model_calls"]["calls"].values())
+    assert sum(resumed.record.metrics["model_calls"]["calls"].values()) == total
+    for i in range(toy_latents(21)):
+        name = f"latents/{i:06d}.safetensors"
+        assert (tmp_path / "whole" / "j" / name).read_bytes() == (tmp_path / "cut" / "j" / name).read_bytes(), name
+
+
+def test_a_run_may_wait_out_a_live_lease(tmp_path, toy):
+    """A holder on another node (its pid means nothing here) is respected; a batch worker waits for its expiry."""
+    import time
+
+    lease = tmp_path / "j" / "lease" / "0000000000.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({"holder": "node-b:7:abc", "host": "node-b", "pid": 7, "expires": time.time() + 1.5}))
+    store, cfg = LocalStore(tmp_path), small_config(frames=9)
+    with pytest.raises(ConfigError, match=r"job j is being written by node-b:7:abc \(pid 7 on node-b\)"):
+        JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    started = time.monotonic()
+    result = JobRun(store, PROMPT, cfg, toy, job_id="j", lease_ttl_s=2.0, lease_wait_s=30.0).run()
+    assert result.record.status == "done" and time.monotonic() - started >= 0.5

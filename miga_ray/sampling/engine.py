@@ -56,14 +56,24 @@ class StreamingEngine:
     def done(self) -> bool:
         return self.emitted >= self.num_latents
 
-    def pull(self) -> tuple[int, Tensor] | None:
-        """The next clean latent in order, or None once all ``num_latents`` have been produced."""
-        while not self._out:
-            if self.done:
-                return None
-            self._advance()
+    def step(self) -> tuple[int, Tensor] | None:
+        """One unit of work: the next clean latent if one is ready, else advance once and return None.
+
+        Between two steps the state is whole, so a caller may checkpoint there (e.g. on time while the
+        queue fills and no latent comes out for a long while)."""
+        if not self._out:
+            if not self.done:
+                self._advance()
+            return None
         item = self._out.popleft()
         self.emitted += 1
+        return item
+
+    def pull(self) -> tuple[int, Tensor] | None:
+        """The next clean latent in order, or None once all ``num_latents`` have been produced."""
+        while (item := self.step()) is None:
+            if self.done and not self._out:
+                return None
         return item
 
     def __iter__(self) -> Iterator[tuple[int, Tensor]]:

@@ -34,6 +34,7 @@ from .objects import ObjectNotFound, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"(\d{10})\.json$")
+TTL_S = 60.0  # a lease's lifetime unless renewed
 
 
 class LeaseHeld(StoreError):
@@ -73,7 +74,7 @@ def _pid_alive(pid: int) -> bool:
 class Lease:
     """The lease of one job prefix (see the module docstring)."""
 
-    def __init__(self, store: ObjectStore, prefix: str, ttl_s: float = 60.0) -> None:
+    def __init__(self, store: ObjectStore, prefix: str, ttl_s: float = TTL_S) -> None:
         self.store, self.prefix, self.ttl_s = store, prefix, ttl_s
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.holder = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"

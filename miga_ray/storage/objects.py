@@ -165,7 +165,7 @@ class LocalStore(ObjectStore):
     def create_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_TMP_PREFIX)  # outside any job: a job's temp cleanup never races it
         try:
             with open(fd, "wb") as f:
                 f.write(data)
