@@ -60,7 +60,7 @@ class LeaseRecord:
         return f"{self.holder} (pid {self.pid} on {self.host}) until {until}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this host."""
     try:
         os.kill(pid, 0)
@@ -105,7 +105,7 @@ class Lease:
     def _stale(self, record: LeaseRecord | None) -> bool:
         if record is None or record.expires < time.time():
             return True
-        return record.host == self.host and record.pid != self.pid and not _pid_alive(record.pid)
+        return record.host == self.host and record.pid != self.pid and not pid_alive(record.pid)
 
     def acquire(self) -> None:
         """Take the lease (creating the next generation) and start renewing it; LeaseHeld if a live holder has it."""

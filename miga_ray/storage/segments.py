@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .layout import MP4, PLAYLIST, join, segment_name
+from .lease import pid_alive
 from .objects import ObjectNotFound, ObjectStore
 from .uploader import Sink
 
@@ -31,23 +32,12 @@ SEGMENT_SECONDS = 2
 MP4_TMP_PREFIX = "miga-mp4-"
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_mp4_dirs() -> list[Path]:
     """Remove the MP4 temp directories (``miga-mp4-<pid>-*``) of processes that no longer run; return them."""
     removed = []
     for path in Path(tempfile.gettempdir()).glob(f"{MP4_TMP_PREFIX}*-*"):
         pid = path.name.removeprefix(MP4_TMP_PREFIX).split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
