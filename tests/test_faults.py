@@ -232,8 +232,10 @@ def kill_plan(rng: random.Random) -> list[KillPoint]:
 
 
 def kill_at(point: KillPoint, store: S3Store, out: str, env: dict[str, str], log: Path) -> str:
-    """Start the render, SIGKILL it at ``point``; returns what the kill interrupted, for the report."""
+    """Start the render, SIGKILL it at ``point``; returns what the kill interrupted, for the report (or why none was made)."""
     done = stored_latents(store)
+    if point.latent is not None and len(done) == LATENTS:  # a loaded machine let the last run store every latent before its kill
+        return f"no kill at latent {point.latent}: all {LATENTS} latents already stored"
     render = Render.start(out, env, log)
     if point.seconds is not None:
         give_up = time.monotonic() + point.seconds
