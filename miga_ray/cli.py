@@ -122,9 +122,14 @@ def render_jobs(
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
     for prompt in prompts:
         cfg.check_prompt(prompt)
+    from .config import job_id_for
     from .engines import load_for
-    from .render import JobRun, cpu_threads, usable_cpus  # bad input has failed before torch loads
+    from .render import JobRun, check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
 
+    job_ids = [job_id or job_id_for(prompt, cfg) for prompt, job_id in zip(prompts, job_ids)]
+    if not restart:
+        for prompt, job_id in zip(prompts, job_ids):
+            check_identity(store, job_id, prompt, cfg)  # a job holding another render fails before the model loads
     model = load_for(cfg)
     at_once = min(len(prompts), usable_cpus()) if side_by_side else 1
     if model.device.type == "cpu":
@@ -189,7 +194,7 @@ def render(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="write the sampler's call trace (JSON lines) here")] = None,
-    job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: from the prompt and seed")] = None,
+    job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: a slug of the prompt plus a hash of prompt, seed and settings")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard this job's output and checkpoints first")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -203,6 +208,13 @@ def render(
     overrides += [f"model.name={model}"] if model else []
     overrides += [f"model.device={device}"] if device else []
     cfg = _render_config(config, overrides, frames=frames, seed=seed)
+    if job_id is not None:
+        from .storage import check_job_id
+
+        try:
+            check_job_id(job_id)
+        except ValueError as exc:
+            _fail(2, f"--job-id: {exc}")
     _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace)
 
 
@@ -224,19 +236,21 @@ def demo(
 
 @app.command()
 def status(
-    uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-s0, or <out> for every job of a run")],
+    uri: Annotated[str, typer.Argument(help="<out>/<job_id>, e.g. out/a-red-circle-moving-over-sand-7978b9cceb34, or <out> for every job of a run")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
-    """Progress of a job, read from storage alone.
+    """Progress of a job, read from storage alone (status never writes).
 
-    Example: miga status out/a-red-circle-moving-over-sand-s0 --json
+    Example: miga status out/a-red-circle-moving-over-sand-7978b9cceb34 --json
     """
     from .storage import open_store, read_job
 
-    base, _, job = uri.rstrip("/").rpartition("/")
+    text = uri.rstrip("/")
+    base, _, job = text.rpartition("/")
     if not job:
         _fail(2, f"{uri}: expected <out>/<job_id>")
-    record = _guard(lambda: read_job(open_store(base or "."), job))
+    bucket_root = text.startswith("s3://") and "/" not in text.removeprefix("s3://")
+    record = None if bucket_root else _guard(lambda: read_job(open_store(base or ".", check=False), job))
     if record is None:
         _print_run_status(uri, as_json)  # not a job: maybe a run directory (manifest and/or jobs)
         return
@@ -251,7 +265,7 @@ def _print_run_status(uri: str, as_json: bool) -> None:
     from .cluster.report import run_status
     from .storage import open_store
 
-    jobs = _guard(lambda: run_status(open_store(uri)))
+    jobs = _guard(lambda: run_status(open_store(uri, check=False)))
     if not jobs:
         _fail(1, f"{uri}: no job.json there, and no manifest.parquet or job directories")
     if as_json:
@@ -344,11 +358,17 @@ def submit(
     Example: miga submit prompts.parquet --address http://head:8265 --out s3://bucket/runs --config configs/wan2.1-1.3b-miga.yaml
     """
     from .cluster.submit import auth_token, follow, submit_batch
+    from .storage.layout import is_secret_name
 
     cfg = _render_config(config, list(set_ or []))
     pairs = [e.partition("=") for e in env or []]
     if any(not name or not sep for name, sep, _ in pairs):
-        _fail(2, f"--env: expected NAME=VALUE, got {[e for e in env or [] if '=' not in e or e.startswith('=')]}")
+        _fail(2, f"--env: expected NAME=VALUE, got {[e.partition('=')[0][:40] + '=...' for e in env or [] if '=' not in e or e.startswith('=')]}")
+    secrets = [name for name, _, _ in pairs if is_secret_name(name)]
+    if secrets:
+        _fail(2, f"--env {', '.join(secrets)}: looks like a secret, and a Ray job's environment is stored in its runtime_env "
+                 "and shown in Ray's logs and dashboard; give the cluster's nodes their own credentials (instance role, "
+                 "~/.aws on every node, or the environment Ray was started with)")
     args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
     args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
     token = _guard(auth_token, token_file)
@@ -376,7 +396,7 @@ def eval_(
     prompt the analyzer's ground truth follows, and a drift section: per measure its mean, a curve over
     --bins bins of frames and the drift figure (mean over the last quarter minus the first); save it and
     compare variants with `miga compare`.
-    Example: miga eval out/a-red-circle-moving-over-sand-s0 > a.json
+    Example: miga eval out/a-red-circle-moving-over-sand-7978b9cceb34 > a.json
     """
     from .evaluation.report import evaluate
 

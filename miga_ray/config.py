@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Strict):
@@ -90,7 +91,7 @@ class VideoSettings(_Strict):
 
 class CheckpointSettings(_Strict):
     every_latents: int = Field(32, ge=1, description="checkpoint after this many new clean latents")
-    every_seconds: float = Field(120.0, gt=0, description="... or after this many seconds, whichever first")
+    every_seconds: float = Field(60.0, gt=0, description="... or after this many seconds, whichever first (also while the queue fills)")
 
 
 class RenderConfig(_Strict):
@@ -127,10 +128,52 @@ class RenderConfig(_Strict):
         except ValueError as exc:
             raise ConfigError(f"prompt {prompt!r} is outside the toy model's grammar: {exc}. Grammar: {GRAMMAR}") from None
 
+    def output_settings(self) -> dict[str, Any]:
+        """Every setting that changes the output pixels (not checkpoint cadence, not the device)."""
+        return self.model_dump(exclude={"checkpoint": True, "model": {"device"}})
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output pixels (not checkpoint cadence)."""
-        data = self.model_dump(exclude={"checkpoint": True, "model": {"device"}})
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of ``output_settings``."""
+        return hashlib.sha256(json.dumps(self.output_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def job_identity(prompt: str, cfg: RenderConfig) -> dict[str, Any]:
+    """What decides a job's output: the full prompt and every output-affecting setting (seed included)."""
+    return {"prompt": prompt, "render": cfg.output_settings()}
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """sha256 (hex) of a job identity in canonical JSON."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def job_id_for(prompt: str, cfg: RenderConfig) -> str:
+    """The default job id: a readable slug of the prompt plus a short hash of the whole identity."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].strip("-") or "job"
+    return f"{slug}-{identity_hash(job_identity(prompt, cfg))[:12]}"
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters, so messages never echo unbounded input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def _flatten(value: Any, key: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for name, sub in value.items():
+            flat |= _flatten(sub, f"{key}.{name}" if key else str(name))
+        return flat
+    return {key: value}
+
+
+def identity_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """``key: stored X, requested Y`` for every field where two job identities differ (values shortened)."""
+    a, b = _flatten(stored), _flatten(requested)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return [f"{k.removeprefix('render.')}: stored {shorten(a.get(k))}, requested {shorten(b.get(k))}" for k in keys]
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -139,7 +182,19 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key"
     if error["type"] == "value_error" and not key:  # a cross-field rule: its message names the key
         return str(error["ctx"]["error"])
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    return f"{key}: {error['msg']} (got {shorten(error.get('input'))})"
+
+
+def read_text(path: Path, what: str, encoding: str = "utf-8", limit: int | None = None) -> str:
+    """A text file's content; ConfigError if it is over ``limit`` bytes or naming the line of its first bad byte."""
+    if limit is not None and path.stat().st_size > limit:
+        raise ConfigError(f"{what}: larger than {limit} bytes")
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{what}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
 def build_config(data: dict[str, Any] | None = None) -> RenderConfig:
@@ -150,14 +205,61 @@ def build_config(data: dict[str, Any] | None = None) -> RenderConfig:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in exc.errors())) from None
 
 
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_NODES = 100_000
+
+
+def _expanded_nodes(node: yaml.Node, seen: dict[int, int], path: set[int]) -> int:
+    """Nodes in ``node`` with every alias expanded (memoised per node); ValueError on a recursive alias."""
+    if id(node) in seen:
+        return seen[id(node)]
+    if id(node) in path:
+        raise ValueError("a recursive alias")
+    path.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_nodes(child, seen, path)
+        if total > YAML_MAX_NODES:
+            break
+    path.discard(id(node))
+    seen[id(node)] = total
+    return total
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse YAML with limits: at most 1 MiB and 100,000 nodes with aliases expanded (no alias bombs).
+
+    Errors are ConfigErrors naming ``what``; they never repeat more than a short snippet of the input.
+    """
+    if len(text.encode()) > YAML_MAX_BYTES:
+        raise ConfigError(f"{what}: larger than {YAML_MAX_BYTES} bytes")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            nodes = _expanded_nodes(node, {}, set())
+            if nodes > YAML_MAX_NODES:
+                raise ConfigError(f"{what}: more than {YAML_MAX_NODES} YAML nodes once aliases are expanded")
+        return yaml.safe_load(text)
+    except ValueError as exc:  # a recursive alias
+        raise ConfigError(f"{what}: not usable YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: not valid YAML: {shorten(str(exc), 400)}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. sampler.miga.group=7")
+        raise ConfigError(f"--set {shorten(text)}: expected key=value, e.g. sampler.miga.group=7")
     key, value = text.split("=", 1)
     if not key.strip():
-        raise ConfigError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+        raise ConfigError(f"--set {shorten(text)}: empty key")
+    return key.strip().split("."), load_yaml(value, f"--set {shorten(key.strip())}") if value.strip() else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **fields: Any) -> RenderConfig:
@@ -167,10 +269,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--config {p}: no such file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {p}: not valid YAML: {exc}") from None
+        data = load_yaml(read_text(p, f"--config {p}", limit=YAML_MAX_BYTES), f"--config {p}") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"--config {p}: the top level must be a mapping")
     for text in overrides:
@@ -179,7 +278,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {k} is not a section")
+                raise ConfigError(f"--set {shorten(text)}: {k} is not a section")
         node[keys[-1]] = value
     for key, value in fields.items():
         if value is not None:

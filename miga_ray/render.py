@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,15 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
-from .config import ConfigError, RenderConfig
+from .config import (
+    ConfigError,
+    RenderConfig,
+    build_config,
+    identity_differences,
+    identity_hash,
+    job_id_for,
+    job_identity,
+)
 from .engines import build_engine
 from .models.decode import frames_of_latents, latents_for_frames
 from .models.registry import LoadedModel
@@ -26,19 +33,26 @@ from .sampling import CandidateRunner, Counters, StreamingEngine
 from .sampling.plan import planned_calls, scheduled_calls
 from .storage import (
     CheckpointStore,
+    DamagedError,
     JobLayout,
     JobRecord,
     LatentWriter,
+    ObjectNotFound,
     ObjectStore,
     SegmentWriter,
     Uploader,
+    check_job_id,
     read_job,
+    remove_stale_mp4_dirs,
     write_job,
     write_png_frames,
 )
+from .storage.layout import latent_name
+from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
+LATENT_SUMS = "latents.sha256"  # sha256sum format, written when the job is done
 
 
 @dataclass
@@ -83,10 +97,28 @@ class RenderResult:
     skipped: bool = False  # already done with this configuration: nothing rendered
 
 
-def job_id_for(prompt: str, seed: int) -> str:
-    """A stable, storage-safe job id: the same prompt and seed resume the same job."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "job"
-    return f"{slug}-s{seed}"
+def checked_job_id(job_id: str) -> str:
+    """``job_id`` if it follows the job-id rule, else a ConfigError naming the rule (exit 2)."""
+    try:
+        return check_job_id(job_id)
+    except ValueError as exc:
+        raise ConfigError(f"--job-id: {exc}") from None
+
+
+def check_identity(store: ObjectStore, job_id: str, prompt: str, cfg: RenderConfig) -> JobRecord | None:
+    """The job's stored record (None if new); ConfigError naming the differences if it holds another render."""
+    previous = read_job(store, job_id)
+    if previous is None or previous.config.get("identity") == identity_hash(job_identity(prompt, cfg)):
+        return previous
+    try:
+        stored = job_identity(previous.config["prompt"], build_config(previous.config["render"]))
+        differences = identity_differences(stored, job_identity(prompt, cfg))
+    except (KeyError, TypeError, ConfigError):
+        differences = ["its job.json records no identity this version can read"]
+    raise ConfigError(
+        f"job {job_id} holds another render ({'; '.join(differences[:6])}); "
+        "pass --restart to replace it, or another --job-id"
+    )
 
 
 def usable_cpus() -> int:
@@ -149,39 +181,72 @@ class JobRun:
         restart: bool = False,
         trace: TextIO | None = None,
         candidates: CandidateRunner | None = None,
+        lease_ttl_s: float = TTL_S,
+        lease_wait_s: float = 0.0,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model = store, prompt, cfg, model
-        self.job = JobLayout(job_id or job_id_for(prompt, cfg.seed))
+        self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg))
+        self.identity = identity_hash(job_identity(prompt, cfg))
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
         self.restart, self.trace, self.candidates = restart, trace, candidates
+        self.lease_ttl_s, self.lease_wait_s = lease_ttl_s, lease_wait_s  # wait: how long to wait for a live holder
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, tick_s: float | None = None) -> RenderResult:
         """Render, resume, or (if this job is already done with this configuration) return its record.
 
         ``on_progress`` hears after every clean latent and, with ``tick_s``, between them at most
         every ``tick_s`` seconds (a MIGA queue fills for minutes before its first clean latent).
-        """
+        Everything happens under the job's lease: a holder still live after ``lease_wait_s`` makes this a
+        ConfigError (exit 2)."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
-        finished = None if self.restart else self._finished()
-        if finished is not None:
-            return RenderResult(self.job.job_id, finished, skipped=True)
+        self._lease = Lease(self.store, self.job.job_id, self.lease_ttl_s)
+        give_up = time.monotonic() + self.lease_wait_s
+        while True:
+            try:
+                self._lease.acquire()
+                break
+            except LeaseHeld as exc:
+                if time.monotonic() >= give_up:
+                    raise ConfigError(str(exc)) from None
+                time.sleep(min(5.0, self.lease_ttl_s / 4))
+        try:
+            return self._run_leased(t0, on_progress, tick_s)
+        finally:
+            self._lease.release()
+
+    def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:
+        """``run`` once the lease is held."""
+        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
+        if previous is not None and previous.status == "done":
+            damage = self._damage_of_done_job()
+            if damage is None:
+                return RenderResult(self.job.job_id, previous, skipped=True)
+            log.warning("job %s is recorded done but %s; rendering it again from its last checkpoint", self.job.job_id, damage)
         reporter = _Reporter(self.job.job_id, self.cfg.frames, on_progress, tick_s) if on_progress else None
         tick = reporter.tick if reporter and tick_s is not None else None
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick)
         if self.restart:
             self._wipe()
+        self._clean_temp()
         uploader = Uploader(self.store)
         record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
+        record.frames_done = previous.frames_done if previous is not None else 0
+        self._writer: SegmentWriter | None = None
         try:
             result = self._run(engine, uploader, record, t0, reporter)
+        except (ConfigError, LeaseLost):  # refused, or another process owns the job now: not this run's to mark
+            uploader.close()
+            raise
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM as the command line raises it
                 record.status = "interrupted"
                 record.error = f"stopped by {str(exc) or 'SIGINT'}; run the same command again to resume from the last checkpoint"
             else:
                 record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            if self._writer is not None:  # the truth on disk: frames in the stored segments
+                record.frames_done = self._writer.frames_written
             try:
                 write_job(uploader, record)
                 uploader.close()
@@ -191,52 +256,67 @@ class JobRun:
         uploader.close()
         return result
 
-    def _finished(self) -> JobRecord | None:
-        previous = read_job(self.store, self.job.job_id)
-        if previous is None or previous.status != "done":
-            return None
-        if previous.config.get("fingerprint") != self.cfg.fingerprint():
-            raise ConfigError(f"job {self.job.job_id} was rendered with another configuration; pass --restart to render it again")
-        return previous
-
     def _config_record(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "render": self.cfg.model_dump(), "fingerprint": self.cfg.fingerprint()}
+        return {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
-            self.store.delete(key)
+            if not key.startswith(self.job.key("lease/")):
+                self.store.delete(key)
+
+    def _clean_temp(self) -> None:
+        """Remove what killed runs left behind: temp objects in the job and MP4 temp directories."""
+        removed = self.store.remove_temp(self.job.job_id)
+        dirs = remove_stale_mp4_dirs()
+        if removed or dirs:
+            log.info("job %s: removed %d temp objects and %d MP4 temp directories of killed runs", self.job.job_id, removed, len(dirs))
 
     def _run(self, engine: StreamingEngine, uploader: Uploader, record: JobRecord, t0: float, reporter: _Reporter | None) -> RenderResult:
         cfg, s = self.cfg, self.model.vae_scale[1]
         shape = engine.shape
         height, width = shape[2] * s, shape[3] * s
         ckpts = CheckpointStore(self.store, self.job.state, sink=uploader)
-        latents = LatentWriter(self.store, self.job, sink=uploader)
+        latents = self._latents = LatentWriter(self.store, self.job, sink=uploader)
         writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
+        if writer.finished:  # killed after the video was finished, before the job was recorded done
+            writer.reopen()
+        self._writer = writer
         decoder = self.model.decoder()
         self.sheet = ContactSheet(self.job.job_id, cfg.frames)
         resumed = self._resume(engine, ckpts, latents, decoder, writer)
         timings = {"setup": time.perf_counter() - t0}
         write_job(uploader, record)
-        last_ckpt_time, last_ckpt_at = time.perf_counter(), engine.emitted
+        last_ckpt_time, last_ckpt_at, last_ckpt_calls = time.perf_counter(), engine.emitted, engine.counters.total_calls
         start = time.perf_counter()
         if reporter:
             reporter.start(engine, min(cfg.frames, frames_of_latents(engine.emitted, self.temporal)))
-        for index, latent in engine:
-            latents.write(index, latent[0])
-            self._write_frames(writer, decoder, index, latent)
-            done = min(cfg.frames, frames_of_latents(index + 1, self.temporal))
+        ck = cfg.checkpoint
+        while not engine.done:
+            item = engine.step()  # a clean latent, or None after a unit of work (the fill emits none for long)
+            self._lease.check()
+            if item is not None:
+                index, latent = item
+                latents.write(index, latent[0])
+                self._write_frames(writer, decoder, index, latent)
             now = time.perf_counter()
-            ck = cfg.checkpoint
-            if not engine.done and (engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds):
-                self._checkpoint(ckpts, engine, uploader, record, done)
-                last_ckpt_time, last_ckpt_at = now, engine.emitted
+            due = engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds
+            if due and not engine.done and engine.counters.total_calls != last_ckpt_calls:
+                self._checkpoint(ckpts, engine, uploader, record)
+                last_ckpt_time, last_ckpt_at, last_ckpt_calls = now, engine.emitted, engine.counters.total_calls
             if reporter:
-                reporter.frames(done)
+                if item is not None:
+                    reporter.frames(min(cfg.frames, frames_of_latents(engine.emitted, self.temporal)))
+                else:
+                    reporter.tick()
         writer.finish()
         uploader.flush()
-        record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
         timings["sampling"] = time.perf_counter() - start
+        verify_start = time.perf_counter()
+        record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
+        timings["verify"] = time.perf_counter() - verify_start
+        record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
+        uploader.submit(self.job.key(LATENT_SUMS), "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
+        self._lease.check()
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
         record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
@@ -254,33 +334,91 @@ class JobRun:
             if self.cfg.video.png_frames:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
-    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord, done: int) -> None:
-        tensors, meta = engine.state_dict()
-        ckpts.save(engine.emitted, tensors, {"engine": meta, "fingerprint": self.cfg.fingerprint(), "frames_done": done})
-        record.frames_done = done
-        write_job(uploader, record)
+    def _damage_of_done_job(self) -> str | None:
+        """What is wrong with a job recorded done (a latent, a segment or the MP4), or None if it is intact."""
+        latents = LatentWriter(self.store, self.job)
+        try:
+            sums = self.store.get_bytes(self.job.key(LATENT_SUMS)).decode().splitlines()
+            latents.digests = {i: line.split()[0] for i, line in enumerate(sums)}
+        except (ObjectNotFound, UnicodeDecodeError, IndexError):
+            return f"its {LATENT_SUMS} is missing or unreadable"
+        if (problem := next((p for i in range(self.num_latents) if (p := latents.problem(i))), None)) is not None:
+            return problem
+        height = self.cfg.video.height or self.model.default_resolution[0]
+        width = self.cfg.video.width or self.model.default_resolution[1]
+        try:
+            writer = SegmentWriter(self.store, self.job.job_id, self.cfg.video.fps, width, height)
+        except ValueError as exc:
+            return f"its playlist is unreadable ({exc})"
+        if (segment := writer.first_damaged_segment()) is not None:
+            return f"segment {segment} is damaged"
+        if writer.frames_written != self.cfg.frames or writer.mp4_frames() != self.cfg.frames:
+            return f"its video does not hold {self.cfg.frames} frames"
+        return None
 
-    def _resume(self, engine, ckpts: CheckpointStore, latents: LatentWriter, decoder, writer: SegmentWriter) -> int | None:
-        """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks."""
-        latest = ckpts.load_latest()
-        if latest is None:
-            return None
-        step, tensors, meta = latest
-        if meta.get("fingerprint") != self.cfg.fingerprint():
-            raise ConfigError(
-                f"job {self.job.job_id}: the configuration differs from the one its checkpoint was made with "
-                f"(fingerprint {meta.get('fingerprint')} vs {self.cfg.fingerprint()}); pass --restart to start over"
-            )
-        engine.load_state_dict(tensors, meta["engine"])
-        first = min(_latent_of_frame(writer.frames_written, self.temporal), engine.emitted)
+    def _verify(self, writer: SegmentWriter, latents: LatentWriter, uploader: Uploader) -> int | None:
+        """Check every stored piece the video depends on before the job may be called done.
+
+        Latents: present and equal (sha256) to what was written, else DamagedError naming them (no
+        stored checkpoint covers an earlier latent). Segments: each decodes to its listed frame count;
+        from the first damaged one the video is decoded again from the stored latents. The MP4: as many
+        frames as the job's, else remuxed once. Returns the segment repaired from, if any.
+        """
+        problems = [p for i in range(self.num_latents) if (p := latents.problem(i))]
+        if problems:
+            raise DamagedError(f"job {self.job.job_id}: {len(problems)} damaged latent(s): {'; '.join(problems[:5])}; run again with --restart")
+        damaged = writer.first_damaged_segment()
+        if damaged is not None:
+            log.warning("job %s: segment %d is damaged; decoding the video again from there", self.job.job_id, damaged)
+            writer.rewind(damaged)
+            self._redecode(writer, latents, self.model.decoder(), writer.frames_written, self.num_latents)
+            writer.finish()
+            uploader.flush()
+            if (again := writer.first_damaged_segment()) is not None:
+                raise DamagedError(f"job {self.job.job_id}: segment {again} is still damaged after decoding it again")
+        if writer.mp4_frames() != self.cfg.frames:
+            writer.reopen()
+            writer.finish()
+            uploader.flush()
+            if (frames := writer.mp4_frames()) != self.cfg.frames:
+                raise DamagedError(f"job {self.job.job_id}: video.mp4 decodes to {frames} frames, not {self.cfg.frames}")
+        return damaged
+
+    def _redecode(self, writer: SegmentWriter, latents: LatentWriter, decoder, frame: int, end: int) -> None:
+        """Decode stored latents ``[latent of frame, end)`` into the video, after rebuilding the decoder's context."""
+        first = min(_latent_of_frame(frame, self.temporal), end)
         context = getattr(decoder, "context_latents", first)
         before = [latents.read(i) for i in range(max(0, first - context), first)]
         if before:
             decoder.resume(torch.stack(before, dim=1).unsqueeze(0).to(self.model.device, self.model.dtype), first)
-        for i in range(first, engine.emitted):
+        for i in range(first, end):
             self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
-        log.info("job %s resumed from checkpoint at latent %d", self.job.job_id, step)
-        return step
+
+    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord) -> None:
+        """Save the engine state under its model-call count (it grows during the fill too, when no latent comes out)."""
+        tensors, meta = engine.state_dict()
+        digests = [self._latents.digests[i] for i in range(engine.emitted)]
+        done = min(self.cfg.frames, frames_of_latents(engine.emitted, self.temporal))
+        ckpts.save(engine.counters.total_calls, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
+        record.frames_done = done
+        write_job(uploader, record)
+
+    def _resume(self, engine, ckpts: CheckpointStore, latents: LatentWriter, decoder, writer: SegmentWriter) -> int | None:
+        """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks; return the latent it resumes at."""
+        latest = ckpts.load_latest()
+        if latest is None:
+            return None
+        step, tensors, meta = latest
+        if meta.get("identity") != self.identity:
+            raise ConfigError(
+                f"job {self.job.job_id}: its checkpoint was made for another prompt or configuration "
+                f"(identity {str(meta.get('identity'))[:16]} vs {self.identity[:16]}); pass --restart to start over"
+            )
+        engine.load_state_dict(tensors, meta["engine"])
+        latents.digests = dict(enumerate(meta.get("latents_sha256", [])))
+        self._redecode(writer, latents, decoder, writer.frames_written, engine.emitted)
+        log.info("job %s resumed from checkpoint %d (model calls) at latent %d", self.job.job_id, step, engine.emitted)
+        return engine.emitted
 
 
 def _latent_of_frame(frame: int, temporal: int) -> int:

@@ -17,7 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from miga_ray.cli import app
-from miga_ray.config import ConfigError, load_config
+from miga_ray.config import ConfigError, job_id_for, load_config
 from miga_ray.storage import JobRecord, LocalStore, write_job
 
 runner = CliRunner()
@@ -145,11 +145,16 @@ def test_the_progress_line_fits_80_columns_and_keeps_its_numbers():
 def test_render_prints_the_path_and_says_already_done_with_readable_files(tmp_path):
     args = ["render", PROMPT, "--frames", "5", "--out", str(tmp_path), *SMALL]
     first = runner.invoke(app, args)
-    video = tmp_path / "a-red-circle-moving-over-sand-s0" / "video.mp4"
+    video = tmp_path / _job_id(PROMPT, frames=5) / "video.mp4"
     assert first.exit_code == 0 and str(video) in first.stdout and "already done" not in first.output, first.output
     assert stat.S_IMODE(video.stat().st_mode) & 0o044 == 0o044 & ~_umask(), "group and others may read it as the umask allows"
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and str(video) in again.stdout and "already done (5 frames)" in again.output
+
+
+def _job_id(prompt: str, **fields) -> str:
+    """The default job id the command line gives ``prompt`` with the SMALL settings."""
+    return job_id_for(prompt, load_config(None, [a.removeprefix("--set=") for a in SMALL], **fields))
 
 
 def _umask() -> int:
@@ -159,7 +164,7 @@ def _umask() -> int:
 
 
 def test_sigterm_leaves_job_json_interrupted_with_how_to_resume(tmp_path):
-    job = tmp_path / "a-red-circle-moving-over-sand-s0" / "job.json"
+    job = tmp_path / _job_id(PROMPT, frames=400) / "job.json"
     cmd = [sys.executable, "-m", "miga_ray.cli", "render", PROMPT, "--frames", "400", "--out", str(tmp_path), *SMALL]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -197,3 +202,67 @@ def test_batch_rows_show_a_workers_progress_report():
     line = console.file.getvalue().splitlines()[0]
     for number in ("25%", "30/60 fr", "10.0 fps", "eta 0:00:09"):
         assert number in line, line
+
+
+@pytest.mark.parametrize("value", [".inf", "inf", "1e999", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", ["sampler.cfg_scale", "sampler.shift", "sampler.miga.reflect_delta", "checkpoint.every_seconds"])
+def test_float_settings_must_be_finite(tmp_path, key, value):
+    result = runner.invoke(app, ["render", "x", "--out", str(tmp_path / "o"), "--set", f"{key}={value}"])
+    assert result.exit_code == 2 and f"{key}: Input should be a finite number" in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A ~700-byte YAML document whose aliases expand to 9**levels leaves."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nnegative_prompt: *a{levels - 1}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())
+    assert len(bomb.read_bytes()) < 1000
+    started = time.monotonic()
+    result = runner.invoke(app, ["render", "x", "--config", str(bomb), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "more than 100000 YAML nodes once aliases are expanded" in result.output, result.output
+    assert time.monotonic() - started < 5 and len(result.output) < 2000
+    result = runner.invoke(app, ["render", "x", "--out", str(tmp_path / "o"), "--set", "negative_prompt=" + alias_bomb().replace("\n", ", ").join("{}")])
+    assert result.exit_code == 2 and len(result.output) < 2000, result.output[:3000]
+    (tmp_path / "big.yaml").write_text("negative_prompt: " + "y" * (2 << 20))
+    result = runner.invoke(app, ["render", "x", "--config", str(tmp_path / "big.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "larger than 1048576 bytes" in result.output and len(result.output) < 2000
+
+
+def test_a_long_wrong_value_is_not_echoed_in_full(tmp_path):
+    result = runner.invoke(app, ["render", "x", "--out", str(tmp_path / "o"), "--set", "sampler.miga.group=" + "z" * 100_000])
+    assert result.exit_code == 2 and "sampler.miga.group" in result.output and "chars)" in result.output and len(result.output) < 2000
+
+
+def test_an_undecodable_config_file_exits_2_with_its_line(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("frames: 9\nnegative_prompt: caf\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, ["render", "x", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and f"--config {bad}: line 2: not UTF-8 text (byte 0xe9)" in result.output.replace("\n", ""), result.output
+
+
+def test_status_never_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(name, os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert runner.invoke(app, ["status", str(tmp_path / "missing" / "job")]).exit_code == 1
+    assert runner.invoke(app, ["status", "s3://no-such-bucket-here"]).exit_code == 1
+    assert runner.invoke(app, ["status", "out/job"]).exit_code == 1
+    assert list(tmp_path.iterdir()) == [], "status created something"
+
+
+def test_submit_refuses_secrets_in_env_without_echoing_them(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "x"}\n')
+    result = runner.invoke(app, ["submit", str(prompts), "--address", "http://127.0.0.1:9", "--out", str(tmp_path / "o"),
+                                 "--env", "AWS_ENDPOINT_URL=http://s3", "--env", "AWS_SECRET_ACCESS_KEY=hunter2-secret-value"])  # fmt: skip
+    assert result.exit_code == 2 and "--env AWS_SECRET_ACCESS_KEY: looks like a secret" in result.output.replace("\n", " "), result.output
+    assert "hunter2" not in result.output

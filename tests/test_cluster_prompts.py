@@ -15,7 +15,7 @@ from miga_ray.cluster.batch import BatchResult, JobState, plan_jobs
 from miga_ray.cluster.jobs import BatchJob, JobOutcome
 from miga_ray.cluster.prompts import PromptFileError, read_prompts
 from miga_ray.cluster.report import run_status, summary, write_manifest
-from miga_ray.config import load_config
+from miga_ray.config import job_id_for, load_config
 from miga_ray.storage import JobRecord, LocalStore, read_manifest, write_job
 
 runner = CliRunner()
@@ -43,7 +43,7 @@ def write(path, rows):
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_each_format_reads_to_the_same_rows(tmp_path, suffix):
     rows = read_prompts(write(tmp_path / f"p{suffix}", ROWS))
-    assert [r.id for r in rows] == ["long-one", "short.one_2", "a-yellow-triangle-s7"]
+    assert [r.id for r in rows] == ["long-one", "short.one_2", None]  # None: the default id, set by plan_jobs
     assert [(r.frames, r.seed, r.negative_prompt) for r in rows] == [(41, 3, None), (9, None, "blurry"), (None, 7, None)]
     assert [r.row for r in rows] == [1, 2, 3]
 
@@ -54,6 +54,28 @@ def test_rows_override_the_base_config():
     jobs = plan_jobs(rows, base)
     assert [(j.cfg.frames, j.cfg.seed, j.cfg.negative_prompt) for j in jobs] == [(41, 3, None), (9, 1, "blurry"), (21, 7, None)]
     assert jobs[0].cfg.fingerprint() != base.fingerprint() and jobs[2].cfg.model == base.model
+    assert [j.id for j in jobs[:2]] == ["long-one", "short.one_2"] and jobs[2].id == job_id_for("a yellow triangle", jobs[2].cfg)
+    assert jobs[2].id.startswith("a-yellow-triangle-")
+
+
+def test_default_ids_follow_the_whole_row_and_duplicates_are_reported():
+    base = load_config(None, ["model.device=cpu"], frames=21)
+    same = [{"prompt": "a red circle", "seed": 1}, {"prompt": "a red circle", "seed": 2}, {"prompt": "a red circle", "frames": 9}]
+    assert len({j.id for j in plan_jobs(read_prompts_from(same), base)}) == 3
+    with pytest.raises(PromptFileError, match=r"row 2: duplicate id 'a-red-circle-[0-9a-f]{12}' \(first on row 1\)"):
+        plan_jobs(read_prompts_from([{"prompt": "a red circle"}, {"prompt": "a red circle", "seed": 0}]), base)
+
+
+@pytest.mark.parametrize("bad", ["-rf", "manifest.parquet", "x" * 300, "../x", "a..b", ".hidden", "a/b", "", "state"])
+def test_render_and_batch_refuse_the_same_unsafe_ids_before_loading_a_model(tmp_path, bad):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", "a red circle", "--job-id", bad, "--out", str(out), "--set", "model.device=cpu"])
+    assert result.exit_code == 2 and "--job-id: a job id" in result.output, result.output
+    assert bad not in result.output or len(bad) < 100, "an unbounded id was echoed"
+    assert not out.exists(), "nothing may be written (or loaded) for a bad id"
+    if bad:
+        with pytest.raises(PromptFileError, match="row 1: unsafe id"):
+            read_prompts_from([{"id": bad, "prompt": "a red circle"}])
 
 
 def read_prompts_from(records):
@@ -166,3 +188,23 @@ def test_manifest_summary_and_run_status(tmp_path):
     assert result.exit_code == 0 and "extra: running, 3/9 frames" in result.output, result.output
     result = runner.invoke(app, ["status", str(tmp_path / "empty-dir")])
     assert result.exit_code == 1
+
+
+def test_csv_and_jsonl_are_parsed_as_their_formats(tmp_path):
+    """A quoted newline stays inside its CSV cell; U+2028 (legal in a JSON string) stays inside its JSONL row."""
+    (tmp_path / "p.csv").write_text('id,prompt\na,"a red circle\nmoving over sand"\nb,a blue square\n', newline="")
+    rows = read_prompts(tmp_path / "p.csv")
+    assert [(r.id, r.prompt) for r in rows] == [("a", "a red circle\nmoving over sand"), ("b", "a blue square")]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "prompt": "left\u2028right"}, ensure_ascii=False) + "\r\n" + json.dumps({"id": "b", "prompt": "x"}) + "\n")
+    assert [(r.id, r.prompt) for r in read_prompts(tmp_path / "p.jsonl")] == [("a", "left\u2028right"), ("b", "x")]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_an_undecodable_prompt_file_exits_2_with_its_line(tmp_path, suffix):
+    path = tmp_path / f"p{suffix}"
+    good = '{"id": "a", "prompt": "x"}\n' if suffix == ".jsonl" else "id,prompt\na,x\n"
+    bad = '{"id": "b", "prompt": "caf\xe9"}\n' if suffix == ".jsonl" else "b,caf\xe9\n"
+    path.write_bytes(good.encode() + bad.encode("latin-1"))
+    result = runner.invoke(app, ["batch", str(path), "--out", str(tmp_path / "o"), "--set", "model.device=cpu"])
+    line = 2 if suffix == ".jsonl" else 3  # the CSV header is line 1
+    assert result.exit_code == 2 and f"line {line}: not UTF-8 text (byte 0xe9)" in result.output.replace("\n", ""), result.output

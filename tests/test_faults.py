@@ -32,6 +32,7 @@ import boto3
 import numpy as np
 import pytest
 
+from miga_ray.config import job_id_for, load_config
 from miga_ray.storage import S3Store, read_job
 from toy_model import TOY, toy_frames
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from conftest import SeaweedServer
 
 PROMPT = "a red circle moving over sand"
-JOB = "a-red-circle-moving-over-sand-s0"
 LATENTS = 21
 FRAMES = toy_frames(LATENTS)
 FPS = 8  # 16-frame segments, the last one short
@@ -48,6 +48,7 @@ SETTINGS = [
     "model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
     "sampler.miga.reflect_after=4", "checkpoint.every_latents=3", f"video.fps={FPS}", "video.png_frames=true",
 ]  # fmt: skip
+JOB = job_id_for(PROMPT, load_config(None, SETTINGS, frames=FRAMES))
 RUN_TIMEOUT_S = 240.0
 
 
@@ -231,8 +232,10 @@ def kill_plan(rng: random.Random) -> list[KillPoint]:
 
 
 def kill_at(point: KillPoint, store: S3Store, out: str, env: dict[str, str], log: Path) -> str:
-    """Start the render, SIGKILL it at ``point``; returns what the kill interrupted, for the report."""
+    """Start the render, SIGKILL it at ``point``; returns what the kill interrupted, for the report (or why none was made)."""
     done = stored_latents(store)
+    if point.latent is not None and len(done) == LATENTS:  # a loaded machine let the last run store every latent before its kill
+        return f"no kill at latent {point.latent}: all {LATENTS} latents already stored"
     render = Render.start(out, env, log)
     if point.seconds is not None:
         give_up = time.monotonic() + point.seconds
@@ -354,3 +357,20 @@ def test_output_on_a_read_only_mount_exits_2(tmp_path: Path) -> None:
     assert f"--out {directory / 'out'}" in message and "Read-only file system" in message, message
     assert "Loading weights" not in message
     assert list(directory.iterdir()) == []
+
+
+def test_a_second_render_of_a_running_job_exits_2_naming_the_holder(s3_env: SeaweedServer, reference: str, tmp_path: Path) -> None:
+    """The first render is paused (SIGSTOP) while it holds the job; the same command again exits 2 naming it, then the first finishes equal."""
+    prefix = new_prefix("twowriters")
+    out, env, store = f"s3://{s3_env.bucket}/{prefix}", cli_env(s3_env), s3_reader(s3_env, prefix)
+    first = Render.start(out, env, tmp_path / "first.log")
+    first.wait_until(lambda: store.exists(latent_key(1)))
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        second = Render.start(out, env, tmp_path / "second.log")
+        assert second.wait(120) == 2, second.output[-3000:]
+        assert "is being written by" in second.output and f"(pid {first.proc.pid} on" in second.output, second.output[-3000:]
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    assert first.wait() == 0, first.output[-3000:]
+    assert_same_render(store, s3_reader(s3_env, reference))

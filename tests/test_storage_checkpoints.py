@@ -119,3 +119,19 @@ def test_nothing_loadable(local_store: LocalStore) -> None:
     local_store.put_bytes("state/ckpt-000000001.json", b"[]")
     with pytest.warns(UserWarning, match="malformed"):
         assert ckpt.load_latest() is None
+
+
+@pytest.mark.parametrize("edit", ["digit", "key", "meta-missing"])
+def test_edited_meta_is_caught_by_its_checksum(local_store: LocalStore, edit: str) -> None:
+    """One changed digit in the meta (e.g. how many latents were emitted) makes the checkpoint corrupt, not trusted."""
+    ckpt = saved_twice(local_store)
+    record = json.loads(local_store.get_bytes("state/ckpt-000000020.json"))
+    if edit == "digit":
+        record["meta"]["n"] = 21
+    elif edit == "key":
+        record["meta"]["extra"] = 1
+    else:
+        del record["meta"]
+    local_store.put_bytes("state/ckpt-000000020.json", json.dumps(record).encode())
+    step, _, meta = load_with_warning(ckpt, "checkpoint 20 .* corrupt")
+    assert step == 10 and meta == {"n": 10}

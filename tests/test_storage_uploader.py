@@ -110,3 +110,22 @@ def test_lasting_outage_raises_within_deadline(
         up.submit("after", b"w")
     with pytest.raises(UploadError):
         up.close()
+
+
+def test_a_full_disk_is_not_retried(local_store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC cannot go away by waiting: the uploader fails at once, naming it, instead of retrying to its deadline."""
+    import errno
+
+    calls = []
+
+    def full(key: str, data: bytes) -> None:
+        calls.append(key)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local_store, "put_bytes", full)
+    started = time.monotonic()
+    up = Uploader(local_store, deadline_s=60.0, backoff_s=0.05)
+    up.submit("a", b"1")
+    with pytest.raises(UploadError, match="not retried.*No space left on device"):
+        up.close()
+    assert calls == ["a"] and time.monotonic() - started < 5.0

@@ -76,6 +76,12 @@ class ReadTimer(ObjectStore):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        return self.inner.create_if_absent(key, data)
+
+    def honours_conditional_create(self) -> bool:
+        return self.inner.honours_conditional_create()
+
     def get_bytes(self, key: str) -> bytes:
         return self._timed(lambda: self.inner.get_bytes(key))
 

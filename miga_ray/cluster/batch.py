@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
 
-from ..config import ConfigError, RenderConfig
+from ..config import ConfigError, RenderConfig, identity_hash, job_id_for, job_identity
 from ..storage import ObjectStore, read_job
 from .jobs import BatchJob, JobOutcome
 from .prompts import PromptFileError, PromptRow
@@ -68,23 +68,30 @@ def introduce(workers: Sequence[Any], only: int | None = None) -> None:
 
 
 def plan_jobs(rows: Sequence[PromptRow], base: RenderConfig) -> list[BatchJob]:
-    """One job per row with the row's overrides applied; every row whose config is invalid is reported."""
-    jobs, problems = [], []
+    """One job per row with the row's overrides applied (and its default id); every bad row is reported."""
+    jobs, problems, first_seen = [], [], {}
     for row in rows:
         try:
-            jobs.append(BatchJob(row.id, row.prompt, row.config(base), row.row))
+            cfg = row.config(base)
         except ConfigError as exc:
             problems.append(f"row {row.row}: " + str(exc).replace("\n", " "))
+            continue
+        job_id = row.id or job_id_for(row.prompt, cfg)
+        if job_id in first_seen:
+            problems.append(f"row {row.row}: duplicate id {job_id!r} (first on row {first_seen[job_id]})")
+            continue
+        first_seen[job_id] = row.row
+        jobs.append(BatchJob(job_id, row.prompt, cfg, row.row))
     if problems:
-        raise PromptFileError(f"{len(problems)} row(s) give an invalid configuration, nothing rendered:\n  " + "\n  ".join(problems))
+        raise PromptFileError(f"{len(problems)} problem(s) in the rows, nothing rendered:\n  " + "\n  ".join(problems))
     return jobs
 
 
 def already_done(store: ObjectStore, job: BatchJob) -> JobOutcome | None:
     """The job's outcome if storage says it is done with this very configuration (no worker needed)."""
     record = read_job(store, job.id)
-    if record is None or record.status != "done" or record.config.get("fingerprint") != job.cfg.fingerprint():
-        return None  # a different fingerprint is for the worker's JobRun to refuse, with its message
+    if record is None or record.status != "done" or record.config.get("identity") != identity_hash(job_identity(job.prompt, job.cfg)):
+        return None  # another identity is for the worker's JobRun to refuse, with its message
     return JobOutcome(job.id, "done", True, None, 0, 0.0, -1, "", dict(record.timings), dict(record.metrics))
 
 

@@ -1,14 +1,15 @@
 """Prompt sets for ``miga batch``: Parquet, JSON lines or CSV rows, every bad row reported at once.
 
-Columns: ``id`` (optional: default from the prompt and seed), ``prompt``, and optionally
-``frames``, ``seed``, ``negative_prompt`` (empty cells take the config's value). Rows are
-numbered from 1 (the first record, not counting a CSV header). Ids become storage keys, so they
-must match ``[A-Za-z0-9._-]{1,128}``, be unique, and not be ``.``, ``..`` or a reserved name.
+Columns: ``id`` (optional: default from the prompt and the row's whole configuration, as for
+``miga render``), ``prompt``, and optionally ``frames``, ``seed``, ``negative_prompt`` (empty cells
+take the config's value). Rows are numbered from 1 (the first record, not counting a CSV header).
+Ids become storage keys: they follow ``storage.check_job_id``'s rule and must be unique.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -16,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, RenderConfig, build_config
+from ..config import ConfigError, RenderConfig, build_config, read_text, shorten
+from ..storage import check_job_id
 
 COLUMNS = ("id", "prompt", "frames", "seed", "negative_prompt")
-SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-RESERVED_IDS = {".", "..", "manifest.parquet"}
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
@@ -33,7 +33,7 @@ class PromptRow:
     """One validated row: a job id, its prompt, and the per-row overrides of the base config."""
 
     row: int
-    id: str
+    id: str | None  # None: the default id, known once the row's config is (``plan_jobs``)
     prompt: str
     frames: int | None = None
     seed: int | None = None
@@ -60,11 +60,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             return pq.read_table(path).to_pylist()
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
             raise PromptFileError(f"{path}: not a readable Parquet file: {exc}") from None
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, str(path), encoding="utf-8-sig")
     if kind == "csv":
-        return list(csv.DictReader(text.splitlines()))
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline="")))  # quoted newlines stay inside their cell
+        except csv.Error as exc:
+            raise PromptFileError(f"{path}: not valid CSV: {exc}") from None
     records, problems = [], []
-    for n, line in enumerate((ln for ln in text.splitlines() if ln.strip()), start=1):
+    lines = (ln.removesuffix("\r") for ln in text.split("\n"))  # JSON lines end at \n only: U+2028 is legal in a string
+    for n, line in enumerate((ln for ln in lines if ln.strip()), start=1):
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -118,13 +122,13 @@ def _check_row(n: int, record: dict[str, Any], problems: list[str]) -> PromptRow
     if not _blank(negative) and not isinstance(negative, str):
         problems.append(f"row {n}: negative_prompt must be text, got {negative!r}")
     raw_id = record.get("id")
-    if _blank(raw_id):
-        from ..render import job_id_for  # the same default as `miga render`
-        job_id = job_id_for(prompt, values["seed"] or 0) if isinstance(prompt, str) and not _blank(prompt) else ""
-    else:
+    job_id = None
+    if not _blank(raw_id):
         job_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else repr(raw_id)
-        if not SAFE_ID.fullmatch(job_id) or job_id in RESERVED_IDS or job_id.startswith(".tmp-"):
-            problems.append(f"row {n}: unsafe id {job_id!r}: ids are storage keys, use [A-Za-z0-9._-]{{1,128}}")
+        try:
+            check_job_id(job_id)
+        except ValueError as exc:
+            problems.append(f"row {n}: unsafe id {shorten(job_id, 60)}: {exc}")
     if len(problems) > bad:
         return None
     return PromptRow(n, job_id, prompt.strip(), values["frames"], values["seed"], None if _blank(negative) else negative)
@@ -143,7 +147,7 @@ def parse_prompts(records: list[dict[str, Any]], source: str = "prompts") -> lis
         row = _check_row(n, record, problems)
         if row is None:
             continue
-        if row.id in first_seen:
+        if row.id is not None and row.id in first_seen:
             problems.append(f"row {n}: duplicate id {row.id!r} (first on row {first_seen[row.id]})")
             continue
         first_seen[row.id] = n

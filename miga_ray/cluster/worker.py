@@ -26,10 +26,12 @@ from ..models.decode import latents_for_frames
 from ..render import JobRun, Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
 from ..storage import open_store
+from ..storage.lease import TTL_S
 from .fanout import FanoutCandidates
 from .jobs import BatchJob, JobOutcome, WorkerInfo
 
 CONCURRENCY_GROUPS = {"render": 1, "peer": 2, "info": 2}
+LEASE_WAIT_S = 2.5 * TTL_S  # a job retried after its worker died elsewhere outwaits that worker's lease
 
 
 class FairLock:
@@ -129,7 +131,7 @@ class RenderWorker:
         self._check_model(job.cfg)
         store = open_store(out)
         hook = FanoutCandidates(self._local_candidates(job.cfg, job.prompt), self._peer_call(job.cfg, job.prompt), self._peer_order(), self.stats)
-        run = JobRun(store, job.prompt, job.cfg, self.model, job_id=job.id, candidates=hook)
+        run = JobRun(store, job.prompt, job.cfg, self.model, job_id=job.id, candidates=hook, lease_wait_s=LEASE_WAIT_S)
         self._progress = {"job_id": job.id, "frames_done": 0, "frames_total": job.cfg.frames, "fps": 0.0, "worker": self.index, "reflections": {}}
         try:
             result = run.run(self._on_progress)

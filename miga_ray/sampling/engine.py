@@ -69,14 +69,24 @@ class StreamingEngine:
     def done(self) -> bool:
         return self.emitted >= self.num_latents
 
-    def pull(self) -> tuple[int, Tensor] | None:
-        """The next clean latent in order, or None once all ``num_latents`` have been produced."""
-        while not self.state.out:
-            if self.done:
-                return None
-            self._advance()
+    def step(self) -> tuple[int, Tensor] | None:
+        """One unit of work: the next clean latent if one is ready, else advance once and return None.
+
+        Between two steps the state is whole, so a caller may checkpoint there (e.g. on time while the
+        queue fills and no latent comes out for a long while)."""
+        if not self.state.out:
+            if not self.done:
+                self._advance()
+            return None
         self.state.emitted += 1
         return self.state.out_ids.pop(0), self.state.out.pop(0)
+
+    def pull(self) -> tuple[int, Tensor] | None:
+        """The next clean latent in order, or None once all ``num_latents`` have been produced."""
+        while (item := self.step()) is None:
+            if self.done and not self.state.out:
+                return None
+        return item
 
     def __iter__(self) -> Iterator[tuple[int, Tensor]]:
         while (item := self.pull()) is not None:

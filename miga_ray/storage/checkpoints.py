@@ -4,11 +4,12 @@ Under ``prefix`` (a job's ``state``):
 
 ```
 ckpt-000000120.safetensors   the tensors
-ckpt-000000120.json          {"step", "created", "sha256", "size", "meta": caller's meta}
+ckpt-000000120.json          {"step", "created", "sha256", "size", "meta": caller's meta, "meta_sha256"}
 LATEST.json                  {"step": 120}: the newest complete checkpoint
 ```
 
-``save`` writes blob, then meta, then the pointer (through an order-preserving sink), then deletes
+``sha256`` covers the blob and ``meta_sha256`` the caller's meta (canonical JSON), so a changed digit
+in either is caught. ``save`` writes blob, then meta, then the pointer (through an order-preserving sink), then deletes
 all but the two newest checkpoints. ``load_latest`` trusts nothing: it verifies the checkpoint the
 pointer names and falls back, with a warning, to older ones if that one is missing or corrupt.
 """
@@ -33,6 +34,11 @@ from .uploader import Sink
 POINTER = "LATEST.json"
 KEEP = 2
 _NAME = re.compile(r"ckpt-(\d{9})\.json$")
+
+
+def _meta_digest(meta: Any) -> str:
+    """sha256 of a checkpoint's meta in canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class CheckpointError(ValueError):
@@ -76,6 +82,7 @@ class CheckpointStore:
             "sha256": hashlib.sha256(blob).hexdigest(),
             "size": len(blob),
             "meta": meta,
+            "meta_sha256": _meta_digest(meta),
         }
         self.sink.submit(self._blob_key(step), blob)
         self.sink.submit(self._meta_key(step), json.dumps(record, sort_keys=True).encode())
@@ -101,6 +108,8 @@ class CheckpointStore:
                 f"checkpoint {step} under {self.prefix!r} is corrupt: {len(blob)} bytes with sha256 {digest}, "
                 f"expected {record.get('size')} bytes with {record.get('sha256')}"
             )
+        if "meta" not in record or record.get("meta_sha256") != _meta_digest(record["meta"]):
+            raise CheckpointError(f"checkpoint {step} under {self.prefix!r} is corrupt: its meta does not match its meta_sha256")
         return load_safetensors(blob), record["meta"]
 
     def _pointer_step(self) -> int | None:

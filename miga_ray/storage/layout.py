@@ -12,6 +12,7 @@ manifest.parquet                     one row per job of a batch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -32,12 +33,38 @@ MP4 = "video.mp4"
 SEGMENTS_DIR = "segments"
 LATENTS_DIR = "latents"
 
+JOB_ID_MAX = 128
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RESERVED_JOB_IDS = frozenset({MANIFEST, "state", "latents", "segments", "frames", "sheet"})
+
 _SECRET_WORDS = {"secret", "key", "token", "password", "passwd", "credential", "credentials", "apikey"}
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is a safe job id, else ValueError: the one rule for ``render --job-id`` and batch ids.
+
+    The rule: 1 to 128 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit, no ``..``, not a
+    reserved name of the output layout. The message never repeats the id (it may be huge).
+    """
+    if not job_id or len(job_id) > JOB_ID_MAX:
+        raise ValueError(f"a job id must be 1 to {JOB_ID_MAX} characters (got {len(job_id)})")
+    if not _JOB_ID.fullmatch(job_id):
+        raise ValueError("a job id may hold only A-Z a-z 0-9 . _ - and must start with a letter or digit")
+    if ".." in job_id:
+        raise ValueError("a job id must not contain '..'")
+    if job_id.lower() in RESERVED_JOB_IDS:
+        raise ValueError(f"a job id must not be a reserved name ({', '.join(sorted(RESERVED_JOB_IDS))})")
+    return job_id
 
 
 def segment_name(index: int) -> str:
     """Name of segment ``index`` relative to the job (and to the playlist)."""
     return f"{SEGMENTS_DIR}/{index:05d}.ts"
+
+
+def latent_name(index: int) -> str:
+    """Name of latent ``index`` relative to the job."""
+    return f"{LATENTS_DIR}/{index:06d}.safetensors"
 
 
 def join(prefix: str, name: str) -> str:
@@ -80,7 +107,7 @@ class JobLayout:
         return self.key(segment_name(index))
 
     def latent(self, index: int) -> str:
-        return self.key(f"{LATENTS_DIR}/{index:06d}.safetensors")
+        return self.key(latent_name(index))
 
 
 def _words(name: str) -> list[str]:
@@ -150,21 +177,50 @@ def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
         return None
 
 
+class DamagedError(RuntimeError):
+    """A stored piece of a job is missing or differs from what was written (exit 1, naming it)."""
+
+
 class LatentWriter:
-    """Clean latents of a job, one ``latents/NNNNNN.safetensors`` per latent frame, written as produced."""
+    """Clean latents of a job, one ``latents/NNNNNN.safetensors`` per latent frame, written as produced.
+
+    ``digests[i]`` is the sha256 of latent ``i``'s object as written (restored from a checkpoint on
+    resume): ``read`` and ``problem`` check stored latents against it.
+    """
 
     def __init__(self, store: ObjectStore, job: JobLayout, sink: Sink | None = None) -> None:
         self.store = store
         self.job = job
         self.sink: Sink = sink if sink is not None else store
+        self.digests: dict[int, str] = {}
 
     def write(self, index: int, latent: torch.Tensor) -> None:
-        """Store latent frame ``index`` (any shape, e.g. ``[C, H, W]``)."""
+        """Store latent frame ``index`` (any shape, e.g. ``[C, H, W]``) and record its checksum."""
         data = save_safetensors({"latent": latent.detach().cpu().contiguous()}, metadata={"index": str(index)})
+        self.digests[index] = hashlib.sha256(data).hexdigest()
         self.sink.submit(self.job.latent(index), data)
 
+    def problem(self, index: int) -> str | None:
+        """What is wrong with stored latent ``index`` (missing, or not the bytes written), or None."""
+        try:
+            data = self.store.get_bytes(self.job.latent(index))
+        except ObjectNotFound:
+            return f"latent {index} ({self.job.latent(index)}) is missing"
+        if index not in self.digests:
+            return f"latent {index} ({self.job.latent(index)}) has no recorded checksum"
+        if hashlib.sha256(data).hexdigest() != self.digests[index]:
+            return f"latent {index} ({self.job.latent(index)}) differs from the one written (sha256 mismatch)"
+        return None
+
     def read(self, index: int) -> torch.Tensor:
-        return load_safetensors(self.store.get_bytes(self.job.latent(index)))["latent"]
+        """Latent ``index`` as stored, checked against its recorded checksum when there is one."""
+        try:
+            data = self.store.get_bytes(self.job.latent(index))
+        except ObjectNotFound:
+            raise DamagedError(f"latent {index} ({self.job.latent(index)}) is missing") from None
+        if index in self.digests and hashlib.sha256(data).hexdigest() != self.digests[index]:
+            raise DamagedError(f"latent {index} ({self.job.latent(index)}) differs from the one written (sha256 mismatch)")
+        return load_safetensors(data)["latent"]
 
     def count(self) -> int:
         """How many latents ``0..n-1`` are stored without a gap (where a resumed job continues)."""

@@ -81,6 +81,14 @@ class ObjectStore(ABC):
         """Upload a local file atomically (multipart on S3 when large) without reading it into memory."""
 
     @abstractmethod
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write an object only if none exists under ``key``, atomically; False if one does."""
+
+    def honours_conditional_create(self) -> bool:
+        """Whether ``create_if_absent`` really refuses to replace an object (a store may ignore the condition)."""
+        return True
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """Read a whole object; raise ObjectNotFound if it does not exist."""
 
@@ -95,6 +103,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove an object; removing a missing object is not an error."""
+
+    def remove_temp(self, prefix: str) -> int:
+        """Remove temp objects left under ``prefix`` by killed writes; return how many (none on S3, whose writes leave none)."""
+        return 0
 
     def submit(self, key: str, data: bytes | os.PathLike[str]) -> None:
         """Write bytes or a local file now: the synchronous twin of ``Uploader.submit``."""
@@ -164,6 +176,22 @@ class LocalStore(ObjectStore):
 
         self._write_atomic(key, fill)
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_TMP_PREFIX)  # outside any job: a job's temp cleanup never races it
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # atomic, and fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -189,6 +217,13 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def remove_temp(self, prefix: str) -> int:
+        base = self._path(prefix.strip("/"))
+        stale = [p for p in base.rglob(f"{_TMP_PREFIX}*") if p.is_file()] if base.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -244,6 +279,7 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.retry_deadline_s = retry_deadline_s
+        self._honours: bool | None = None
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._where = self.uri + (f" at {endpoint_url}" if endpoint_url else "")
         config = Config(
@@ -312,6 +348,26 @@ class S3Store(ObjectStore):
             lambda: self._client.upload_file(os.fspath(path), self.bucket, full, Config=self._transfer),
         )
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        full = self._full(key)
+        try:
+            self._retry(f"create {key}", lambda: self._client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"))
+        except bce.ClientError as e:
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def honours_conditional_create(self) -> bool:
+        """Probe once: a second conditional create of one key must be refused."""
+        if self._honours is None:
+            probe = f".miga-probe-{uuid.uuid4().hex}"
+            try:
+                self._honours = self.create_if_absent(probe, b"1") and not self.create_if_absent(probe, b"2")
+            finally:
+                self.delete(probe)
+        return self._honours
+
     def get_bytes(self, key: str) -> bytes:
         full = self._full(key)
         try:
@@ -348,8 +404,8 @@ class S3Store(ObjectStore):
         self._retry(f"delete {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
 
-def open_store(uri: str | os.PathLike[str], **s3_options: Any) -> ObjectStore:
-    """Open ``s3://bucket/prefix`` (S3Store, options passed on) or a local path, and check it is usable."""
+def open_store(uri: str | os.PathLike[str], check: bool = True, **s3_options: Any) -> ObjectStore:
+    """Open ``s3://bucket/prefix`` (S3Store, options passed on) or a local path; ``check`` it is usable (a write probe)."""
     text = os.fspath(uri)
     store: ObjectStore
     if text.startswith("s3://"):
@@ -363,5 +419,6 @@ def open_store(uri: str | os.PathLike[str], **s3_options: Any) -> ObjectStore:
         if s3_options:
             raise TypeError(f"S3 options {sorted(s3_options)} given for local store {text!r}")
         store = LocalStore(text.removeprefix("file://"))
-    store.check()
+    if check:
+        store.check()
     return store

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
 import tempfile
 from fractions import Fraction
 from itertools import pairwise
@@ -22,10 +24,32 @@ import numpy as np
 from PIL import Image
 
 from .layout import MP4, PLAYLIST, join, segment_name
+from .lease import pid_alive
 from .objects import ObjectNotFound, ObjectStore
 from .uploader import Sink
 
 SEGMENT_SECONDS = 2
+MP4_TMP_PREFIX = "miga-mp4-"
+
+
+def remove_stale_mp4_dirs() -> list[Path]:
+    """Remove the MP4 temp directories (``miga-mp4-<pid>-*``) of processes that no longer run; return them."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{MP4_TMP_PREFIX}*-*"):
+        pid = path.name.removeprefix(MP4_TMP_PREFIX).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def count_frames(data: bytes) -> int:
+    """Frames an encoded video (MPEG-TS or MP4) decodes to; -1 if it cannot be decoded at all."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            return sum(1 for _ in container.decode(video=0))
+    except (av.FFmpegError, IndexError, ValueError):
+        return -1
 
 
 class _SegmentEncoder:
@@ -123,6 +147,32 @@ class SegmentWriter:
             counts.pop()
         return counts, finished
 
+    def reopen(self) -> None:
+        """Treat a finished video as unfinished (its job was never recorded done): ``finish`` remuxes it again."""
+        self.finished = False
+
+    def rewind(self, index: int) -> None:
+        """Forget segments ``index`` and later (they are damaged): frames are written again from there."""
+        self.segments, self.finished, self._open = self.segments[:index], False, None
+
+    def first_damaged_segment(self) -> int | None:
+        """Index of the first listed segment that is missing or does not decode to its listed frame count."""
+        for index, frames in enumerate(self.segments):
+            try:
+                data = self.store.get_bytes(self._key(segment_name(index)))
+            except ObjectNotFound:
+                return index
+            if count_frames(data) != frames:
+                return index
+        return None
+
+    def mp4_frames(self) -> int:
+        """Frames the stored ``video.mp4`` decodes to (-1: missing or undecodable)."""
+        try:
+            return count_frames(self.store.get_bytes(self._key(MP4)))
+        except ObjectNotFound:
+            return -1
+
     def playlist(self, ended: bool = False) -> str:
         """HLS (EVENT) playlist of the written segments; ``ended`` adds EXT-X-ENDLIST."""
         lines = [
@@ -176,7 +226,7 @@ class SegmentWriter:
         if not self.segments:
             raise ValueError(f"no frames were written under {self.prefix!r}")
         self.sink.flush()
-        with tempfile.TemporaryDirectory(prefix="miga-mp4-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{MP4_TMP_PREFIX}{os.getpid()}-") as tmp:
             path = Path(tmp, MP4)
             self._remux(path)
             self.sink.submit(self._key(MP4), path)

@@ -2,7 +2,7 @@
 
 One worker thread applies writes and deletes strictly in submission order, so an object that
 names another (a playlist naming a segment, a pointer naming a checkpoint) is never visible
-before it. A write that keeps failing is retried with backoff; once it has failed for longer
+before it. A write that keeps failing is retried with backoff (a full, over-quota or read-only disk is not); once it has failed for longer
 than the deadline the uploader stops, keeps every unwritten operation, and raises the error on
 the next ``submit``/``flush``/``close``: the producer stops with its state intact instead of
 silently skipping output.
@@ -10,6 +10,7 @@ silently skipping output.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -33,6 +34,14 @@ class Sink(Protocol):
     def submit_delete(self, key: str) -> None: ...
 
     def flush(self) -> None: ...
+
+
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether retrying a write cannot help: the disk is full, over quota or read-only."""
+    return isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS
 
 
 class UploadError(StoreError):
@@ -157,7 +166,8 @@ class Uploader:
             except Exception as e:
                 with self._cond:
                     self._error = UploadError(
-                        f"writing {op.key!r} to {self.store.uri} failed for over {self.deadline_s:g}s "
+                        f"writing {op.key!r} to {self.store.uri} failed "
+                        f"{'(not retried)' if _permanent(e) else f'for over {self.deadline_s:g}s'} "
                         f"({len(self._queue)} operations left unwritten): {e}"
                     )
                     self._error.__cause__ = e
@@ -177,7 +187,7 @@ class Uploader:
                 op.apply(self.store)
                 return
             except Exception as e:
-                if time.monotonic() + delay > give_up:
+                if _permanent(e) or time.monotonic() + delay > give_up:
                     raise
                 log.warning("upload of %r failed (%s); retrying in %.1fs", op.key, e, delay)
                 time.sleep(delay)
