@@ -193,7 +193,16 @@ def test_sampling_imports_nothing_but_torch():
 def test_planned_calls_are_the_calls_a_whole_run_schedules(grid, kind):
     """The progress plan dry-runs the engine on its own grid: MIGA's VC2 grid has one stage-2 sweep fewer."""
     from miga_ray.models.vc2.model import vc2_grid
-    from miga_ray.sampling import DDIM, Conditioning, FifoEngine, FlowEuler, MigaEngine, NoiseSource, WindowRunner, flow_grid
+    from miga_ray.sampling import (
+        DDIM,
+        Conditioning,
+        FifoEngine,
+        FlowEuler,
+        MigaEngine,
+        NoiseSource,
+        WindowRunner,
+        flow_grid,
+    )
     from miga_ray.sampling.plan import planned_calls, scheduled_calls
 
     solver = FlowEuler(flow_grid(20, shift=3.0)) if grid == "flow" else DDIM(vc2_grid(20), eta=1.0)
