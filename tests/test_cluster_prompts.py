@@ -25,6 +25,8 @@ ROWS = [
     {"prompt": "a yellow triangle", "seed": 7},
 ]
 
+OPEN_MODEL = "wan2.1-1.3b-random"  # a model that takes any prompt text (nothing here loads it)
+
 
 def write(path, rows):
     """Write rows as the file type its suffix names."""
@@ -49,7 +51,7 @@ def test_each_format_reads_to_the_same_rows(tmp_path, suffix):
 
 
 def test_rows_override_the_base_config():
-    base = load_config(None, ["model.device=cpu"], frames=21, seed=1)
+    base = load_config(None, ["model.device=cpu", f"model.name={OPEN_MODEL}"], frames=21, seed=1)
     rows = read_prompts_from(ROWS)
     jobs = plan_jobs(rows, base)
     assert [(j.cfg.frames, j.cfg.seed, j.cfg.negative_prompt) for j in jobs] == [(41, 3, None), (9, 1, "blurry"), (21, 7, None)]
@@ -59,11 +61,18 @@ def test_rows_override_the_base_config():
 
 
 def test_default_ids_follow_the_whole_row_and_duplicates_are_reported():
-    base = load_config(None, ["model.device=cpu"], frames=21)
+    base = load_config(None, ["model.device=cpu", f"model.name={OPEN_MODEL}"], frames=21)
     same = [{"prompt": "a red circle", "seed": 1}, {"prompt": "a red circle", "seed": 2}, {"prompt": "a red circle", "frames": 9}]
     assert len({j.id for j in plan_jobs(read_prompts_from(same), base)}) == 3
     with pytest.raises(PromptFileError, match=r"row 2: duplicate id 'a-red-circle-[0-9a-f]{12}' \(first on row 1\)"):
         plan_jobs(read_prompts_from([{"prompt": "a red circle"}, {"prompt": "a red circle", "seed": 0}]), base)
+
+
+def test_the_toy_model_refuses_rows_outside_its_grammar_naming_them():
+    rows = read_prompts_from([{"prompt": "a red circle moving over sand"}, {"prompt": "a cat playing piano"}])
+    with pytest.raises(PromptFileError, match=r"row 2: prompt 'a cat playing piano' is outside the toy model's grammar.*'cat'"):
+        plan_jobs(rows, load_config(None, ["model.device=cpu"]))
+    assert len(plan_jobs(rows, load_config(None, [f"model.name={OPEN_MODEL}"]))) == 2  # other models take any text
 
 
 @pytest.mark.parametrize("bad", ["-rf", "manifest.parquet", "x" * 300, "../x", "a..b", ".hidden", "a/b", "", "state"])

@@ -73,6 +73,7 @@ def plan_jobs(rows: Sequence[PromptRow], base: RenderConfig) -> list[BatchJob]:
     for row in rows:
         try:
             cfg = row.config(base)
+            cfg.check_prompt(row.prompt)
         except ConfigError as exc:
             problems.append(f"row {row.row}: " + str(exc).replace("\n", " "))
             continue
