@@ -39,11 +39,18 @@ class StreamState:
     out: list[Tensor] = field(default_factory=list)
 
 
+def emit(state: StreamState, index: int, latent: Tensor) -> None:
+    """A finished latent joins the output, in order, until it is pulled."""
+    state.out_ids.append(index)
+    state.out.append(latent)
+
+
 class StreamingEngine:
     """Yields clean latents ``(index, [B, C, H, W])`` in order while holding a bounded number of latents.
 
     Subclasses hold everything that changes in ``self.state`` (a ``StreamState`` dataclass), and
-    implement ``_advance`` (one unit of work that may finish latents) and ``held_latents``.
+    implement ``_advance`` (one unit of work that may finish latents: a call of the engine's phase
+    functions over runner, state and config) and ``held_latents``.
     """
 
     cfg: Any  # the engine's config dataclass (``to_dict()``)
@@ -91,10 +98,6 @@ class StreamingEngine:
     def __iter__(self) -> Iterator[tuple[int, Tensor]]:
         while (item := self.pull()) is not None:
             yield item
-
-    def _emit(self, index: int, latent: Tensor) -> None:
-        self.state.out_ids.append(index)
-        self.state.out.append(latent)
 
     def _advance(self) -> None:
         raise NotImplementedError

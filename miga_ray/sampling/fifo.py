@@ -4,6 +4,8 @@ A diagonal queue holds T latents, position q at level q + 1. Each iteration runs
 latents over it (all reading the state from before the iteration), steps every latent one level,
 emits the now-clean head and appends pure noise at the tail. With lookahead, windows sit at
 stride f // 2 and write only their back part, with already-clean latents in front of the head.
+
+The phases are functions over (runner, state, config); ``FifoEngine`` only holds them together.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import FifoConfig
-from .engine import StreamingEngine, StreamState, sample_base_clip
+from .engine import StreamingEngine, StreamState, emit, sample_base_clip
 from .phases import FIFO, INIT_NOISE
 from .queue import Queue
 from .reflection import entry_latent
@@ -29,6 +31,46 @@ class FifoState(StreamState):
     queue: Queue = field(default_factory=Queue)  # prefix (clean) + diagonal, the diagonal's head at position prefix
 
 
+def layout(cfg: FifoConfig) -> tuple[int, int]:
+    """(latents each window writes, clean latents ahead of the diagonal's head)."""
+    f = cfg.window
+    stride = f // 2 if cfg.lookahead else f
+    return stride, f - stride if cfg.lookahead else 0
+
+
+def start(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
+    """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference.
+
+    The diagonal's head is latent ``-(T - f)``: the first T - f latents are warm-up, never emitted.
+    """
+    T, f = runner.solver.grid.num_levels, cfg.window
+    _, prefix = layout(cfg)
+    base = sample_base_clip(runner, f)
+    first = -(T - f) - prefix
+    for pos, level in enumerate([0] * prefix + list(range(1, T + 1))):
+        index = first + pos
+        x0 = base[min(f - 1, max(0, index))]
+        if level:
+            eps = runner.noise.draw(INIT_NOISE, index, level)
+            x0 = runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+        state.queue.push(x0, level, index)
+    state.started = True
+
+
+def iterate(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
+    """Every diagonal latent one level down; the clean head is emitted (after the warm-up), noise enters at the tail."""
+    T = runner.solver.grid.num_levels
+    stride, prefix = layout(cfg)
+    queue = state.queue
+    for window in fifo_windows(prefix, T, cfg.window, stride):
+        queue.step(runner, FIFO, window)
+    head = queue.ids[prefix]
+    if head >= 0:
+        emit(state, head, queue.xs[prefix])
+    queue.pop(1)
+    queue.push(entry_latent(runner.solver, runner.noise, None, head + T, 0), T, head + T)
+
+
 class FifoEngine(StreamingEngine):
     """Streams ``num_latents`` clean latents through FIFO-Diffusion."""
 
@@ -42,47 +84,13 @@ class FifoEngine(StreamingEngine):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.T = runner.solver.grid.num_levels
-        config.validate(self.T)
+        config.validate(runner.solver.grid.num_levels)
         super().__init__(runner, num_latents, dtype, device, FifoState())
         self.cfg = config
-        f = config.window
-        self.stride = f // 2 if config.lookahead else f  # latents each window writes
-        self.prefix = f - self.stride if config.lookahead else 0  # clean latents ahead of the head
 
     def _advance(self) -> None:
-        if not self.state.started:
-            self._start()
-            return
-        self._iterate()
-
-    def _start(self) -> None:
-        """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference.
-
-        The diagonal's head is latent ``-(T - f)``: the first T - f latents are warm-up, never emitted.
-        """
-        f = self.cfg.window
-        base = sample_base_clip(self.runner, f)
-        first = -(self.T - f) - self.prefix
-        for pos, level in enumerate([0] * self.prefix + list(range(1, self.T + 1))):
-            index = first + pos
-            x0 = base[min(f - 1, max(0, index))]
-            if level:
-                eps = self.runner.noise.draw(INIT_NOISE, index, level)
-                x0 = self.runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
-            self.state.queue.push(x0, level, index)
-        self.state.started = True
-
-    def _iterate(self) -> None:
-        """Every diagonal latent one level down; the clean head is emitted (after the warm-up), noise enters at the tail."""
-        queue = self.state.queue
-        for window in fifo_windows(self.prefix, self.T, self.cfg.window, self.stride):
-            queue.step(self.runner, FIFO, window)
-        head = queue.ids[self.prefix]
-        if head >= 0:
-            self._emit(head, queue.xs[self.prefix])
-        queue.pop(1)
-        queue.push(entry_latent(self.runner.solver, self.runner.noise, None, head + self.T, 0), self.T, head + self.T)
+        """The start, then one diagonal iteration per call."""
+        (iterate if self.state.started else start)(self.runner, self.state, self.cfg)
 
     def held_latents(self) -> int:
         return len(self.state.queue) + len(self.state.out)

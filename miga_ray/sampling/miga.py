@@ -7,24 +7,25 @@ in this sweep); the head group leaves once it reaches level E; then reflection m
 replace the group ``reflect_after`` steps below noise. The queue holds about (T - E) x group latents.
 
 ``schedule="reference"`` runs the official VideoCrafter2 code's schedule instead, call for call: a
-fixed-length video whose output is the base clip and the fill latents (see ``_advance_reference``).
+fixed-length video whose output is the base clip and the fill latents (see ``advance_reference``).
+
+The phases are functions over (runner, state, config); ``MigaEngine`` only holds them together.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .config import MigaConfig
-from .engine import StreamingEngine, StreamState, sample_base_clip
+from .engine import StreamingEngine, StreamState, emit, sample_base_clip
 from .phases import FILL, INIT_NOISE, STAGE1
 from .queue import Queue
 from .reflection import CandidateRequest, CandidateRunner, consistency_score, entry_latent, local_candidates
 from .runner import WindowRunner
-from .unified import UnifiedStage, UnifiedState
+from .unified import UnifiedState, unified_enter, unified_run, unified_state
 from .windows import reference_offset, stage1_windows
 
 
@@ -44,6 +45,177 @@ class MigaState(StreamState):
     unified: UnifiedState = field(default_factory=UnifiedState)
 
 
+def start(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -> None:
+    """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
+    T, f, L = runner.solver.grid.num_levels, cfg.window, cfg.group
+    base = sample_base_clip(runner, f)
+    state.anchor = base[-1]
+    count = min(total, (f // L) * L)
+    groups = f // L
+    for i in range(count):
+        level = T - groups + i // L
+        eps = runner.noise.draw(INIT_NOISE, i, level)
+        x = runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+        state.queue.push(x, level, i)
+    state.pushed = count
+    state.started = True
+
+
+def entry_anchor(state: MigaState, cfg: MigaConfig) -> Tensor | None:
+    """What a new stage-1 latent is noised from: None (pure noise), the newest latent out of stage 1, or the base clip's last."""
+    if cfg.entry == "noise":
+        return None
+    if cfg.entry == "recent" and state.recent is not None:
+        return state.recent
+    return state.anchor
+
+
+def push_group(runner: WindowRunner, state: MigaState, cfg: MigaConfig, anchor: Tensor | None, limit: int | None) -> None:
+    """The next group enters at level T (up to latent id ``limit``): ``anchor`` noised, or pure noise."""
+    T = runner.solver.grid.num_levels
+    stop = state.pushed + cfg.group if limit is None else min(state.pushed + cfg.group, limit)
+    for i in range(state.pushed, stop):
+        state.queue.push(entry_latent(runner.solver, runner.noise, anchor, i, 0), T, i)
+    state.pushed = stop
+
+
+def sweep(runner: WindowRunner, state: MigaState, cfg: MigaConfig, phase: str, offset: int) -> None:
+    """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
+    windows = stage1_windows(
+        len(state.queue), cfg.window, cfg.guidance, cfg.group, cfg.write_stride, offset, cfg.schedule == "reference"
+    )
+    for window in windows:
+        state.queue.step(runner, phase, window)
+    state.sweeps += 1
+
+
+def pop(state: MigaState, cfg: MigaConfig, total: int) -> None:
+    """Head latents at level E leave stage 1 for stage 2, a group (or its rest) at a time, up to ``total``."""
+    L, E = cfg.group, cfg.stage2_levels
+    queue = state.queue
+    while len(queue) and queue.levels[0] == E and state.head < total:
+        leaving = queue.pop(min(L - state.head % L, len(queue)))
+        state.head += len(leaving)
+        state.recent = leaving[-1]
+        unified_enter(state.unified, cfg, leaving)
+
+
+def reflect_now(state: MigaState, cfg: MigaConfig) -> bool:
+    """Whether the streaming schedule judges after this sweep (always, or during the fill only)."""
+    return cfg.reflect and (cfg.reflect_during == "always" or state.head == 0)
+
+
+def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates: CandidateRunner) -> None:
+    """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best.
+
+    Each batch element is judged, triggered and replaced on its own: an element keeps its groups
+    unless its own best candidate scores above its own current group.
+    """
+    c, L, queue = cfg, cfg.group, state.queue
+    level = runner.solver.grid.num_levels - c.reflect_after
+    if level not in queue.levels:
+        return
+    j = queue.levels.index(level)
+    r = j - c.reflect_refs * L
+    if r < L:  # references behind the head group: the official code judges index 50 once the head is below 47
+        return
+    refs = torch.stack(queue.xs[r:j], dim=2)
+    judged = torch.stack(queue.xs[j : j + L], dim=2)
+    scores = consistency_score(judged, refs).tolist()
+    counts = runner.counters.reflections
+    counts["judged"] += 1
+    previous, state.last_score = state.last_score, scores
+    if previous is None:
+        return
+    triggered = [b for b, (p, s) in enumerate(zip(previous, scores)) if p - s > c.reflect_delta]
+    if not triggered:
+        return
+    counts["triggered"] += len(triggered)
+    behind = queue.ids[j:]
+    groups = [behind[k : k + L] for k in range(0, len(behind), L)]
+    reference = c.schedule == "reference"
+    anchor = state.anchor if reference else entry_anchor(state, c)  # the official candidates start anchored
+    requests = [
+        CandidateRequest(
+            candidate=k + 1,
+            refs=refs,
+            ref_levels=queue.levels[r:j],
+            ref_ids=queue.ids[r:j],
+            groups=groups,
+            steps=c.reflect_after,
+            window=c.window,
+            stride=c.write_stride,
+            anchor=anchor,
+            official_layout=reference,
+        )
+        for k in range(c.reflect_candidates)
+    ]
+    results = candidates(requests)
+    found = [consistency_score(res[:, :, : len(groups[0])], refs).tolist() for res in results]  # [candidate][element]
+    best = {b: max(range(len(found)), key=lambda k: found[k][b]) for b in triggered}
+    accepted = [b for b in triggered if found[best[b]][b] > scores[b]]
+    if not accepted:
+        return
+    counts["accepted"] += len(accepted)
+    replaced = torch.stack(queue.xs[j:], dim=2)
+    for b in accepted:
+        replaced[b] = results[best[b]][b].to(replaced.device, replaced.dtype)
+        state.last_score[b] = found[best[b]][b]
+    queue.xs[j:] = list(replaced.unbind(dim=2))
+
+
+def advance_stream(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int, candidates: CandidateRunner) -> None:
+    """One stage-1 step of the streaming schedule: a group enters, one sweep, the head leaves at E, reflection may judge."""
+    if state.pushed < total:
+        push_group(runner, state, cfg, entry_anchor(state, cfg), total)
+    sweep(runner, state, cfg, FILL if state.head == 0 else STAGE1, state.sweeps % cfg.write_stride)
+    pop(state, cfg, total)
+    if reflect_now(state, cfg):
+        reflect(runner, state, cfg, candidates)
+
+
+def advance_reference(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int, candidates: CandidateRunner) -> None:
+    """One iteration of the official VideoCrafter2 schedule.
+
+    Fill: a group made from the base clip's last latent noised to T enters, the queue is swept
+    with the written blocks aligned to the tail (remainder block first), then reflection may
+    judge; the fill stops after ``total / group`` iterations or when the head reaches
+    E + 2, which it reaches without a sweep. Stage 1: sweep (offset = stage-1 iteration mod
+    stride), pop at E, and a pure-noise group enters after every sweep but the last fill's
+    (hence a two-level jump in the staircase); it stops once ``total`` have left. Stage 2
+    and refine then run over all of them, sweep after sweep.
+    """
+    c, T = cfg, runner.solver.grid.num_levels
+    groups = total // c.group
+    fill_sweeps = max(0, min(groups, T - c.window // c.group - c.stage2_levels - 2))
+    if state.fill_iters < min(groups, fill_sweeps + 1):
+        push_group(runner, state, c, state.anchor, None)
+        state.fill_iters += 1
+        if state.fill_iters <= fill_sweeps:
+            sweep(runner, state, c, FILL, reference_offset(len(state.queue), c.current_width, c.write_stride))
+            if c.reflect:
+                reflect(runner, state, c, candidates)
+        return
+    if state.head >= total:
+        return
+    stage1 = state.sweeps - fill_sweeps
+    if stage1:
+        push_group(runner, state, c, None, None)
+    sweep(runner, state, c, STAGE1, stage1 % c.write_stride)
+    pop(state, c, total)
+
+
+def advance(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int, candidates: CandidateRunner) -> None:
+    """One unit of work: the start, or a stage-1 step of the configured schedule; then stage 2 emits what became final."""
+    if not state.started:
+        start(runner, state, cfg, total)
+        return
+    (advance_reference if cfg.schedule == "reference" else advance_stream)(runner, state, cfg, total, candidates)
+    if cfg.schedule == "stream" or state.head >= total:  # the reference: stage 2 after stage 1
+        for index, latent in unified_run(runner, state.unified, cfg, total):
+            emit(state, index, latent)
+
+
 class MigaEngine(StreamingEngine):
     """Streams ``num_latents`` clean latents of one video through MIGA."""
 
@@ -58,183 +230,24 @@ class MigaEngine(StreamingEngine):
         device: torch.device | str = "cpu",
         candidates: CandidateRunner | None = None,
     ) -> None:
-        self.T = runner.solver.grid.num_levels
-        config.validate(self.T, runner.solver.grid.lowest_step)
+        T = runner.solver.grid.num_levels
+        config.validate(T, runner.solver.grid.lowest_step)
         if config.schedule == "reference":
-            fill_max = self.T - config.window // config.group
+            fill_max = T - config.window // config.group
             fits = num_latents % config.group == 0 and config.window <= num_latents <= fill_max * config.group
             if not fits:
                 raise ValueError(
                     f"num_latents: must satisfy, with schedule reference, a multiple of group ({config.group}) from window "
                     f"({config.window}) to {fill_max} groups ({fill_max * config.group}), as the official code caps it (got {num_latents})"
                 )
-        self.unified = UnifiedStage(runner, config.stage2_levels, config.refine, config.window, config.write_stride, num_latents)
-        super().__init__(runner, num_latents, dtype, device, MigaState(unified=self.unified.state))
+        super().__init__(runner, num_latents, dtype, device, MigaState(unified=unified_state(runner, config)))
         self.cfg = config
         self.candidates = candidates or local_candidates(runner)
 
-    # -- one unit of work ------------------------------------------------------------------------
     def _advance(self) -> None:
-        if not self.state.started:
-            self._start()
-            return
-        if self.cfg.schedule == "reference":
-            self._advance_reference()
-        else:
-            if self.state.pushed < self.num_latents:
-                self._push_group(self._entry_anchor(), self.num_latents)
-            self._sweep(FILL if self.state.head == 0 else STAGE1, self.state.sweeps % self.cfg.write_stride)
-            self._pop()
-            if self._reflect_now():
-                self._reflect()
-        if self.cfg.schedule == "stream" or self.state.head >= self.num_latents:  # the reference: stage 2 after stage 1
-            for index, latent in self.unified.run():
-                self._emit(index, latent)
+        """One unit of work (``advance``)."""
+        advance(self.runner, self.state, self.cfg, self.num_latents, self.candidates)
 
-    def _advance_reference(self) -> None:
-        """One iteration of the official VideoCrafter2 schedule.
-
-        Fill: a group made from the base clip's last latent noised to T enters, the queue is swept
-        with the written blocks aligned to the tail (remainder block first), then reflection may
-        judge; the fill stops after ``num_latents / group`` iterations or when the head reaches
-        E + 2, which it reaches without a sweep. Stage 1: sweep (offset = stage-1 iteration mod
-        stride), pop at E, and a pure-noise group enters after every sweep but the last fill's
-        (hence a two-level jump in the staircase); it stops once ``num_latents`` have left. Stage 2
-        and refine then run over all of them, sweep after sweep.
-        """
-        c = self.cfg
-        groups = self.num_latents // c.group
-        fill_sweeps = max(0, min(groups, self.T - c.window // c.group - c.stage2_levels - 2))
-        if self.state.fill_iters < min(groups, fill_sweeps + 1):
-            self._push_group(self.state.anchor, None)
-            self.state.fill_iters += 1
-            if self.state.fill_iters <= fill_sweeps:
-                self._sweep(FILL, reference_offset(len(self.state.queue), c.current_width, c.write_stride))
-                if c.reflect:
-                    self._reflect()
-            return
-        if self.state.head >= self.num_latents:
-            return
-        stage1 = self.state.sweeps - fill_sweeps
-        if stage1:
-            self._push_group(None, None)
-        self._sweep(STAGE1, stage1 % c.write_stride)
-        self._pop()
-
-    def _start(self) -> None:
-        """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
-        f, L = self.cfg.window, self.cfg.group
-        base = sample_base_clip(self.runner, f)
-        self.state.anchor = base[-1]
-        count = min(self.num_latents, (f // L) * L)
-        groups = f // L
-        for i in range(count):
-            level = self.T - groups + i // L
-            eps = self.runner.noise.draw(INIT_NOISE, i, level)
-            x = self.runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
-            self.state.queue.push(x, level, i)
-        self.state.pushed = count
-        self.state.started = True
-
-    def _entry_anchor(self) -> Tensor | None:
-        if self.cfg.entry == "noise":
-            return None
-        if self.cfg.entry == "recent" and self.state.recent is not None:
-            return self.state.recent
-        return self.state.anchor
-
-    def _push_group(self, anchor: Tensor | None, limit: int | None) -> None:
-        """The next group enters at level T (up to latent id ``limit``): ``anchor`` noised, or pure noise."""
-        stop = self.state.pushed + self.cfg.group if limit is None else min(self.state.pushed + self.cfg.group, limit)
-        for i in range(self.state.pushed, stop):
-            self.state.queue.push(entry_latent(self.runner.solver, self.runner.noise, anchor, i, 0), self.T, i)
-        self.state.pushed = stop
-
-    def _sweep(self, phase: str, offset: int) -> None:
-        """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
-        c = self.cfg
-        windows = stage1_windows(len(self.state.queue), c.window, c.guidance, c.group, c.write_stride, offset, c.schedule == "reference")
-        for window in windows:
-            self.state.queue.step(self.runner, phase, window)
-        self.state.sweeps += 1
-
-    def _pop(self) -> None:
-        L, E = self.cfg.group, self.cfg.stage2_levels
-        queue = self.state.queue
-        while len(queue) and queue.levels[0] == E and self.state.head < self.num_latents:
-            leaving = queue.pop(min(L - self.state.head % L, len(queue)))
-            self.state.head += len(leaving)
-            self.state.recent = leaving[-1]
-            self.unified.push(leaving)
-
-    # -- self-reflection ---------------------------------------------------------------------------
-    def _reflect_now(self) -> bool:
-        c = self.cfg
-        return c.reflect and (c.reflect_during == "always" or self.state.head == 0)
-
-    def _reflect(self) -> None:
-        """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best.
-
-        Each batch element is judged, triggered and replaced on its own: an element keeps its groups
-        unless its own best candidate scores above its own current group.
-        """
-        c, L, queue = self.cfg, self.cfg.group, self.state.queue
-        level = self.T - c.reflect_after
-        if level not in queue.levels:
-            return
-        j = queue.levels.index(level)
-        r = j - c.reflect_refs * L
-        if r < L:  # references behind the head group: the official code judges index 50 once the head is below 47
-            return
-        refs = torch.stack(queue.xs[r:j], dim=2)
-        judged = torch.stack(queue.xs[j : j + L], dim=2)
-        scores = consistency_score(judged, refs).tolist()
-        counts = self.counters.reflections
-        counts["judged"] += 1
-        previous, self.state.last_score = self.state.last_score, scores
-        if previous is None:
-            return
-        triggered = [b for b, (p, s) in enumerate(zip(previous, scores)) if p - s > c.reflect_delta]
-        if not triggered:
-            return
-        counts["triggered"] += len(triggered)
-        behind = queue.ids[j:]
-        groups = [behind[k : k + L] for k in range(0, len(behind), L)]
-        reference = self.cfg.schedule == "reference"
-        anchor = self.state.anchor if reference else self._entry_anchor()  # the official candidates start anchored
-        requests = [
-            CandidateRequest(
-                candidate=k + 1,
-                refs=refs,
-                ref_levels=queue.levels[r:j],
-                ref_ids=queue.ids[r:j],
-                groups=groups,
-                steps=c.reflect_after,
-                window=c.window,
-                stride=c.write_stride,
-                anchor=anchor,
-                official_layout=reference,
-            )
-            for k in range(c.reflect_candidates)
-        ]
-        results = self.candidates(requests)
-        found = [consistency_score(res[:, :, : len(groups[0])], refs).tolist() for res in results]  # [candidate][element]
-        best = {b: max(range(len(found)), key=lambda k: found[k][b]) for b in triggered}
-        accepted = [b for b in triggered if found[best[b]][b] > scores[b]]
-        if not accepted:
-            return
-        counts["accepted"] += len(accepted)
-        replaced = torch.stack(queue.xs[j:], dim=2)
-        for b in accepted:
-            replaced[b] = results[best[b]][b].to(self.device, self.dtype)
-            self.state.last_score[b] = found[best[b]][b]
-        queue.xs[j:] = list(replaced.unbind(dim=2))
-
-    # -- memory and state --------------------------------------------------------------------------
     def held_latents(self) -> int:
         fixed = sum(x is not None for x in (self.state.anchor, self.state.recent))
-        return len(self.state.queue) + len(self.unified.held()) + len(self.state.out) + fixed
-
-    def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        super().load_state_dict(tensors, meta)
-        self.unified.state = self.state.unified
+        return len(self.state.queue) + len(self.state.unified.queue) + len(self.state.out) + fixed
