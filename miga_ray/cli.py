@@ -350,6 +350,7 @@ def submit(
     env: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE for the job's environment, e.g. AWS_ENDPOINT_URL=...; not for secrets")] = None,
     submission_id: Annotated[Optional[str], typer.Option(help="Ray job id (default: generated)")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow the job's logs until it ends")] = True,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="stop following after this many seconds (exit 1; the job keeps running)")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -376,7 +377,7 @@ def submit(
     print(job_id, flush=True)
     if not wait:
         return
-    final = _guard(follow, client, job_id, lambda text: err.print(text, end="", markup=False, highlight=False))
+    final = _guard(follow, client, job_id, lambda text: err.print(text, end="", markup=False, highlight=False), timeout_s=timeout)
     print(f"{job_id}: {final}")
     if final != "SUCCEEDED":
         raise typer.Exit(1)

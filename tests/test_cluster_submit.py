@@ -14,6 +14,7 @@ import ray
 from typer.testing import CliRunner
 
 from miga_ray.cli import app
+from miga_ray.cluster.submit import TERMINAL, client_for
 from miga_ray.storage import LocalStore, read_job, read_manifest
 from miga_ray.storage.seaweed import free_ports
 from toy_model import TOY
@@ -53,7 +54,7 @@ def test_submit_runs_a_batch_as_a_ray_job_and_follows_it_to_the_end(head, tmp_pa
     mp.delenv("RAY_AUTH_TOKEN")  # the token must come from --token-file here
     out = tmp_path / "out"
     args = ["submit", str(prompts), "--address", address, "--out", str(out), "--workers", "1", "--cpus", "1",
-            "--submission-id", "miga-test-1", "--token-file", str(token_file), *sum((["--set", s] for s in SETS), [])]  # fmt: skip
+            "--submission-id", "miga-test-1", "--token-file", str(token_file), "--timeout", "420", *sum((["--set", s] for s in SETS), [])]  # fmt: skip
     result = runner.invoke(app, args)
     mp.setenv("RAY_AUTH_TOKEN", token)
     assert result.exit_code == 0, result.output
@@ -77,3 +78,19 @@ def test_submit_with_a_wrong_token_is_refused(head, tmp_path):
     assert result.exit_code == 1, result.output
     assert "403" in result.output or "nvalid" in result.output or "uthenticat" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_submit_stops_following_after_its_timeout_and_leaves_the_job_running(head, tmp_path):
+    address, token, _ = head
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "slow-1", "prompt": "a red circle moving over sand", "frames": 200}) + "\n")
+    args = ["submit", str(prompts), "--address", address, "--out", str(tmp_path / "out"), "--workers", "1", "--cpus", "1",
+            "--submission-id", "miga-test-timeout", "--timeout", "1", *sum((["--set", s] for s in SETS), [])]  # fmt: skip
+    result = runner.invoke(app, args)
+    client = client_for(address, token)
+    try:
+        assert result.exit_code == 1, result.output
+        assert "miga-test-timeout still" in result.output and "keeps running" in result.output, result.output
+        assert client.get_job_status("miga-test-timeout") not in TERMINAL, "following stopped; the job did not"
+    finally:
+        client.stop_job("miga-test-timeout")

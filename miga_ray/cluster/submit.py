@@ -97,5 +97,6 @@ def follow(client: JobSubmissionClient, job_id: str, echo: Callable[[str], None]
         if status in TERMINAL:
             return status
         if give_up is not None and time.monotonic() > give_up:
-            raise TimeoutError(f"Ray job {job_id} still {status} after {timeout_s:.0f} s")
+            raise TimeoutError(f"Ray job {job_id} still {status} after {timeout_s:.0f} s; it keeps running on the cluster "
+                               f"(`ray job logs --follow {job_id}`, `ray job stop {job_id}`)")
         time.sleep(poll_s)
