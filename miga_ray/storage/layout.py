@@ -177,6 +177,21 @@ def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
         return None
 
 
+class JobProblem(RuntimeError):
+    """What is wrong with a job directory as a whole (no or a corrupt job.json, no or a corrupt video)."""
+
+
+def load_job(store: ObjectStore, job_id: str) -> JobRecord:
+    """The job's record; JobProblem saying what is wrong when its job.json is missing or corrupt."""
+    try:
+        record = read_job(store, job_id)
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or fields of the wrong kind
+        raise JobProblem(f"job.json is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if record is None:
+        raise JobProblem("job.json is missing")
+    return record
+
+
 class DamagedError(RuntimeError):
     """A stored piece of a job is missing or differs from what was written (exit 1, naming it)."""
 
