@@ -61,9 +61,12 @@ def evaluate_run(
     store: ObjectStore, settings: EvaluationSettings, on_job: Callable[[JobEvaluation], None] | None = None
 ) -> list[JobEvaluation]:
     """Evaluate every done job of a run directory that has no evaluation yet, then rewrite its manifest
-    with one row per job that has a readable job.json (rows from a batch keep their cluster metrics)."""
-    results, records = [], {}
+    with one row per job that has a readable job.json (rows from a batch keep their cluster metrics; a
+    job whose video could not be evaluated has the problem as its error)."""
+    results, rows = [], {row.id: row for row in read_manifest(store)}
+    new_rows = []
     for job_id in run_job_ids(store):
+        record = None
         try:
             record = load_job(store, job_id)
             if record.status != "done":
@@ -73,19 +76,20 @@ def evaluate_run(
             else:
                 record = evaluate_job(store, job_id, settings)
                 result = JobEvaluation(job_id, "evaluated", f"{record.timings['evaluate']:.2f} s")
-            records[job_id] = record
         except JobProblem as exc:
             result = JobEvaluation(job_id, "problem", str(exc))
+        if record is not None:
+            new_rows.append(manifest_row_of(record, rows.get(job_id), result.detail if result.outcome == "problem" else None))
         results.append(result)
         if on_job:
             on_job(result)
-    rows = {row.id: row for row in read_manifest(store)}
-    update_manifest(store, [manifest_row_of(record, rows.get(job_id)) for job_id, record in records.items()])
+    update_manifest(store, new_rows)
     return results
 
 
-def manifest_row_of(record: JobRecord, row: ManifestRow | None) -> ManifestRow:
-    """A job's manifest row from its job.json: the batch's row (if any) with the record's status, timings and metrics."""
+def manifest_row_of(record: JobRecord, row: ManifestRow | None, problem: str | None = None) -> ManifestRow:
+    """A job's manifest row from its job.json: the batch's row (if any) with the record's status, timings and
+    metrics, and ``problem`` as its error when the job has none of its own."""
     render: dict[str, Any] = record.config.get("render", {})
     metrics = record.metrics | ({"cluster": row.metrics["cluster"]} if row is not None and "cluster" in row.metrics else {})
     return ManifestRow(
@@ -96,5 +100,5 @@ def manifest_row_of(record: JobRecord, row: ManifestRow | None) -> ManifestRow:
         status=record.status,
         timings=dict(record.timings),
         metrics=metrics,
-        error=record.error,
+        error=record.error or problem,
     )

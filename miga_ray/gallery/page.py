@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from ..storage import JobProblem, ObjectStore, S3Store, load_job, run_job_ids
+from ..storage import JobProblem, ManifestRow, ObjectStore, S3Store, load_job, read_manifest, run_job_ids
 from ..storage.layout import MP4, PLAYLIST
 from ..storage.quality import QUALITY_COLUMNS, quality_values
 
@@ -52,8 +52,9 @@ def _story_text(config: dict[str, Any]) -> str:
     return str(config.get("prompt", ""))
 
 
-def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, str]) -> Card:
-    """One job's card from its job.json and the objects it has (a card saying what is wrong when it cannot be read)."""
+def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, str], row: ManifestRow | None) -> Card:
+    """One job's card from its job.json and the objects it has; when job.json cannot be read, a card saying so
+    (with what the manifest knows of the job)."""
     sheets = sorted(k for k in keys if k.startswith(f"{job_id}/sheet/"))
     card = Card(job_id, sheet=f"{job_id}/{SHEET}" if f"{job_id}/{SHEET}" in keys else (sheets[-1] if sheets else None))
     card.video = f"{job_id}/{MP4}" if f"{job_id}/{MP4}" in keys else None
@@ -61,7 +62,9 @@ def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, s
     try:
         record = load_job(store, job_id)
     except JobProblem as exc:
-        card.problem = str(exc)
+        card.problem = _joined(exc, problems.get(job_id), row and row.error)
+        if row is not None:
+            card.prompt, card.status, card.frames_total, card.quality = row.prompt, row.status, row.frames, quality_values(row.metrics)
         return card
     card.prompt, card.status = _story_text(record.config), record.status
     card.frames_done, card.frames_total = record.frames_done, record.frames_total
@@ -70,15 +73,20 @@ def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, s
     wrong = [problems.get(job_id), record.metrics.get("evaluation_error"), record.error]
     if record.status == "done" and card.video is None:
         wrong.insert(0, "video.mp4 is missing")
-    card.problem = "; ".join(str(w) for w in wrong if w) or None
+    card.problem = _joined(*wrong)
     return card
+
+
+def _joined(*problems: object) -> str | None:
+    """The distinct problems in order, as one line (None if there are none)."""
+    return "; ".join(dict.fromkeys(str(p) for p in problems if p)) or None
 
 
 def gallery_cards(store: ObjectStore, problems: dict[str, str] | None = None) -> list[Card]:
     """Every job's card, in manifest order then by id; ``problems`` adds what a caller found wrong (e.g. a video
     that does not decode)."""
-    keys = set(store.list(""))
-    return [_card(store, job_id, keys, problems or {}) for job_id in run_job_ids(store)]
+    keys, rows = set(store.list("")), {row.id: row for row in read_manifest(store)}
+    return [_card(store, job_id, keys, problems or {}, rows.get(job_id)) for job_id in run_job_ids(store)]
 
 
 def _asset(name: str) -> str:

@@ -296,6 +296,7 @@ class S3Store(ObjectStore):
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
             s3={"addressing_style": "path" if path_style else "auto"},
+            signature_version="s3v4",  # also for presigned URLs (botocore may presign with SigV2 otherwise)
         )
         session = boto3.session.Session(profile_name=profile_name, region_name=region_name)
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)

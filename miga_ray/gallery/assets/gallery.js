@@ -12,17 +12,22 @@ function value(job, column) {
   return job[column] ?? null;
 }
 
+function hint(media, job) {  // where the browser cannot play a running job's live HLS playlist (e.g. from file://)
+  const note = el("p", "hint", "this browser cannot play the live HLS playlist here; open it in an HLS player: ");
+  const a = el("a", null, job.playlist); a.href = job.playlist; note.append(a);
+  media.replaceChildren(note);
+}
+
 function play(job, media) {
+  const live = job.status === "running" && job.playlist;
   const video = el("video");
   video.controls = true; video.muted = true; video.autoplay = true; video.playsInline = true;
-  const live = job.status === "running" && job.playlist;
-  if (job.video && !live) video.src = job.video;
-  else if (live && video.canPlayType("application/vnd.apple.mpegurl")) video.src = job.playlist;
-  else {
-    media.append(el("p", "hint", live ? "this browser cannot play the live HLS playlist here; open it in an HLS player: " : "no video to play"));
-    if (live) { const a = el("a", null, job.playlist); a.href = job.playlist; media.append(a); }
-    return;
-  }
+  if (live) {
+    if (!video.canPlayType("application/vnd.apple.mpegurl")) return hint(media, job);
+    video.addEventListener("error", () => hint(media, job));
+    video.src = job.playlist;
+  } else if (job.video) video.src = job.video;
+  else return media.append(el("p", "hint", "no video to play"));
   media.replaceChildren(video);
   video.play().catch(() => {});
 }
@@ -39,7 +44,7 @@ function card(job) {
   const bar = el("div", "bar"), fill = el("div");
   fill.style.width = `${100 * (value(job, "progress") || 0)}%`; bar.append(fill);
   c.append(line, bar);
-  if (job.problem) c.append(el("div", "problem", job.problem));
+  if (job.problem) c.append(el("div", "wrong", job.problem));
   const table = el("table");
   for (const q of data.quality) {
     if (job.quality[q] == null) continue;
@@ -47,7 +52,7 @@ function card(job) {
     tr.append(el("td", null, q), el("td", "v", fmt(job.quality[q]))); table.append(tr);
   }
   c.append(table);
-  c.addEventListener("click", () => { if (!media.querySelector("video")) play(job, media); });
+  c.addEventListener("click", () => { if (!media.querySelector("video, .hint")) play(job, media); });
   return c;
 }
 
