@@ -16,7 +16,9 @@ CHROMIUM = os.environ.get("MIGA_TEST_CHROMIUM", "/usr/bin/chromium")
 def chromium_page(width: int = 1200, height: int = 800) -> Iterator[Page]:
     """A fresh page; fails (never skips) when the browser is missing, and on any script error of the page."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"no Chromium at {CHROMIUM}: run `make test` (installs Debian's chromium) or set MIGA_TEST_CHROMIUM")
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: run `make test` (installs Debian's chromium) or set MIGA_TEST_CHROMIUM"
+        )
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
@@ -38,5 +40,7 @@ def play_card(page: Page, job_id: str) -> float:
     """Click a card and wait until its video has played past 0.2 s; return the time reached."""
     page.click(f'.card[data-id="{job_id}"] .media')
     video = f'.card[data-id="{job_id}"] video'
-    page.wait_for_function(f"document.querySelector('{video}') && document.querySelector('{video}').currentTime > 0.2", timeout=20_000)
+    page.wait_for_function(
+        f"document.querySelector('{video}') && document.querySelector('{video}').currentTime > 0.2", timeout=20_000
+    )
     return page.eval_on_selector(video, "v => v.currentTime")

@@ -20,6 +20,7 @@ import ray
 import torch
 from typer.testing import CliRunner
 
+from browser import card_ids, chromium_page, play_card
 from miga_ray.cli import app
 from miga_ray.cluster.batch import BatchDriver, introduce
 from miga_ray.cluster.jobs import BatchJob
@@ -29,7 +30,6 @@ from miga_ray.config import load_config
 from miga_ray.gallery import GALLERY, write_gallery
 from miga_ray.storage import LocalStore, open_store, read_job, read_manifest
 from miga_ray.storage.quality import EVALUATION, quality_values
-from browser import card_ids, chromium_page, play_card
 from ray_helpers import wait_ready
 from toy_model import TOY, toy_latents
 

@@ -29,8 +29,11 @@ from toy_model import TOY
 runner = CliRunner()
 SMALL = [f"--set={s}" for s in (f"model.name={TOY}", "model.device=cpu", "sampler.num_levels=16", "sampler.miga.stage2_levels=3",
                                 "sampler.miga.reflect_after=4", "video.fps=8")]  # fmt: skip
-PROMPTS = {"red": ("a red circle moving over sand", 0), "blue": ("a yellow square and a blue triangle moving over grass", 3)}
-EVIL = '<img src=x onerror="document.title=\'pwned\'"></script>'
+PROMPTS = {
+    "red": ("a red circle moving over sand", 0),
+    "blue": ("a yellow square and a blue triangle moving over grass", 3),
+}
+EVIL = "<img src=x onerror=\"document.title='pwned'\"></script>"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,10 @@ def rendered(tmp_path_factory) -> Path:
     """Two small toy renders made by `miga render` (which evaluates each when its video is done)."""
     out = tmp_path_factory.mktemp("gallery") / "out"
     for job_id, (prompt, seed) in PROMPTS.items():
-        result = runner.invoke(app, ["render", prompt, "--frames", "13", "--seed", str(seed), "--job-id", job_id, "--out", str(out), *SMALL])
+        result = runner.invoke(
+            app,
+            ["render", prompt, "--frames", "13", "--seed", str(seed), "--job-id", job_id, "--out", str(out), *SMALL],
+        )
         assert result.exit_code == 0, result.output
     return out
 
@@ -57,7 +63,10 @@ def test_miga_render_records_the_evaluation_in_job_json(rendered):
 def test_the_manifest_has_a_float_column_per_quality_number(rendered, tmp_path):
     record = read_job(LocalStore(rendered), "red")
     store = LocalStore(tmp_path / "m")
-    rows = [ManifestRow("red", "p", 0, 13, "done", metrics=record.metrics), ManifestRow("bare", "p", 0, 13, "failed", error="boom")]
+    rows = [
+        ManifestRow("red", "p", 0, 13, "done", metrics=record.metrics),
+        ManifestRow("bare", "p", 0, 13, "failed", error="boom"),
+    ]
     update_manifest(store, rows)
     table = pq.read_table(tmp_path / "m" / "manifest.parquet")
     assert all(str(table.schema.field(c).type) == "double" for c in QUALITY_COLUMNS)
@@ -84,7 +93,9 @@ def _broken_run(rendered: Path, run: Path) -> None:
     (run / "corrupt" / "job.json").write_text('{"job_id": "corrupt", "status": ')
     (run / "novideo" / "video.mp4").unlink()
     (run / "badvideo" / "video.mp4").write_bytes((rendered / "red" / "video.mp4").read_bytes()[:2000])
-    evil = json.loads((run / "evil" / "job.json").read_text())  # a running job (live playlist, no MP4) with a hostile prompt
+    evil = json.loads(
+        (run / "evil" / "job.json").read_text()
+    )  # a running job (live playlist, no MP4) with a hostile prompt
     evil |= {"status": "running", "frames_done": 8, "config": evil["config"] | {"prompt": EVIL}}
     (run / "evil" / "job.json").write_text(json.dumps(evil))
     for name in ("video.mp4", "contact_sheet.png"):
@@ -92,7 +103,11 @@ def _broken_run(rendered: Path, run: Path) -> None:
 
 
 def _mtimes(run: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "job.json" and p.parent.name != "lease"}
+    return {
+        str(p): p.stat().st_mtime_ns
+        for p in run.rglob("*")
+        if p.is_file() and p.name != "job.json" and p.parent.name != "lease"
+    }
 
 
 def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered, tmp_path):
@@ -102,9 +117,17 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
     result = runner.invoke(app, ["eval", str(run)])
     assert result.exit_code == 1, result.output
     lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
-    assert lines["red"] == "already evaluated" and lines["blue"].startswith("evaluated") and lines["evil"] == "not done (running)"
-    assert lines["nojson"] == "PROBLEM (job.json is missing)" and lines["corrupt"].startswith("PROBLEM (job.json is corrupt")
-    assert lines["novideo"] == "PROBLEM (video.mp4 is missing)" and lines["badvideo"].startswith("PROBLEM (video is corrupt")
+    assert (
+        lines["red"] == "already evaluated"
+        and lines["blue"].startswith("evaluated")
+        and lines["evil"] == "not done (running)"
+    )
+    assert lines["nojson"] == "PROBLEM (job.json is missing)" and lines["corrupt"].startswith(
+        "PROBLEM (job.json is corrupt"
+    )
+    assert lines["novideo"] == "PROBLEM (video.mp4 is missing)" and lines["badvideo"].startswith(
+        "PROBLEM (video is corrupt"
+    )
     assert "4 job(s) could not be evaluated" in result.output
     assert _mtimes(run) == before | {str(run / "manifest.parquet"): _mtimes(run)[str(run / "manifest.parquet")],
                                      str(run / GALLERY): _mtimes(run)[str(run / GALLERY)]}, "nothing but job.json, manifest and page written"  # fmt: skip
@@ -118,7 +141,9 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
     with chromium_page() as page:
         page.goto((run / GALLERY).as_uri())
         assert sorted(card_ids(page)) == sorted(["red", "blue", "nojson", "corrupt", "novideo", "badvideo", "evil"])
-        problem = {i: page.text_content(f'.card[data-id="{i}"] .wrong') for i in ("nojson", "corrupt", "novideo", "badvideo")}
+        problem = {
+            i: page.text_content(f'.card[data-id="{i}"] .wrong') for i in ("nojson", "corrupt", "novideo", "badvideo")
+        }
         assert "job.json is missing" in problem["nojson"] and "job.json is corrupt" in problem["corrupt"]
         assert "video.mp4 is missing" in problem["novideo"] and "video is corrupt" in problem["badvideo"]
         assert page.query_selector('.card[data-id="red"] .wrong') is None
@@ -132,7 +157,9 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
         assert sorted(card_ids(page)) == ["blue", "red"] and page.text_content("#count") == "2 of 7 jobs"
         page.fill("#filter", "")
         assert play_card(page, "red") > 0.2
-        page.click('.card[data-id="evil"] .media')  # from file:// Chromium cannot play HLS: the card says where the playlist is
+        page.click(
+            '.card[data-id="evil"] .media'
+        )  # from file:// Chromium cannot play HLS: the card says where the playlist is
         page.wait_for_selector('.card[data-id="evil"] .hint a[href="evil/video.m3u8"]')
         page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
         if os.environ.get("MIGA_GALLERY_SCREENSHOT"):  # how docs/gallery.png was made

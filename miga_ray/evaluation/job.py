@@ -16,7 +16,18 @@ from typing import Any, Literal
 import av
 
 from ..config import EvaluationSettings
-from ..storage import JobProblem, JobRecord, ManifestRow, ObjectNotFound, ObjectStore, load_job, read_manifest, run_job_ids, update_manifest, write_job
+from ..storage import (
+    JobProblem,
+    JobRecord,
+    ManifestRow,
+    ObjectNotFound,
+    ObjectStore,
+    load_job,
+    read_manifest,
+    run_job_ids,
+    update_manifest,
+    write_job,
+)
 from ..storage.quality import EVALUATION
 from .report import frames_report, job_frames
 
@@ -38,7 +49,9 @@ def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) 
         raise JobProblem(f"video is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
     if len(frames) < 3:
         raise JobProblem(f"video holds {len(frames)} frames; evaluation needs at least 3")
-    report = frames_report(frames, source, record.config.get("prompt"), settings.dino, settings.clip, min(settings.bins, len(frames)))
+    report = frames_report(
+        frames, source, record.config.get("prompt"), settings.dino, settings.clip, min(settings.bins, len(frames))
+    )
     if isinstance(report.get("toy_world"), dict):  # its means and drift figures are in report["drift"] already
         del report["toy_world"]
     seconds = time.perf_counter() - t0
@@ -79,7 +92,9 @@ def evaluate_run(
         except JobProblem as exc:
             result = JobEvaluation(job_id, "problem", str(exc))
         if record is not None:
-            new_rows.append(manifest_row_of(record, rows.get(job_id), result.detail if result.outcome == "problem" else None))
+            new_rows.append(
+                manifest_row_of(record, rows.get(job_id), result.detail if result.outcome == "problem" else None)
+            )
         results.append(result)
         if on_job:
             on_job(result)
@@ -91,7 +106,9 @@ def manifest_row_of(record: JobRecord, row: ManifestRow | None, problem: str | N
     """A job's manifest row from its job.json: the batch's row (if any) with the record's status, timings and
     metrics, and ``problem`` as its error when the job has none of its own."""
     render: dict[str, Any] = record.config.get("render", {})
-    metrics = record.metrics | ({"cluster": row.metrics["cluster"]} if row is not None and "cluster" in row.metrics else {})
+    metrics = record.metrics | (
+        {"cluster": row.metrics["cluster"]} if row is not None and "cluster" in row.metrics else {}
+    )
     return ManifestRow(
         id=record.job_id,
         prompt=str(record.config.get("prompt", row.prompt if row else "")),

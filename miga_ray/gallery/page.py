@@ -48,7 +48,9 @@ def _story_text(config: dict[str, Any]) -> str:
     """The prompt, or a story's (start frame, prompt) list as one line."""
     story = config.get("story")
     if isinstance(story, list) and story:
-        return " | ".join(f"{p.get('start', '?')}: {p.get('prompt', '')}" if isinstance(p, dict) else str(p) for p in story)
+        return " | ".join(
+            f"{p.get('start', '?')}: {p.get('prompt', '')}" if isinstance(p, dict) else str(p) for p in story
+        )
     return str(config.get("prompt", ""))
 
 
@@ -64,7 +66,12 @@ def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, s
     except JobProblem as exc:
         card.problem = _joined(exc, problems.get(job_id), row and row.error)
         if row is not None:
-            card.prompt, card.status, card.frames_total, card.quality = row.prompt, row.status, row.frames, quality_values(row.metrics)
+            card.prompt, card.status, card.frames_total, card.quality = (
+                row.prompt,
+                row.status,
+                row.frames,
+                quality_values(row.metrics),
+            )
         return card
     card.prompt, card.status = _story_text(record.config), record.status
     card.frames_done, card.frames_total = record.frames_done, record.frames_total
@@ -100,13 +107,24 @@ def render_page(cards: list[Card], title: str) -> str:
     data = {"generated": datetime.now(UTC).isoformat(timespec="seconds"), "columns": columns, "quality": list(QUALITY_COLUMNS),
             "default_sort": "overall", "jobs": [asdict(c) for c in cards]}  # fmt: skip
     payload = json.dumps(data, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    parts = {"title": html.escape(title), "style": _asset("gallery.css"), "data": payload, "script": _asset("gallery.js")}
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _asset("gallery.html"))  # one pass: inserted text is never re-read
+    parts = {
+        "title": html.escape(title),
+        "style": _asset("gallery.css"),
+        "data": payload,
+        "script": _asset("gallery.js"),
+    }
+    return re.sub(
+        r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _asset("gallery.html")
+    )  # one pass: inserted text is never re-read
 
 
 def _presigned(store: S3Store, card: Card, seconds: int) -> Card:
     """The card with every link replaced by a presigned URL valid for ``seconds``."""
-    links = {name: store.presigned_url(key, seconds) for name in ("sheet", "video", "playlist") if (key := getattr(card, name))}
+    links = {
+        name: store.presigned_url(key, seconds)
+        for name in ("sheet", "video", "playlist")
+        if (key := getattr(card, name))
+    }
     return Card(**(asdict(card) | links))
 
 

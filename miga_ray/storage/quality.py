@@ -16,18 +16,45 @@ EVALUATION = "evaluation"  # the key of the evaluation report in a job's metrics
 # column -> (path in the evaluation report, what it means)
 QUALITY_COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
     "overall": (("vbench", "overall"), "plain mean of the four VBench-form dimensions"),
-    "subject_consistency": (("vbench", "subject_consistency"), "VBench subject consistency (DINO, or the pixel fallback)"),
-    "background_consistency": (("vbench", "background_consistency"), "VBench background consistency (CLIP, or the pixel fallback)"),
+    "subject_consistency": (
+        ("vbench", "subject_consistency"),
+        "VBench subject consistency (DINO, or the pixel fallback)",
+    ),
+    "background_consistency": (
+        ("vbench", "background_consistency"),
+        "VBench background consistency (CLIP, or the pixel fallback)",
+    ),
     "motion_smoothness": (("vbench", "motion_smoothness"), "VBench motion smoothness"),
     "temporal_flickering": (("vbench", "temporal_flickering"), "VBench temporal flickering"),
-    "toy_subject_consistency": (("drift", "mean", "subject_consistency"), "toy world: consistency of the sprites alone"),
-    "toy_background_consistency": (("drift", "mean", "background_consistency"), "toy world: consistency of the background alone"),
-    "toy_color_rate": (("drift", "mean", "color_rate"), "toy world: share of frames x sprites with the prompted colour"),
+    "toy_subject_consistency": (
+        ("drift", "mean", "subject_consistency"),
+        "toy world: consistency of the sprites alone",
+    ),
+    "toy_background_consistency": (
+        ("drift", "mean", "background_consistency"),
+        "toy world: consistency of the background alone",
+    ),
+    "toy_color_rate": (
+        ("drift", "mean", "color_rate"),
+        "toy world: share of frames x sprites with the prompted colour",
+    ),
     "toy_shape_rate": (("drift", "mean", "shape_rate"), "toy world: ... with the prompted shape"),
-    "toy_count_rate": (("drift", "mean", "count_rate"), "toy world: share of frames with the prompted number of sprites"),
-    "toy_background_rate": (("drift", "mean", "background_rate"), "toy world: share of frames with the prompted background"),
-    "drift_subject_consistency": (("drift", "drift", "subject_consistency"), "toy world: sprite consistency, last quarter minus first"),
-    "drift_background_consistency": (("drift", "drift", "background_consistency"), "toy world: background consistency drift"),
+    "toy_count_rate": (
+        ("drift", "mean", "count_rate"),
+        "toy world: share of frames with the prompted number of sprites",
+    ),
+    "toy_background_rate": (
+        ("drift", "mean", "background_rate"),
+        "toy world: share of frames with the prompted background",
+    ),
+    "drift_subject_consistency": (
+        ("drift", "drift", "subject_consistency"),
+        "toy world: sprite consistency, last quarter minus first",
+    ),
+    "drift_background_consistency": (
+        ("drift", "drift", "background_consistency"),
+        "toy world: background consistency drift",
+    ),
     "drift_color_rate": (("drift", "drift", "color_rate"), "toy world: colour rate drift"),
     "drift_shape_rate": (("drift", "drift", "shape_rate"), "toy world: shape rate drift"),
     "drift_count_rate": (("drift", "drift", "count_rate"), "toy world: count rate drift"),
