@@ -396,7 +396,9 @@ def _eval_run(out: str, dino: Path | None, clip: Path | None, bins: int) -> None
     from .storage import open_store
 
     settings = EvaluationSettings(dino=str(dino) if dino else None, clip=str(clip) if clip else None, bins=bins)
-    store = open_store(out)
+    store = open_store(out, check=False)
+    if store.exists("video.m3u8") or store.exists("video.mp4"):
+        _fail(1, f"{out}: a job directory whose job.json is missing; nothing to evaluate it against")
     said = {"evaluated": "evaluated", "had": "already evaluated", "not done": "not done", "problem": "PROBLEM"}
     results = evaluate_run(store, settings, lambda r: print(f"{r.job_id}: {said[r.outcome]}" + (f" ({r.detail})" if r.detail else ""), flush=True))
     if not results:
@@ -409,10 +411,11 @@ def _eval_run(out: str, dino: Path | None, clip: Path | None, bins: int) -> None
 
 
 def _is_run_directory(target: str) -> bool:
-    """Whether ``miga eval`` was given an output directory (not a video file, not a job with its job.json)."""
+    """Whether ``miga eval`` was given an output directory (an existing directory or a bucket prefix, not a job)."""
     from .storage import open_store
 
-    return not Path(target).is_file() and not open_store(target, check=False).exists("job.json")
+    exists = target.startswith("s3://") or Path(target).is_dir()
+    return exists and not open_store(target, check=False).exists("job.json")
 
 
 @app.command("eval")
@@ -472,11 +475,13 @@ def gallery(
     Example: miga gallery out/batch; miga gallery s3://bucket/runs --presign 24
     """
     from .gallery import write_gallery
-    from .storage import S3Store, open_store
+    from .storage import S3Store, open_store, run_job_ids
 
     if presign is not None and not out.startswith("s3://"):
         _fail(2, f"--presign: only for an s3:// output (a local gallery links its files relatively), got {out}")
-    store = _guard(open_store, out)
+    store = _guard(open_store, out, False)
+    if not _guard(run_job_ids, store):
+        _fail(2, f"{out}: no jobs there (no manifest.parquet and no job directories)")
     key = _guard(write_gallery, store, None, None if presign is None else round(presign * 3600))
     print(store.presigned_url(key, round(presign * 3600)) if isinstance(store, S3Store) and presign is not None else f"{out.rstrip('/')}/{key}")
 

@@ -228,3 +228,16 @@ def test_gallery_presign_bad_input_is_a_usage_error(args, tmp_path):
 def test_presign_of_a_local_directory_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["gallery", str(tmp_path), "--presign", "1"])
     assert result.exit_code == 2 and "only for an s3:// output" in result.output
+
+
+def test_gallery_of_a_directory_without_jobs_is_a_usage_error_and_creates_nothing(tmp_path):
+    result = runner.invoke(app, ["gallery", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no jobs there" in result.output and not (tmp_path / "nowhere").exists()
+
+
+def test_miga_eval_of_a_job_directory_without_its_job_json_says_so(rendered, tmp_path):
+    shutil.copytree(rendered / "red", tmp_path / "red")
+    (tmp_path / "red" / "job.json").unlink()
+    result = runner.invoke(app, ["eval", str(tmp_path / "red")])
+    assert result.exit_code == 1 and "job.json is missing" in result.output
+    assert not (tmp_path / "red" / "manifest.parquet").exists()

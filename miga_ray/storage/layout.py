@@ -7,6 +7,7 @@
 <job_id>/video.mp4                   written when the job completes
 <job_id>/state/                      checkpoints + LATEST.json
 manifest.parquet                     one row per job of a batch
+index.html                           the gallery page of the run (miga_ray.gallery)
 ```
 """
 
