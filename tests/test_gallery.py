@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 
 from browser import card_ids, chromium_page, play_card
 from miga_ray.cli import app
+from miga_ray.cluster.worker import RenderWorker
+from miga_ray.config import EvaluationSettings, load_config
 from miga_ray.gallery import GALLERY
 from miga_ray.storage import LocalStore, ManifestRow, read_job, read_manifest, update_manifest
 from miga_ray.storage.quality import EVALUATION, QUALITY_COLUMNS, quality_values
@@ -241,3 +243,23 @@ def test_miga_eval_of_a_job_directory_without_its_job_json_says_so(rendered, tmp
     result = runner.invoke(app, ["eval", str(tmp_path / "red")])
     assert result.exit_code == 1 and "job.json is missing" in result.output
     assert not (tmp_path / "red" / "manifest.parquet").exists()
+
+
+def test_a_batch_worker_evaluates_while_its_model_lock_is_held(rendered, tmp_path):
+    """The worker's evaluation needs neither the model lock nor the device: it finishes while a forward holds them."""
+    shutil.copytree(rendered / "blue", tmp_path / "blue")
+    record = json.loads((tmp_path / "blue" / "job.json").read_text())
+    record["metrics"].pop(EVALUATION)
+    (tmp_path / "blue" / "job.json").write_text(json.dumps(record))
+    worker = RenderWorker(load_config(None, [s.removeprefix("--set=") for s in SMALL]), threads=1)
+    with worker.lock:  # another job's model call, for as long as the evaluation takes
+        outcome: list = []
+        thread = threading.Thread(
+            target=lambda: outcome.append(worker.evaluate("blue", str(tmp_path), EvaluationSettings()))
+        )
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the evaluation waited for the model lock"
+    assert (
+        outcome[0].metrics[EVALUATION]["vbench"] == read_job(LocalStore(rendered), "blue").metrics[EVALUATION]["vbench"]
+    )
