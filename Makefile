@@ -4,12 +4,20 @@ PYTHON ?= python3
 # BLAS thread per process (the suite runs renders, Ray workers and servers side by side).
 ISOLATE ?= unshare -rn sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: install test demo
+.PHONY: install browser test demo
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"
 
-test: install
+# The gallery test drives Debian's Chromium (headless, through playwright; no browser download).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "the gallery test needs Chromium at /usr/bin/chromium (Debian: apt-get install chromium)"; fi; \
+	fi
+
+test: install browser
 	OMP_NUM_THREADS=1 $(ISOLATE) $(PYTHON) -m pytest -q --durations=15
 
 # The demo renders its prompts side by side with torch threads chosen for the machine's idle CPUs

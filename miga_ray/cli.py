@@ -124,7 +124,9 @@ def render_jobs(
         cfg.check_prompt(prompt)
     from .config import job_id_for
     from .engines import load_for
+    from .evaluation.job import evaluate_job
     from .render import JobRun, check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
+    from .storage.quality import EVALUATION
 
     job_ids = [job_id or job_id_for(prompt, cfg) for prompt, job_id in zip(prompts, job_ids)]
     if not restart:
@@ -152,6 +154,8 @@ def render_jobs(
                 bar.update(task, **_bar_fields(p.as_dict()))
 
             result = run.run(show, tick_s=TICK_S)
+            if cfg.evaluation.enabled and result.record.status == "done" and EVALUATION not in result.record.metrics:
+                evaluate_job(store, result.job_id, cfg.evaluation)  # on the CPU, after the video is complete
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
             if result.skipped:
                 bar.update(task, total=1, completed=1, frames=f"{cfg.frames}/{cfg.frames}", eta="done")
@@ -332,6 +336,7 @@ def batch(
         result = _guard(run_batch, prompts, cfg, out, workers, address, resource, cpus, fanout, max_attempts, _batch_bar_events(bar))
     print(summary(result))
     print(f"{out.rstrip('/')}/manifest.parquet")
+    print(f"{out.rstrip('/')}/index.html")
     if result.failed:
         raise typer.Exit(1)
 
@@ -383,23 +388,59 @@ def submit(
         raise typer.Exit(1)
 
 
+def _eval_run(out: str, dino: Path | None, clip: Path | None, bins: int) -> None:
+    """``miga eval OUT``: evaluate every done job of OUT that lacks numbers, rewrite its manifest and gallery;
+    exit 1 after all of it when a job has a missing or corrupt job.json or video."""
+    from .config import EvaluationSettings
+    from .evaluation.job import evaluate_run
+    from .gallery import write_gallery
+    from .storage import open_store
+
+    settings = EvaluationSettings(dino=str(dino) if dino else None, clip=str(clip) if clip else None, bins=bins)
+    store = open_store(out, check=False)
+    if store.exists("video.m3u8") or store.exists("video.mp4"):
+        _fail(1, f"{out}: a job directory whose job.json is missing; nothing to evaluate it against")
+    said = {"evaluated": "evaluated", "had": "already evaluated", "not done": "not done", "problem": "PROBLEM"}
+    results = evaluate_run(store, settings, lambda r: print(f"{r.job_id}: {said[r.outcome]}" + (f" ({r.detail})" if r.detail else ""), flush=True))
+    if not results:
+        raise ConfigError(f"{out}: neither a video file, a job (<out>/<job_id> with a job.json), nor an output directory with jobs")
+    problems = {r.job_id: r.detail for r in results if r.outcome == "problem"}
+    write_gallery(store, problems)
+    print(f"{out.rstrip('/')}/manifest.parquet\n{out.rstrip('/')}/index.html")
+    if problems:
+        _fail(1, f"{len(problems)} job(s) could not be evaluated: {', '.join(problems)}")
+
+
+def _is_run_directory(target: str) -> bool:
+    """Whether ``miga eval`` was given an output directory (an existing directory or a bucket prefix, not a job)."""
+    from .storage import open_store
+
+    exists = target.startswith("s3://") or Path(target).is_dir()
+    return exists and not open_store(target, check=False).exists("job.json")
+
+
 @app.command("eval")
 def eval_(
-    target: Annotated[str, typer.Argument(help="a video file, or a job as <out>/<job_id>")],
+    target: Annotated[str, typer.Argument(help="a video file, a job as <out>/<job_id>, or a whole output directory or bucket prefix")],
     prompt: Annotated[Optional[str], typer.Option(help="for a bare video: its prompt (enables the toy-world analyzer)")] = None,
     dino: Annotated[Optional[Path], typer.Option(help="local DINO ViT-B/16 weights directory (subject consistency)")] = None,
     clip: Annotated[Optional[Path], typer.Option(help="local CLIP ViT-B/32 weights directory (background consistency)")] = None,
     bins: Annotated[int, typer.Option(min=1, help="toy-world drift curves: bins of frames (at most one per frame)")] = 10,
 ) -> None:
-    """VBench-form consistency numbers of a video or a finished job (JSON on stdout).
+    """VBench-form consistency numbers of a video or a finished job (JSON on stdout), or of every job of an
+    output directory (recorded in each job.json, the manifest and index.html; exit 1 if a job is broken).
 
     Without --dino/--clip a weight-free pixel fallback is used and labelled as such. For a toy-world
     prompt the analyzer's ground truth follows, and a drift section: per measure its mean, a curve over
     --bins bins of frames and the drift figure (mean over the last quarter minus the first); save it and
     compare variants with `miga compare`.
-    Example: miga eval out/a-red-circle-moving-over-sand-7978b9cceb34 > a.json
+    Example: miga eval out/a-red-circle-moving-over-sand-7978b9cceb34 > a.json; miga eval out/batch
     """
     from .evaluation.report import evaluate
+
+    if _guard(_is_run_directory, target):
+        _guard(_eval_run, target, dino, clip, bins)
+        return
 
     report = _guard(evaluate, target, prompt, str(dino) if dino else None, str(clip) if clip else None, bins)
     if isinstance(report.get("toy_world"), str):
@@ -423,6 +464,27 @@ def compare(
     print(_guard(compare_variants, files, png, metric))
     if png is not None:
         print(png)
+
+
+@app.command()
+def gallery(
+    out: Annotated[str, typer.Argument(help="output directory or s3://bucket/prefix of a run")],
+    presign: Annotated[Optional[float], typer.Option(min=0.01, max=168, help="HOURS: for a private bucket, write index.presigned.html whose links are presigned for this long, and print its URL")] = None,
+) -> None:
+    """(Re)write the run's gallery page, <out>/index.html: a card per job, sortable, filterable, each playing its video.
+
+    Example: miga gallery out/batch; miga gallery s3://bucket/runs --presign 24
+    """
+    from .gallery import write_gallery
+    from .storage import S3Store, open_store, run_job_ids
+
+    if presign is not None and not out.startswith("s3://"):
+        _fail(2, f"--presign: only for an s3:// output (a local gallery links its files relatively), got {out}")
+    store = _guard(open_store, out, False)
+    if not _guard(run_job_ids, store):
+        _fail(2, f"{out}: no jobs there (no manifest.parquet and no job directories)")
+    key = _guard(write_gallery, store, None, None if presign is None else round(presign * 3600))
+    print(store.presigned_url(key, round(presign * 3600)) if isinstance(store, S3Store) and presign is not None else f"{out.rstrip('/')}/{key}")
 
 
 bench_app = typer.Typer(help="Benchmarks that print measured numbers (recorded in docs/PERF.md).")

@@ -94,13 +94,23 @@ class CheckpointSettings(_Strict):
     every_seconds: float = Field(60.0, gt=0, description="... or after this many seconds, whichever first (also while the queue fills)")
 
 
+class EvaluationSettings(_Strict):
+    """The quality numbers a finished job records (``miga eval``'s), computed after its video is done."""
+
+    enabled: bool = Field(True, description="evaluate every job when its video is done (CPU, a few ms per frame with the pixel fallback)")
+    dino: str | None = Field(None, description="local DINO ViT-B/16 weights directory for subject consistency; default: the pixel fallback")
+    clip: str | None = Field(None, description="local CLIP ViT-B/32 weights directory for background consistency; default: the pixel fallback")
+    bins: int = Field(10, ge=1, description="toy-world drift curves: bins of frames (at most one per frame)")
+
+
 class RenderConfig(_Strict):
-    """Everything that decides the pixels of one render (and how it is stored)."""
+    """Everything that decides the pixels of one render (and how it is stored and evaluated)."""
 
     model: ModelSettings = ModelSettings()
     sampler: SamplerSettings = SamplerSettings()
     video: VideoSettings = VideoSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     frames: int = Field(121, ge=1, le=1_000_000, description="output video frames")
     seed: int = Field(0, ge=0, lt=2**63)
     negative_prompt: str | None = None
@@ -129,8 +139,8 @@ class RenderConfig(_Strict):
             raise ConfigError(f"prompt {prompt!r} is outside the toy model's grammar: {exc}. Grammar: {GRAMMAR}") from None
 
     def output_settings(self) -> dict[str, Any]:
-        """Every setting that changes the output pixels (not checkpoint cadence, not the device)."""
-        return self.model_dump(exclude={"checkpoint": True, "model": {"device"}})
+        """Every setting that changes the output pixels (not checkpoint cadence, evaluation, or the device)."""
+        return self.model_dump(exclude={"checkpoint": True, "evaluation": True, "model": {"device"}})
 
     def fingerprint(self) -> str:
         """Hash of ``output_settings``."""

@@ -1,7 +1,8 @@
 """The Ray pipeline on one local Ray instance (loopback, token auth, custom `miga_gpu` resource):
-longest-first batches with progress, a killed worker's job resumed elsewhere, a failed job retried on
-another worker from its checkpoint, reflection candidates fanned out to a peer with identical output,
-and `miga batch` end to end on S3 (SeaweedFS) with skip and resume on a re-run."""
+longest-first batches with progress and each job evaluated by its worker, the batch's gallery page in
+headless Chromium, a killed worker's job resumed elsewhere, a failed job retried on another worker from
+its checkpoint, reflection candidates fanned out to a peer with identical output, and `miga batch` end
+to end on S3 (SeaweedFS) with skip and resume on a re-run."""
 
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ import ray
 import torch
 from typer.testing import CliRunner
 
+from browser import card_ids, chromium_page, play_card
 from miga_ray.cli import app
 from miga_ray.cluster.batch import BatchDriver, introduce
 from miga_ray.cluster.jobs import BatchJob
 from miga_ray.cluster.report import write_manifest
 from miga_ray.cluster.worker import CONCURRENCY_GROUPS, RenderWorker, actor_options
 from miga_ray.config import load_config
+from miga_ray.gallery import GALLERY, write_gallery
 from miga_ray.storage import LocalStore, open_store, read_job, read_manifest
+from miga_ray.storage.quality import EVALUATION, quality_values
 from ray_helpers import wait_ready
 from toy_model import TOY, toy_latents
 
@@ -151,6 +155,26 @@ def test_batch_runs_longest_first_reports_progress_and_writes_the_manifest(refer
     assert all(r.status == "done" and r.metrics["cluster"]["attempts"] == 1 for r in rows.values())
     assert len(latents(out, "long")) == toy_latents(29)
     assert read_job(LocalStore(out), "long").status == "done"
+    evaluated = {e["job_id"]: e["worker"] for e in events if e["event"] == "evaluated"}
+    assert evaluated == {s.job.id: s.outcome.worker for s in result.states}, "each job evaluated once, by the worker that rendered it"
+    for row in rows.values():  # the numbers are in each job.json and in the manifest's columns
+        assert row.metrics[EVALUATION] == read_job(LocalStore(out), row.id).metrics[EVALUATION]
+        assert quality_values(row.metrics)["overall"] is not None and row.timings["evaluate"] > 0
+
+
+def test_the_gallery_of_a_batch_in_chromium_sorts_by_a_metric_and_plays_a_video(reference):
+    out, result, _ = reference
+    write_gallery(LocalStore(out))
+    overall = {s.job.id: quality_values(s.outcome.metrics)["overall"] for s in result.states}
+    with chromium_page() as page:
+        page.goto((out / GALLERY).as_uri())
+        ascending = card_ids(page)
+        assert sorted(ascending) == ["long", "mid", "short"] and ascending == sorted(overall, key=overall.get)
+        page.select_option("#sort", "frames")
+        assert card_ids(page) == ["short", "mid", "long"]
+        page.click("#dir")
+        assert card_ids(page) == ["long", "mid", "short"]
+        assert play_card(page, "mid") > 0.2
 
 
 def kill_when(workers, job_id: str, frames: int, killed: list):
@@ -234,6 +258,9 @@ def test_miga_batch_on_s3_resumes_a_partial_job_then_skips_everything(cluster, w
     assert rows["flaky-1"].status == "done" and rows["flaky-1"].metrics["cluster"]["resumed_from"] > 0
     assert rows["second"].frames == 13 and rows["second"].seed == 4
     assert latents(out, "flaky-1") == latents(reference[0], "long")
+    assert all(quality_values(r.metrics)["overall"] is not None for r in rows.values()), "evaluated by the workers"
+    page = open_store(out).get_bytes("index.html").decode()
+    assert f"{out}/index.html" in result.output and '"video": "second/video.mp4"' in page and '"status": "done"' in page
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "0 rendered (0 resumed, 0 retried), 2 already done, 0 failed" in again.output, again.output
     status = runner.invoke(app, ["status", out, "--json"])

@@ -1,5 +1,6 @@
 """The batch driver: hands jobs to worker actors longest first, retries a failed job on another
-worker (it resumes there from its last checkpoint), and records every outcome in the manifest.
+worker (it resumes there from its last checkpoint), has each finished job evaluated by the worker
+that rendered it (while that worker renders its next job), and records every outcome in the manifest.
 
 The driver is a loop over ``ray.wait``: Ray places the actors, restarts dead ones (``max_restarts``)
 and reports a dead actor as ``RayActorError``; nothing a job needs lives in a worker's memory, so
@@ -19,6 +20,7 @@ from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
 
 from ..config import ConfigError, RenderConfig, identity_hash, job_id_for, job_identity
 from ..storage import ObjectStore, read_job
+from ..storage.quality import EVALUATION
 from .jobs import BatchJob, JobOutcome
 from .prompts import PromptFileError, PromptRow
 
@@ -135,18 +137,19 @@ class BatchDriver:
         self.probing: dict[ray.ObjectRef, int] = {w.ready.remote(): i for i, w in enumerate(self.workers)} if queue else {}
         self.restarting: dict[int, float] = {}  # worker -> when to ask again whether it is back
         self.asking: dict[ray.ObjectRef, int] = {}  # progress queries in flight
+        self.evaluating: dict[ray.ObjectRef, tuple[int, JobState]] = {}
         last_poll = time.monotonic()
-        while queue or self.running:
+        while queue or self.running or self.evaluating:
             self._reprobe()
             self._dispatch(queue)
-            if not self.running and not self.probing and not self.restarting:
+            if queue and not self.running and not self.probing and not self.restarting:
                 for s in queue:
                     s.errors.append("no live worker left")
                 break
             if time.monotonic() - last_poll >= self.poll_s:
                 self._ask_progress()
                 last_poll = time.monotonic()
-            pending = [*self.running, *self.probing, *self.asking]
+            pending = [*self.running, *self.probing, *self.asking, *self.evaluating]
             if not pending:  # only restarting workers: wait for the next time to ask them
                 time.sleep(self.poll_s)
                 continue
@@ -156,6 +159,8 @@ class BatchDriver:
                     self._probed(ref)
                 elif ref in self.asking:
                     self._answered(ref)
+                elif ref in self.evaluating:
+                    self._evaluated(ref)
                 else:
                     self._finished(ref, queue)
         return BatchResult(states, time.perf_counter() - t0, len(self.workers))
@@ -209,6 +214,23 @@ class BatchDriver:
         state.outcome, state.overhead_s = outcome, time.perf_counter() - state.dispatched_at - outcome.run_s
         self.idle.append(w)
         self.on_event({"event": "done", "job_id": state.job.id, "worker": w, "skipped": outcome.skipped, "resumed_from": outcome.resumed_from})
+        if outcome.status == "done" and state.job.cfg.evaluation.enabled and EVALUATION not in outcome.metrics:
+            self.evaluating[self.workers[w].evaluate.remote(state.job.id, self.out, state.job.cfg.evaluation)] = (w, state)
+
+    def _evaluated(self, ref: ray.ObjectRef) -> None:
+        """A job's evaluation came back: its numbers join the outcome; a failure is recorded, not retried."""
+        w, state = self.evaluating.pop(ref)
+        outcome = state.outcome
+        assert outcome is not None
+        try:
+            record = ray.get(ref)
+        except RayError as exc:
+            outcome.metrics["evaluation_error"] = _describe(exc)
+            self.on_event({"event": "evaluation_failed", "job_id": state.job.id, "worker": w, "error": outcome.metrics["evaluation_error"]})
+            return
+        outcome.metrics[EVALUATION] = record.metrics[EVALUATION]
+        outcome.timings["evaluate"] = record.timings["evaluate"]
+        self.on_event({"event": "evaluated", "job_id": state.job.id, "worker": w, "seconds": record.timings["evaluate"]})
 
     def _failed(self, w: int, state: JobState, exc: BaseException, queue: list[JobState]) -> None:
         state.errors.append(_describe(exc))

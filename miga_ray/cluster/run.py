@@ -1,21 +1,42 @@
 """``miga batch`` as one function: validate the prompt set, skip finished jobs, start workers on
-Ray, drive the batch, write the manifest."""
+Ray, drive the batch, write the manifest and the gallery page (refreshed as jobs finish)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import ray
 
 from ..config import ConfigError, RenderConfig
-from ..storage import StoreError, open_store
+from ..gallery import write_gallery
+from ..storage import ObjectStore, StoreError, open_store
 from .batch import BatchDriver, BatchResult, Event, already_done, plan_jobs
 from .prompts import read_prompts
 from .report import write_manifest
 
 log = logging.getLogger(__name__)
+GALLERY_EVERY_S = 10.0  # the gallery lists the whole output: refresh it at most this often while jobs finish
+GALLERY_EVENTS = {"start", "done", "evaluated", "evaluation_failed", "failed"}
+
+
+def refreshing_gallery(store: ObjectStore, on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    """``on_event`` that also rewrites ``<out>/index.html`` when a job starts or finishes (at most every GALLERY_EVERY_S)."""
+    last = [-GALLERY_EVERY_S]
+
+    def handle(event: Event) -> None:
+        if on_event:
+            on_event(event)
+        if event["event"] in GALLERY_EVENTS and time.monotonic() - last[0] >= GALLERY_EVERY_S:
+            last[0] = time.monotonic()
+            try:
+                write_gallery(store)
+            except Exception:  # noqa: BLE001 - the page is a view; the batch goes on without it
+                log.warning("could not refresh the gallery page", exc_info=True)
+
+    return handle
 
 
 def run_batch(
@@ -53,11 +74,13 @@ def run_batch(
             spec = WorkerSpec.for_cluster(resource, cpus, fanout=fanout)
             n = workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
             handles = start_workers(n, cfg, spec)
-        result = BatchDriver(handles, out, max_attempts, on_event).run(jobs, finished)
+        result = BatchDriver(handles, out, max_attempts, refreshing_gallery(store, on_event)).run(jobs, finished)
     finally:
         for h in handles:
             ray.kill(h)
         if started:
             ray.shutdown()
     write_manifest(store, result)
+    problems = {s.job.id: s.outcome.metrics["evaluation_error"] for s in result.states if s.outcome and "evaluation_error" in s.outcome.metrics}
+    write_gallery(store, problems)
     return result

@@ -2,9 +2,11 @@
 ``JobRun`` (exactly as ``miga render`` does) and, on other threads, serves its peers' reflection
 candidates and answers progress queries.
 
-The actor is threaded with three concurrency groups: ``render`` (one job at a time), ``peer``
-(candidate requests from other workers) and ``info`` (ready / progress). Every model forward goes
-through one FIFO lock, so a peer's candidate windows interleave with the worker's own steps.
+The actor is threaded with four concurrency groups: ``render`` (one job at a time), ``peer``
+(candidate requests from other workers), ``evaluate`` (quality numbers of a finished job, on the CPU
+while the next job renders) and ``info`` (ready / progress). Every model forward goes through one
+FIFO lock, so a peer's candidate windows interleave with the worker's own steps; evaluation never
+takes it.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ import ray
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, RenderConfig
+from ..config import ConfigError, EvaluationSettings, RenderConfig
 from ..engines import build_engine, load_for
+from ..evaluation.job import evaluate_job
 from ..models.decode import latents_for_frames
 from ..render import JobRun, Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
-from ..storage import open_store
+from ..storage import JobRecord, open_store
 from ..storage.lease import TTL_S
 from .fanout import FanoutCandidates
 from .jobs import BatchJob, JobOutcome, WorkerInfo
 
-CONCURRENCY_GROUPS = {"render": 1, "peer": 2, "info": 2}
+CONCURRENCY_GROUPS = {"render": 1, "peer": 2, "evaluate": 1, "info": 2}
 LEASE_WAIT_S = 2.5 * TTL_S  # a job retried after its worker died elsewhere outwaits that worker's lease
 
 
@@ -151,6 +154,12 @@ class RenderWorker:
             timings=dict(record.timings),
             metrics=dict(record.metrics),
         )
+
+    # -- evaluate group ----------------------------------------------------------------------------
+    @ray.method(concurrency_group="evaluate")
+    def evaluate(self, job_id: str, out: str, settings: EvaluationSettings) -> JobRecord:
+        """Evaluate a finished job from its stored video and record it in its job.json (no model lock, no device)."""
+        return evaluate_job(open_store(out, check=False), job_id, settings)
 
     def _on_progress(self, p: Progress) -> None:
         self._progress = p.as_dict() | {"worker": self.index, "reflections": dict(p.counters.reflections)}

@@ -9,6 +9,7 @@ change, not semantics, and every output says which extractor produced each numbe
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Protocol
 
@@ -79,8 +80,10 @@ class ClipFeatures:
         return F.normalize(torch.cat([self.model(pixel_values=b).image_embeds for b in x.split(self.batch)]), dim=1)
 
 
+@functools.lru_cache(maxsize=4)
 def feature_extractor(kind: str, path: str | Path | None) -> FeatureExtractor:
-    """``dino`` or ``clip`` from ``path`` when given, else the weight-free fallback."""
+    """``dino`` or ``clip`` from ``path`` when given, else the weight-free fallback; loaded once per process
+    (a batch worker evaluates every job it renders with the same weights)."""
     if path is None:
         return PixelFeatures()
     if not Path(path).is_dir():

@@ -55,6 +55,13 @@ def evaluate(
         prompt = prompt or record.config.get("prompt")
         frames, source = job_frames(store, job_id)
         source = f"{target}/{source}"
+    return frames_report(frames, source, prompt, dino, clip, bins)
+
+
+def frames_report(
+    frames: np.ndarray, source: str, prompt: str | None, dino: str | None = None, clip: str | None = None, bins: int = 10
+) -> dict[str, Any]:
+    """The report of ``evaluate`` for decoded frames: VBench-form numbers, and the toy sections for a toy prompt."""
     scores = evaluate_frames(frames, feature_extractor("dino", dino), feature_extractor("clip", clip))
     report: dict[str, Any] = {"source": source, "frames": len(frames), "vbench": scores.to_dict()}
     if prompt:

@@ -1,8 +1,19 @@
 """Everything a render leaves behind, in a local directory or an S3-compatible bucket, resumable."""
 
 from .checkpoints import CheckpointError, CheckpointStore
-from .layout import DamagedError, JobLayout, JobRecord, LatentWriter, check_job_id, read_job, scrub_secrets, write_job
-from .manifest import ManifestRow, read_manifest, update_manifest
+from .layout import (
+    DamagedError,
+    JobLayout,
+    JobProblem,
+    JobRecord,
+    LatentWriter,
+    check_job_id,
+    load_job,
+    read_job,
+    scrub_secrets,
+    write_job,
+)
+from .manifest import ManifestRow, read_manifest, run_job_ids, update_manifest
 from .objects import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreError, open_store
 from .segments import SegmentWriter, remove_stale_mp4_dirs, write_png_frames
 from .uploader import Sink, Uploader, UploadError
@@ -12,6 +23,7 @@ __all__ = [
     "CheckpointStore",
     "DamagedError",
     "JobLayout",
+    "JobProblem",
     "JobRecord",
     "LatentWriter",
     "LocalStore",
@@ -25,10 +37,12 @@ __all__ = [
     "UploadError",
     "Uploader",
     "check_job_id",
+    "load_job",
     "open_store",
     "read_job",
     "read_manifest",
     "remove_stale_mp4_dirs",
+    "run_job_ids",
     "scrub_secrets",
     "update_manifest",
     "write_job",

@@ -7,6 +7,7 @@
 <job_id>/video.mp4                   written when the job completes
 <job_id>/state/                      checkpoints + LATEST.json
 manifest.parquet                     one row per job of a batch
+index.html                           the gallery page of the run (miga_ray.gallery)
 ```
 """
 
@@ -175,6 +176,21 @@ def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
         return JobRecord.from_json(store.get_bytes(JobLayout(job_id).job_json))
     except ObjectNotFound:
         return None
+
+
+class JobProblem(RuntimeError):
+    """What is wrong with a job directory as a whole (no or a corrupt job.json, no or a corrupt video)."""
+
+
+def load_job(store: ObjectStore, job_id: str) -> JobRecord:
+    """The job's record; JobProblem saying what is wrong when its job.json is missing or corrupt."""
+    try:
+        record = read_job(store, job_id)
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or fields of the wrong kind
+        raise JobProblem(f"job.json is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if record is None:
+        raise JobProblem("job.json is missing")
+    return record
 
 
 class DamagedError(RuntimeError):

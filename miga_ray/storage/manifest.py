@@ -1,8 +1,10 @@
 """``<out>/manifest.parquet``: one row per job of a batch, merge-updated by job id, written atomically.
 
 Timings and metrics are JSON strings, so jobs with different metric sets share one fixed schema;
-object keys are relative to ``<out>``. One batch driver owns the manifest: updates are
-read-modify-write, not safe against concurrent writers.
+the quality numbers (``quality.QUALITY_COLUMNS``) are also flat float columns, derived from the
+metrics' evaluation on every write (null where a job has none), for sorting and filtering. Object
+keys are relative to ``<out>``. One batch driver owns the manifest: updates are read-modify-write,
+not safe against concurrent writers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from .layout import MANIFEST, JobLayout, JobStatus
 from .objects import ObjectNotFound, ObjectStore
+from .quality import QUALITY_COLUMNS, quality_values
 
 SCHEMA = pa.schema(
     [
@@ -31,6 +34,7 @@ SCHEMA = pa.schema(
         ("timings", pa.string()),
         ("metrics", pa.string()),
         ("error", pa.string()),
+        *((column, pa.float64()) for column in QUALITY_COLUMNS),
     ]
 )
 _JSON_COLUMNS = ("timings", "metrics")
@@ -81,9 +85,17 @@ def update_manifest(store: ObjectStore, rows: Iterable[ManifestRow], key: str = 
     merged.update((row.id, row) for row in rows)
     records = [asdict(row) for row in merged.values()]
     for record in records:
+        record.update(quality_values(record["metrics"]))
         for column in _JSON_COLUMNS:
             record[column] = json.dumps(record[column], sort_keys=True)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), sink)
     store.put_bytes(key, sink.getvalue().to_pybytes())
     return list(merged.values())
+
+
+def run_job_ids(store: ObjectStore, key: str = MANIFEST) -> list[str]:
+    """Every job of a run directory: the manifest's rows in order, then every other top-level directory."""
+    rows = [row.id for row in read_manifest(store, key)]
+    listed = sorted({k.split("/", 1)[0] for k in store.list("") if "/" in k} - set(rows))
+    return rows + listed

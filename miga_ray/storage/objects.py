@@ -8,6 +8,7 @@ upload on S3), so a reader sees either the old object or the new one, never a to
 from __future__ import annotations
 
 import logging
+import mimetypes
 import os
 import random
 import shutil
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MiB = 1024 * 1024
 _TMP_PREFIX = ".tmp-"
+_CONTENT_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t", ".mp4": "video/mp4", ".html": "text/html; charset=utf-8"}
 
 
 def _new_file_mode() -> int:
@@ -248,6 +250,13 @@ def _drop_expect_continue(params: dict[str, Any], **_: Any) -> None:
     params["headers"].pop("Expect", None)
 
 
+def _content_type(key: str) -> dict[str, str]:
+    """``ContentType`` for an upload, from the key's extension, so a browser reading the bucket renders the
+    gallery page and plays the video and HLS playlist (none for types it cannot tell)."""
+    kind = _CONTENT_TYPES.get(Path(key).suffix) or mimetypes.guess_type(key)[0]
+    return {"ContentType": kind} if kind else {}
+
+
 def _error_code(exc: bce.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -287,6 +296,7 @@ class S3Store(ObjectStore):
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
             s3={"addressing_style": "path" if path_style else "auto"},
+            signature_version="s3v4",  # also for presigned URLs (botocore may presign with SigV2 otherwise)
         )
         session = boto3.session.Session(profile_name=profile_name, region_name=region_name)
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
@@ -338,15 +348,19 @@ class S3Store(ObjectStore):
         full = self._full(key)
         self._retry(
             f"put {key}",
-            lambda: self._client.upload_fileobj(BytesIO(data), self.bucket, full, Config=self._transfer),
+            lambda: self._client.upload_fileobj(BytesIO(data), self.bucket, full, ExtraArgs=_content_type(key), Config=self._transfer),
         )
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         full = self._full(key)
         self._retry(
             f"put {key}",
-            lambda: self._client.upload_file(os.fspath(path), self.bucket, full, Config=self._transfer),
+            lambda: self._client.upload_file(os.fspath(path), self.bucket, full, ExtraArgs=_content_type(key), Config=self._transfer),
         )
+
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        """A URL that reads ``key`` without credentials for ``expires_s`` seconds (SigV4 allows at most 7 days)."""
+        return self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s)
 
     def create_if_absent(self, key: str, data: bytes) -> bool:
         full = self._full(key)

@@ -1,0 +1,121 @@
+"""Quality numbers of finished jobs, kept with them: a job's evaluation goes into its ``job.json``
+(``metrics.evaluation``, its cost in ``timings.evaluate``), and ``evaluate_run`` fills in every job
+of an output directory that lacks one and rewrites the manifest, without re-rendering anything.
+
+Evaluation reads only the stored video (or PNG frames), so it runs on the CPU after the video is
+done, outside any model lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import av
+
+from ..config import EvaluationSettings
+from ..storage import (
+    JobProblem,
+    JobRecord,
+    ManifestRow,
+    ObjectNotFound,
+    ObjectStore,
+    load_job,
+    read_manifest,
+    run_job_ids,
+    update_manifest,
+    write_job,
+)
+from ..storage.quality import EVALUATION
+from .report import frames_report, job_frames
+
+Outcome = Literal["evaluated", "had", "not done", "problem"]
+
+
+def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) -> JobRecord:
+    """Evaluate a done job's video and record the report in its job.json; JobProblem if it has no usable
+    job.json or video, or is not done."""
+    record = load_job(store, job_id)
+    if record.status != "done":
+        raise JobProblem(f"job is {record.status}, not done: nothing to evaluate")
+    t0 = time.perf_counter()
+    try:
+        frames, source = job_frames(store, job_id)
+    except ObjectNotFound:
+        raise JobProblem("video.mp4 is missing") from None
+    except (av.error.FFmpegError, ValueError, OSError) as exc:  # not a video FFmpeg (or PIL, for PNG frames) can read
+        raise JobProblem(f"video is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if len(frames) < 3:
+        raise JobProblem(f"video holds {len(frames)} frames; evaluation needs at least 3")
+    report = frames_report(
+        frames, source, record.config.get("prompt"), settings.dino, settings.clip, min(settings.bins, len(frames))
+    )
+    if isinstance(report.get("toy_world"), dict):  # its means and drift figures are in report["drift"] already
+        del report["toy_world"]
+    seconds = time.perf_counter() - t0
+    record.metrics[EVALUATION] = report
+    record.timings["evaluate"] = seconds
+    write_job(store, record)
+    return record
+
+
+@dataclass
+class JobEvaluation:
+    """What ``evaluate_run`` did with one job directory."""
+
+    job_id: str
+    outcome: Outcome
+    detail: str = ""
+
+
+def evaluate_run(
+    store: ObjectStore, settings: EvaluationSettings, on_job: Callable[[JobEvaluation], None] | None = None
+) -> list[JobEvaluation]:
+    """Evaluate every done job of a run directory that has no evaluation yet, then rewrite its manifest
+    with one row per job that has a readable job.json (rows from a batch keep their cluster metrics; a
+    job whose video could not be evaluated has the problem as its error)."""
+    results, rows = [], {row.id: row for row in read_manifest(store)}
+    new_rows = []
+    for job_id in run_job_ids(store):
+        record = None
+        try:
+            record = load_job(store, job_id)
+            if record.status != "done":
+                result = JobEvaluation(job_id, "not done", record.status)
+            elif EVALUATION in record.metrics:
+                result = JobEvaluation(job_id, "had")
+            else:
+                record = evaluate_job(store, job_id, settings)
+                result = JobEvaluation(job_id, "evaluated", f"{record.timings['evaluate']:.2f} s")
+        except JobProblem as exc:
+            result = JobEvaluation(job_id, "problem", str(exc))
+        if record is not None:
+            new_rows.append(
+                manifest_row_of(record, rows.get(job_id), result.detail if result.outcome == "problem" else None)
+            )
+        results.append(result)
+        if on_job:
+            on_job(result)
+    update_manifest(store, new_rows)
+    return results
+
+
+def manifest_row_of(record: JobRecord, row: ManifestRow | None, problem: str | None = None) -> ManifestRow:
+    """A job's manifest row from its job.json: the batch's row (if any) with the record's status, timings and
+    metrics, and ``problem`` as its error when the job has none of its own."""
+    render: dict[str, Any] = record.config.get("render", {})
+    metrics = record.metrics | (
+        {"cluster": row.metrics["cluster"]} if row is not None and "cluster" in row.metrics else {}
+    )
+    return ManifestRow(
+        id=record.job_id,
+        prompt=str(record.config.get("prompt", row.prompt if row else "")),
+        seed=int(render.get("seed", row.seed if row else 0)),
+        frames=int(record.frames_total or (row.frames if row else 0)),
+        status=record.status,
+        timings=dict(record.timings),
+        metrics=metrics,
+        error=record.error or problem,
+    )
