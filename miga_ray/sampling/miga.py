@@ -66,18 +66,19 @@ def start(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -
 
 
 def seed_depth(cfg: MigaConfig, num_levels: int) -> int:
-    """Known latents a seeded start places: at most a full staircase, levels E + 1 to T - 1 (at least one, the anchor)."""
+    """Known latents a seeded start places: a full staircase, levels E + 1 to T - 1 (at least one, the anchor)."""
     return max(1, (num_levels - cfg.stage2_levels - 1) * cfg.group)
 
 
 def start_seeded(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -> None:
-    """The seed's last latents stand on the staircase as a steady queue holds its own, in whole groups
-    (group k of G at level T - G + k, G at most T - E - 1); new latents in the last known latent's
-    group start as that latent noised to the group's level. The seed's last latent is the anchor."""
+    """The seed's latents stand on a full staircase as a steady queue holds its own, in whole groups
+    (group k of G = T - E - 1 at level E + 1 + k; ids before the seed are its first latent, as in FIFO's
+    start); new latents in the last known latent's group start as that latent noised to the group's
+    level. The seed's last latent is the anchor."""
     assert runner.seed is not None
     seed, T, L = runner.seed, runner.solver.grid.num_levels, cfg.group
     top = -(-seed.count // L) * L  # end of the group holding the last known latent
-    groups = min(T - cfg.stage2_levels - 1, top // L)
+    groups = T - cfg.stage2_levels - 1
     first = top - groups * L
     state.anchor = last = seed.latent(seed.count - 1)
     for i in range(first, min(top, total)):

@@ -113,6 +113,8 @@ class VC2Model:
         """A fresh decoder at the start of a video."""
         return FrameDecoder(self.vae)
 
+    encode_step = 1  # any number of frames: one latent each
+
     @torch.no_grad()
     def encode_video(self, frames: Tensor) -> Tensor:
         """uint8 frames ``[n, H, W, 3]`` -> sampler latents ``[1, 4, n, H/8, W/8]``, one frame at a time (2-D VAE)."""
