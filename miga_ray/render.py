@@ -323,7 +323,9 @@ class JobRun:
         ckpts = CheckpointStore(self.store, self.job.state, sink=uploader)
         latents = self._latents = LatentWriter(self.store, self.job, sink=uploader)
         writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
-        if writer.finished:  # killed after the video was finished, before the job was recorded done
+        if writer.finished and writer.frames_written < cfg.frames:  # a finished job being extended
+            writer.extend()
+        elif writer.finished:  # killed after the video was finished, before the job was recorded done
             writer.reopen()
         self._writer = writer
         decoder = self.model.decoder()
