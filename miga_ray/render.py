@@ -282,7 +282,7 @@ class JobRun:
             height = self.cfg.video.height or self.model.default_resolution[0]
             width = self.cfg.video.width or self.model.default_resolution[1]
             self._start_latents = self.start.latents(self.model, height, width, self.cfg.frames)
-            return Seed(self._start_latents, len(self._start_latents))
+            return Seed(self._start_latents[-seed_depth(self.model, self.cfg) :], len(self._start_latents))
         latents = LatentWriter(self.store, self.job)
         latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
         like = torch.empty((), device=self.model.device, dtype=self.model.dtype)
