@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from toy_ablation import CONFIGS, interval, prompts
 
 from miga_ray.benchmarks.options import positive_int
 from miga_ray.config import load_config
@@ -37,7 +38,6 @@ from miga_ray.models.toy_world.render import render_clip
 from miga_ray.models.toy_world.world import parse_prompt
 from miga_ray.sampling import Seed
 from miga_ray.storage.clips import fit_frames
-from toy_ablation import CONFIGS, interval, prompts
 
 RATES = ("color_rate", "background_rate", "shape_rate", "count_rate")
 MOTION = ("seam_jump", "motion")  # sprite centroid displacement as a fraction of the frame width

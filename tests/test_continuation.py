@@ -15,17 +15,24 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from miga_ray.cli import app
-from miga_ray.config import job_id_for
+from miga_ray.config import job_id_for, load_config
 from miga_ray.continuation import Extension, InitVideo
+from miga_ray.engines import load_for
 from miga_ray.models.toy_world.render import render_clip
 from miga_ray.models.toy_world.world import parse_prompt
 from miga_ray.render import JobRun
 from miga_ray.storage import LocalStore, read_job
 from miga_ray.storage.clips import fit_frames, read_clip
-from test_render import PROMPT, Stop, decoded_frames, small_config, stop_after, toy  # noqa: F401 - toy is a fixture
+from test_render import PROMPT, Stop, decoded_frames, small_config, stop_after
+from toy_model import TOY
 
 runner = CliRunner()
 SMALL = [f"--set={s}" for s in ("model.device=cpu", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4", "video.fps=8")]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_for(load_config(None, ["model.device=cpu", f"model.name={TOY}"]))
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> Path:

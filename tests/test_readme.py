@@ -206,17 +206,12 @@ def test_readme_continuation_runs_as_written(tmp_path):
     """The init video is a real H.264 file of a toy-world clip, where the command expects it."""
     from miga_ray.models.toy_world.render import render_clip
     from miga_ray.models.toy_world.world import parse_prompt
+    from test_continuation import write_mp4
 
     render, extend = commands(CONTINUE)
     work = workdir(tmp_path)
     prompt = shlex.split(render)[2]
-    frames = render_clip(parse_prompt(prompt), 21, 64, 64, seed=1)
-    with av.open(str(work / option(render, "--init-video")), "w") as container:
-        stream = container.add_stream("libx264", rate=16)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    write_mp4(work / option(render, "--init-video"), render_clip(parse_prompt(prompt), 21, 64, 64, seed=1))
     first = work / run(render, work).stdout.strip()
     job = json.loads(first.with_name("job.json").read_text())
     assert job["status"] == "done" and "init_video_sha256" in job["config"]["start"]
