@@ -135,9 +135,14 @@ def pop(state: MigaState, cfg: MigaConfig, total: int) -> None:
         unified_enter(state.unified, cfg, leaving)
 
 
+def filling(state: MigaState) -> bool:
+    """Whether the queue is still filling: no latent has left stage 1 yet (a seeded queue starts full)."""
+    return state.first == 0 and state.head == 0
+
+
 def reflect_now(state: MigaState, cfg: MigaConfig) -> bool:
     """Whether the streaming schedule judges after this sweep (always, or during the fill only)."""
-    return cfg.reflect and (cfg.reflect_during == "always" or state.head == 0)
+    return cfg.reflect and (cfg.reflect_during == "always" or filling(state))
 
 
 def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates: CandidateRunner) -> None:
@@ -205,7 +210,7 @@ def advance_stream(runner: WindowRunner, state: MigaState, cfg: MigaConfig, tota
     """One stage-1 step of the streaming schedule: a group enters, one sweep, the head leaves at E, reflection may judge."""
     if state.pushed < total:
         push_group(runner, state, cfg, entry_anchor(state, cfg), total)
-    sweep(runner, state, cfg, FILL if state.head == 0 else STAGE1, state.sweeps % cfg.write_stride)
+    sweep(runner, state, cfg, FILL if filling(state) else STAGE1, state.sweeps % cfg.write_stride)
     pop(state, cfg, total)
     if reflect_now(state, cfg):
         reflect(runner, state, cfg, candidates)
