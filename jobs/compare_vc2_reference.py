@@ -12,7 +12,7 @@ What runs: the reference ``LatentDiffusion`` built from ``configs/inference_t2v_
 the sizes reduced (UNet width 32, VAE width 32, a 3-block text tower of width 64 under OpenCLIP's
 real tokenizer); our parts get random weights, the reference loads them under the published key
 names, our loader reads the reference's whole state dict back, and both run the same inputs:
-the UNet (one timestep per video, and one per frame), the VAE decoder frame by frame, the text
+the UNet (one timestep per video, and one per frame), the VAE encoder (posterior mean) and decoder frame by frame, the text
 encoder from prompts, and one DDIM step per frame at every level. The full-size model is built on
 the meta device only for its key names and shapes (``--write-keys`` saves them for the tests).
 
@@ -100,6 +100,8 @@ STUBS = {
 
 def install_stubs() -> list[str]:
     """Stub the packages of ``STUBS`` that are not installed; returns their names."""
+    for name in ("transformers", "transformers.models.t5.modeling_t5", "transformers.models.clip.modeling_clip"):
+        importlib.import_module(name)  # the reference and OpenCLIP import these; their import-time checks must not meet a stub
     missing = [top for top in STUBS if importlib.util.find_spec(top) is None]
     for top in missing:
         for name in (top, *STUBS[top]):
@@ -224,6 +226,12 @@ def compare_models(ref: types.SimpleNamespace) -> dict[str, dict[str, float]]:
     ours_uint8 = FrameDecoder(vae).push(z).double()
     out["vae decoder, uint8 frames"] = {"max_abs": (ours_uint8 - ref_uint8).abs().max().item(),
                                         "values_differing": int((ours_uint8 != ref_uint8).sum()), "values": ref_uint8.numel()}  # fmt: skip
+
+    images = torch.rand(3, 3, 64, 64, generator=gen) * 2 - 1
+    ours_z = vae.encode(images) * LATENT_SCALE
+    out["vae encoder, posterior mean (64x64)"] = diff(ours_z, model.first_stage_model.encode(images).mode() * model.scale_factor)
+    out["vae encode then decode, ours vs reference (64x64)"] = diff(vae(ours_z / LATENT_SCALE), model.decode_first_stage_2DAE(
+        (model.first_stage_model.encode(images).mode() * model.scale_factor).transpose(0, 1)[None])[0].transpose(0, 1))
 
     tokenizer = ClipTokenizer(find_bpe_vocab())
     tokens, ref_tokens = tokenizer(PROMPTS), ref.open_clip.tokenize(PROMPTS)

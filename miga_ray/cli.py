@@ -23,6 +23,7 @@ from rich.table import Column
 from .config import ConfigError, RenderConfig, load_config
 
 if TYPE_CHECKING:
+    from .continuation import Start
     from .render import Progress as RenderProgress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Long, consistent videos from short-clip video diffusion models (MIGA).")
@@ -110,10 +111,12 @@ def _print_path(bar: Progress, path: str) -> None:
 
 
 def render_jobs(
-    prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool = False
+    prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool = False,
+    start: Start | None = None,
 ) -> list[str]:
     """Render prompts into ``out`` (``side_by_side``: as many at once as there are CPUs) with a progress bar;
-    print each video's path on stdout the moment it is finished and return them all."""
+    print each video's path on stdout the moment it is finished and return them all. ``start``: what the
+    videos continue (an init video, or the finished job an extension continues)."""
     from .storage import StoreError, open_store
 
     try:
@@ -128,10 +131,11 @@ def render_jobs(
     from .render import JobRun, check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
     from .storage.quality import EVALUATION
 
-    job_ids = [job_id or job_id_for(prompt, cfg) for prompt, job_id in zip(prompts, job_ids)]
+    origin = start.identity() if start else None
+    job_ids = [job_id or job_id_for(prompt, cfg, origin) for prompt, job_id in zip(prompts, job_ids)]
     if not restart:
         for prompt, job_id in zip(prompts, job_ids):
-            check_identity(store, job_id, prompt, cfg)  # a job holding another render fails before the model loads
+            check_identity(store, job_id, prompt, cfg, start)  # a job holding another render fails before the model loads
     model = load_for(cfg)
     at_once = min(len(prompts), usable_cpus()) if side_by_side else 1
     if model.device.type == "cpu":
@@ -145,7 +149,7 @@ def render_jobs(
         sink = stack.enter_context(trace.open("a", encoding="utf-8")) if trace else None
 
         def one(prompt: str, job_id: str | None) -> str:
-            run = JobRun(store, prompt, cfg, model, job_id=job_id, restart=restart, trace=sink)
+            run = JobRun(store, prompt, cfg, model, job_id=job_id, restart=restart, trace=sink, start=start)
             task = bar.add_task(run.job.job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
 
             def show(p: RenderProgress) -> None:
@@ -200,6 +204,7 @@ def render(
     trace: Annotated[Optional[Path], typer.Option(help="write the sampler's call trace (JSON lines) here")] = None,
     job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: a slug of the prompt plus a hash of prompt, seed and settings")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard this job's output and checkpoints first")] = False,
+    init_video: Annotated[Optional[Path], typer.Option("--init-video", help="continue this video file or image: the output starts with its frames (through the model's VAE)")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -219,7 +224,62 @@ def render(
             check_job_id(job_id)
         except ValueError as exc:
             _fail(2, f"--job-id: {exc}")
-    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace)
+    start = None
+    if init_video is not None:
+        from .continuation import InitVideo
+        from .storage.clips import read_clip
+
+        try:
+            start = InitVideo(read_clip(init_video, max_frames=cfg.frames))
+        except ValueError as exc:
+            _fail(2, f"--init-video {exc}")
+        if len(start.clip.frames) >= cfg.frames:
+            _fail(2, f"--frames: must exceed the frames of --init-video {init_video} (it has {cfg.frames} or more; got {cfg.frames})")
+    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start)
+
+
+@app.command()
+def extend(
+    job: Annotated[str, typer.Argument(help="<out>/<job_id> of a finished job (local or s3://), as miga status takes it")],
+    frames: Annotated[int, typer.Option(help="the length to extend it to (more than it has)")],
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (default: the job's)")] = None,
+) -> None:
+    """Continue a finished job to more frames, in place, from its stored clean latents; running it again resumes it.
+
+    Example: miga extend out/a-red-circle-moving-over-sand-7978b9cceb34 --frames 600
+    """
+    _guard(_extend, job, frames, device)
+
+
+def _extend(uri: str, frames: int, device: str | None) -> None:
+    """``miga extend``: the job's prompt and settings at the new length, continuing its clean latents."""
+    from .config import build_config
+    from .continuation import Extension, check_length
+    from .storage import open_store, read_job
+
+    base, _, job_id = uri.rstrip("/").rpartition("/")
+    if not job_id:
+        _fail(2, f"{uri}: expected <out>/<job_id>")
+    out = base or "."
+    record = read_job(open_store(out, check=False), job_id)
+    if record is None:
+        _fail(2, f"{uri}: no job there (no job.json)")
+    assert record is not None
+    try:
+        prompt, settings, origin = record.config["prompt"], dict(record.config["render"]), record.config.get("start") or {}
+    except (KeyError, TypeError):
+        raise ConfigError(f"{uri}: its job.json records no prompt and settings this version can read") from None
+    if "extends" in origin and settings.get("frames") == frames:  # this very extension, interrupted or done
+        start = Extension(origin["extends"], origin["from_frames"])
+    elif record.status != "done":
+        raise ConfigError(f"job {job_id} is {record.status}, not done: finish it (run its command again) before extending it")
+    else:
+        start = Extension(record.config["identity"], settings["frames"])
+    check_length(start, frames)
+    settings["frames"] = frames
+    if device is not None:
+        settings["model"] = {**settings.get("model", {}), "device": device}
+    render_jobs([prompt], build_config(settings), out, [job_id], False, None, start=start)
 
 
 @app.command()

@@ -147,9 +147,11 @@ class RenderConfig(_Strict):
         return hashlib.sha256(json.dumps(self.output_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def job_identity(prompt: str, cfg: RenderConfig) -> dict[str, Any]:
-    """What decides a job's output: the full prompt and every output-affecting setting (seed included)."""
-    return {"prompt": prompt, "render": cfg.output_settings()}
+def job_identity(prompt: str, cfg: RenderConfig, start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides a job's output: the full prompt, every output-affecting setting (seed included), and
+    what a continuation starts from (``start``: an init video's sha256, or the job an extension extends)."""
+    identity = {"prompt": prompt, "render": cfg.output_settings()}
+    return identity | {"start": start} if start else identity
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
@@ -157,10 +159,10 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def job_id_for(prompt: str, cfg: RenderConfig) -> str:
+def job_id_for(prompt: str, cfg: RenderConfig, start: dict[str, Any] | None = None) -> str:
     """The default job id: a readable slug of the prompt plus a short hash of the whole identity."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].strip("-") or "job"
-    return f"{slug}-{identity_hash(job_identity(prompt, cfg))[:12]}"
+    return f"{slug}-{identity_hash(job_identity(prompt, cfg, start))[:12]}"
 
 
 def shorten(value: Any, limit: int = 80) -> str:

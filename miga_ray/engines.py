@@ -24,6 +24,7 @@ from .sampling import (
     FlowEuler,
     MigaEngine,
     NoiseSource,
+    Seed,
     Solver,
     StreamingEngine,
     WindowRunner,
@@ -64,10 +65,11 @@ def build_engine(
     trace: TextIO | None = None,
     candidates: CandidateRunner | None = None,
     on_call: Callable[[], None] | None = None,
+    seed: Seed | None = None,
 ) -> StreamingEngine:
     """The sampler for one prompt on a loaded model (``on_call`` runs after every model forward); a list of
     prompts samples one batch row each (every random tensor is then drawn for the whole batch, so a row
-    differs from its prompt alone)."""
+    differs from its prompt alone). With a ``seed`` it continues the seed's clean latents."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     height, width = cfg.video.height or model.default_resolution[0], cfg.video.width or model.default_resolution[1]
     spatial = model.vae_scale[1]
@@ -78,13 +80,21 @@ def build_engine(
     shape = (len(prompts), model.latent_channels, height // spatial, width // spatial)
     noise = NoiseSource(cfg.seed, shape, model.dtype, model.device)
     denoiser = _notify_after(model.denoiser, on_call) if on_call else model.denoiser
-    runner = WindowRunner(denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None)
+    runner = WindowRunner(denoiser, make_solver(model, cfg), cond, noise, CallTrace(trace) if trace else None, seed)
     try:
         if cfg.sampler.kind == "miga":
             return MigaEngine(runner, cfg.sampler.miga_config(model.default_window), num_latents, model.dtype, model.device, candidates)
         return FifoEngine(runner, cfg.sampler.fifo_config(model.default_window), num_latents, model.dtype, model.device)
     except ValueError as exc:
         raise ConfigError(f"sampler.{cfg.sampler.kind}.{exc}") from None
+
+
+def seed_depth(model: LoadedModel, cfg: RenderConfig) -> int:
+    """How many of a seed's last latents the configured engine reads."""
+    s = cfg.sampler
+    if s.kind == "miga":
+        return MigaEngine.seed_depth(s.miga_config(model.default_window), s.levels())
+    return FifoEngine.seed_depth(s.fifo_config(model.default_window), s.levels())
 
 
 def _notify_after(model: Denoiser, on_call: Callable[[], None]) -> Denoiser:

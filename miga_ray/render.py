@@ -26,10 +26,11 @@ from .config import (
     job_id_for,
     job_identity,
 )
-from .engines import build_engine
+from .continuation import LATENT_SUMS, Extension, InitVideo, Start, check_length
+from .engines import build_engine, seed_depth
 from .models.decode import frames_of_latents, latents_for_frames
 from .models.registry import LoadedModel
-from .sampling import CandidateRunner, Counters, StreamingEngine
+from .sampling import CandidateRunner, Counters, Seed, StreamingEngine
 from .sampling.plan import planned_calls, scheduled_calls
 from .storage import (
     CheckpointStore,
@@ -52,7 +53,6 @@ from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
 log = logging.getLogger(__name__)
-LATENT_SUMS = "latents.sha256"  # sha256sum format, written when the job is done
 
 
 @dataclass
@@ -105,14 +105,17 @@ def checked_job_id(job_id: str) -> str:
         raise ConfigError(f"--job-id: {exc}") from None
 
 
-def check_identity(store: ObjectStore, job_id: str, prompt: str, cfg: RenderConfig) -> JobRecord | None:
-    """The job's stored record (None if new); ConfigError naming the differences if it holds another render."""
+def check_identity(store: ObjectStore, job_id: str, prompt: str, cfg: RenderConfig, start: Start | None = None) -> JobRecord | None:
+    """The job's stored record (None if new); ConfigError naming the differences if it holds another render
+    (an extension accepts the finished job it extends)."""
     previous = read_job(store, job_id)
-    if previous is None or previous.config.get("identity") == identity_hash(job_identity(prompt, cfg)):
+    accepted = {identity_hash(job_identity(prompt, cfg, start.identity() if start else None))}
+    accepted |= {start.extends} if isinstance(start, Extension) else set()
+    if previous is None or previous.config.get("identity") in accepted:
         return previous
     try:
-        stored = job_identity(previous.config["prompt"], build_config(previous.config["render"]))
-        differences = identity_differences(stored, job_identity(prompt, cfg))
+        stored = job_identity(previous.config["prompt"], build_config(previous.config["render"]), previous.config.get("start"))
+        differences = identity_differences(stored, job_identity(prompt, cfg, start.identity() if start else None))
     except (KeyError, TypeError, ConfigError):
         differences = ["its job.json records no identity this version can read"]
     raise ConfigError(
@@ -183,10 +186,13 @@ class JobRun:
         candidates: CandidateRunner | None = None,
         lease_ttl_s: float = TTL_S,
         lease_wait_s: float = 0.0,
+        start: Start | None = None,
     ) -> None:
-        self.store, self.prompt, self.cfg, self.model = store, prompt, cfg, model
-        self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg))
-        self.identity = identity_hash(job_identity(prompt, cfg))
+        self.store, self.prompt, self.cfg, self.model, self.start = store, prompt, cfg, model, start
+        origin = start.identity() if start else None
+        self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg, origin))
+        self.identity = identity_hash(job_identity(prompt, cfg, origin))
+        check_length(start, cfg.frames)
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
         self.restart, self.trace, self.candidates = restart, trace, candidates
@@ -201,6 +207,7 @@ class JobRun:
         ConfigError (exit 2)."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
+        self._seed_latents = self._seed()  # bad input fails before anything is written
         self._lease = Lease(self.store, self.job.job_id, self.lease_ttl_s)
         give_up = time.monotonic() + self.lease_wait_s
         while True:
@@ -218,15 +225,18 @@ class JobRun:
 
     def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:
         """``run`` once the lease is held."""
-        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg)
-        if previous is not None and previous.status == "done":
+        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg, self.start)
+        extending = isinstance(self.start, Extension) and previous is not None and previous.config.get("identity") == self.start.extends
+        if extending:  # a finished job's first run of this extension: its checkpoints belong to the job as it was
+            self._drop_checkpoints()
+        elif previous is not None and previous.status == "done":
             damage = self._damage_of_done_job()
             if damage is None:
                 return RenderResult(self.job.job_id, previous, skipped=True)
             log.warning("job %s is recorded done but %s; rendering it again from its last checkpoint", self.job.job_id, damage)
         reporter = _Reporter(self.job.job_id, self.cfg.frames, on_progress, tick_s) if on_progress else None
         tick = reporter.tick if reporter and tick_s is not None else None
-        engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick)
+        engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick, self._seed_latents)
         if self.restart:
             self._wipe()
         self._clean_temp()
@@ -257,7 +267,42 @@ class JobRun:
         return result
 
     def _config_record(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
+        record = {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
+        if self.start is not None:
+            record["start"] = self.start.identity()
+        if isinstance(self.start, InitVideo):
+            record["init_video"] = self.start.clip.path
+        return record
+
+    def _seed(self) -> Seed | None:
+        """The clean latents the video begins with (ConfigError when an init video is not shorter than the render)."""
+        if self.start is None:
+            return None
+        if isinstance(self.start, InitVideo):
+            height = self.cfg.video.height or self.model.default_resolution[0]
+            width = self.cfg.video.width or self.model.default_resolution[1]
+            self._start_latents = self.start.latents(self.model, height, width, self.cfg.frames)
+            return Seed(self._start_latents[-seed_depth(self.model, self.cfg) :], len(self._start_latents))
+        latents = LatentWriter(self.store, self.job)
+        latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
+        like = torch.empty((), device=self.model.device, dtype=self.model.dtype)
+        held = self.start.latents(latents, seed_depth(self.model, self.cfg), self.temporal, like)
+        return Seed(held, self.start.count(self.temporal))
+
+    def _store_start(self, latents: LatentWriter, writer: SegmentWriter, decoder) -> None:
+        """A continuation starting afresh: an init video's latents become the job's first latents and frames;
+        an extension's are stored, and the frames its last latent decodes past the job's end are added."""
+        if isinstance(self.start, InitVideo):
+            for i, latent in enumerate(self._start_latents):
+                latents.write(i, latent[0])
+                self._write_frames(writer, decoder, i, latent)
+        else:
+            latents.digests = dict(self._start_digests)
+            self._redecode(writer, latents, decoder, writer.frames_written, len(latents.digests))
+
+    def _drop_checkpoints(self) -> None:
+        for key in self.store.list(self.job.state + "/"):
+            self.store.delete(key)
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
@@ -278,7 +323,9 @@ class JobRun:
         ckpts = CheckpointStore(self.store, self.job.state, sink=uploader)
         latents = self._latents = LatentWriter(self.store, self.job, sink=uploader)
         writer = SegmentWriter(self.store, self.job.job_id, cfg.video.fps, width, height, crf=cfg.video.crf, sink=uploader)
-        if writer.finished:  # killed after the video was finished, before the job was recorded done
+        if writer.finished and writer.frames_written < cfg.frames:  # a finished job being extended
+            writer.extend()
+        elif writer.finished:  # killed after the video was finished, before the job was recorded done
             writer.reopen()
         self._writer = writer
         decoder = self.model.decoder()
@@ -407,6 +454,8 @@ class JobRun:
         """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks; return the latent it resumes at."""
         latest = ckpts.load_latest()
         if latest is None:
+            if self.start is not None:  # the video begins with the start's latents
+                self._store_start(latents, writer, decoder)
             return None
         step, tensors, meta = latest
         if meta.get("identity") != self.identity:

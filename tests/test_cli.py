@@ -27,7 +27,7 @@ SMALL = [f"--set={s}" for s in ("model.device=cpu", "sampler.num_levels=16", "sa
 HEAVY = ("torch", "numpy", "boto3", "av", "ray", "diffusers", "transformers")
 
 
-@pytest.mark.parametrize("command", [["render"], ["demo"], ["status"], ["bench", "sampler"]])
+@pytest.mark.parametrize("command", [["render"], ["demo"], ["status"], ["extend"], ["bench", "sampler"]])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Example: miga" in result.output

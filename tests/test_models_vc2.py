@@ -23,12 +23,14 @@ import torch
 from miga_ray.config import load_config
 from miga_ray.models import registry
 from miga_ray.models.pixels import to_uint8
+from miga_ray.models.prompts import RandomPromptEncoder
 from miga_ray.models.vc2 import VC2Config, load_vc2, random_vc2, vc2_grid
 from miga_ray.models.vc2.autoencoder import LATENT_SCALE, DecoderConfig, FirstStage, FrameDecoder
 from miga_ray.models.vc2.model import (
     PREFIXES,
     Parts,
     VC2Denoiser,
+    VC2Model,
     build_parts,
     checkpoint_state_dict,
     lvdm_grid,
@@ -74,8 +76,6 @@ def released_layout(parts: Parts) -> dict[str, torch.Tensor]:
     """Our weights as the released checkpoint holds them, with the keys it has that we never read."""
     text = PREFIXES["text"]
     return checkpoint_state_dict(parts) | {
-        "first_stage_model.encoder.conv_in.weight": torch.randn(32, 3, 3, 3),
-        "first_stage_model.quant_conv.weight": torch.randn(8, 8, 1, 1),
         f"{text}transformer.resblocks.{TINY.text.layers - 1}.ln_1.weight": torch.ones(64),
         f"{text}text_projection": torch.randn(64, 64),
         f"{text}logit_scale": torch.tensor(4.6),
@@ -94,12 +94,13 @@ def test_full_size_keys_and_shapes_match_the_reference() -> None:
     with torch.device("meta"):
         parts = build_parts(VC2Config())
         ours = {k: list(v.shape) for k, v in checkpoint_state_dict(parts).items()}
-    assert len(ours) == 1904 and set(ours) <= set(reference)
+    assert len(ours) == 2012 and set(ours) <= set(reference)
+    assert sum(k.startswith(("first_stage_model.encoder.", "first_stage_model.quant_conv.")) for k in ours) == 108  # the encoder, all of it
     assert {k: reference[k] for k in ours} == ours
     unread = [k for k in reference if k not in ours and k.startswith(tuple(PREFIXES.values()))]
-    assert all(VC2Config().unused(k) for k in unread) and len(unread) == 122
+    assert all(VC2Config().unused(k) for k in unread) and len(unread) == 14
     params = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.named().items()}
-    assert params == {"unet": 1_413_284_420, "vae": 49_490_199, "text": 340_387_840}
+    assert params == {"unet": 1_413_284_420, "vae": 83_653_863, "text": 340_387_840}  # vae: encoder 34,163,664 + decoder 49,490,199
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
@@ -194,6 +195,23 @@ def test_the_2d_decoder_decodes_frame_by_frame_in_any_chunking() -> None:
     resumed = FrameDecoder(vae)
     resumed.resume(z[:, :, :0], 3)
     assert resumed.context_latents == 0 and torch.equal(resumed.push(z[:, :, 3:]), whole[:, 3:])
+
+
+def test_the_encoder_gives_the_posterior_mean_frame_by_frame_and_inverts_the_decoder_shapes() -> None:
+    """Shapes and the encode -> decode path (random weights: no reconstruction quality to check; the
+    reference comparison in docs/VC2.md checks the values)."""
+    torch.manual_seed(0)
+    vae = FirstStage(DecoderConfig(channels=32)).eval()
+    model = VC2Model(UNet3D(TINY.unet).eval(), vae, RandomPromptEncoder(77, 64))
+    frames = torch.randint(0, 256, (3, 40, 48, 3), dtype=torch.uint8)
+    z = model.encode_video(frames)
+    assert z.shape == (1, 4, 3, 5, 6) and z.dtype == torch.float32
+    with torch.no_grad():
+        moments = vae.quant_conv(vae.encoder(frames[1:2].permute(0, 3, 1, 2).float() / 127.5 - 1))
+        assert moments.shape == (1, 8, 5, 6)
+        assert torch.allclose(z[:, :, 1], moments[:, :4] * LATENT_SCALE, atol=1e-6)  # the mean, not a sample
+    assert torch.equal(model.encode_video(frames), z)  # deterministic
+    assert FrameDecoder(vae).push(z).shape == (1, 3, 40, 48, 3)
 
 
 def test_vc2_grid_is_migas_spacing_of_lvdms_schedule() -> None:

@@ -46,9 +46,11 @@ from miga_ray.storage.seaweed import free_ports
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 TOUR, GPU, CLUSTER = "A one-minute tour", "Real Wan2.1 weights on a GPU", "Running on a Ray cluster with S3"
+CONTINUE = "Continuing a video"
 RUN_BY = {  # (README section, n-th code block in it) -> the test that runs all its `miga` lines, and how many
     (TOUR, 0): ("test_readme_tour_runs_as_written", 6),
     (TOUR, 1): ("test_readme_config_override_runs_as_written", 1),
+    (CONTINUE, 0): ("test_readme_continuation_runs_as_written", 2),
     (GPU, 0): ("test_readme_gpu_render_runs_as_written", 1),
     (CLUSTER, 0): ("test_readme_cluster_commands_run_as_written", 4),
 }
@@ -198,6 +200,26 @@ def test_readme_config_override_runs_as_written(tmp_path):
     assert job["status"] == "done" and job["frames_done"] == 121
     assert job["config"]["render"]["sampler"]["kind"] == "fifo"
     assert job["config"]["render"]["sampler"]["fifo"]["lookahead"] is False, "the --set override reached the render"
+
+
+def test_readme_continuation_runs_as_written(tmp_path):
+    """The init video is a real H.264 file of a toy-world clip, where the command expects it."""
+    from miga_ray.models.toy_world.render import render_clip
+    from miga_ray.models.toy_world.world import parse_prompt
+    from test_continuation import write_mp4
+
+    render, extend = commands(CONTINUE)
+    work = workdir(tmp_path)
+    prompt = shlex.split(render)[2]
+    write_mp4(work / option(render, "--init-video"), render_clip(parse_prompt(prompt), 21, 64, 64, seed=1))
+    first = work / run(render, work).stdout.strip()
+    job = json.loads(first.with_name("job.json").read_text())
+    assert job["status"] == "done" and "init_video_sha256" in job["config"]["start"]
+    assert run(extend, work).stdout.strip() == str(first.relative_to(work))
+    job = json.loads(first.with_name("job.json").read_text())
+    total = int(option(extend, "--frames"))
+    assert job["status"] == "done" and job["frames_done"] == total and job["config"]["start"]["from_frames"] == int(option(render, "--frames"))
+    assert video_frames(first.read_bytes())[0] == total
 
 
 def test_readme_gpu_render_runs_as_written(tmp_path, s3_env, hub_env):

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     counts = parameter_counts()
     listed = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items())
     print(f"parameters (full size): {listed}, total {sum(counts.values()) / 1e6:.2f} M")
-    print("  (text: OpenCLIP ViT-H-14's first 23 blocks, the penultimate-layer output; vae: the decoder half)")
+    print("  (text: OpenCLIP ViT-H-14's first 23 blocks, the penultimate-layer output; vae: encoder and decoder)")
     start = time.perf_counter()
     model = random_vc2(torch.device("cpu"), torch.float32)
     print(f"built the full UNet and VAE decoder with random weights in {time.perf_counter() - start:.1f} s")

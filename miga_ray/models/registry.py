@@ -38,6 +38,7 @@ class LoadedModel(Protocol):
     vae_scale: tuple[int, int]  # (temporal, spatial) pixels per latent
     default_resolution: tuple[int, int]  # (height, width) in pixels
     default_window: int  # latents per model call
+    encode_step: int  # encode_video takes 1 + k x encode_step frames
     device: torch.device
     dtype: torch.dtype
 
@@ -46,6 +47,8 @@ class LoadedModel(Protocol):
     def grid(self, num_levels: int, shift: float | None = None) -> LevelGrid: ...
 
     def decoder(self) -> StreamingDecoder | FrameDecoder: ...
+
+    def encode_video(self, frames: Tensor) -> Tensor: ...  # uint8 [n, H, W, 3] -> sampler latents [1, C, latents, h, w]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from torch import Tensor
 from transformers import BatchEncoding, PreTrainedTokenizerBase, T5Tokenizer, UMT5EncoderModel
 
 from ..sampling.grid import LevelGrid, flow_grid_from_sigmas
-from .decode import StreamingDecoder
+from .decode import StreamingDecoder, latent_norm
+from .pixels import from_uint8
 from .prompts import PromptEncoder, RandomPromptEncoder, encode_with_negative
 
 WAN21_1_3B_TRANSFORMER = dict(
@@ -39,6 +40,9 @@ WAN21_1_3B_TRANSFORMER = dict(
 
 WAN21_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
 """The UniPC flow scheduler settings of the Wan2.1 T2V releases (shift 3 for 480p)."""
+
+ENCODE_STEP = 4
+"""``AutoencoderKLWan.encode`` reads the first frame, then chunks of 4 (whatever its temporal factor) and drops a rest."""
 
 WAN_TEXT_LEN = 512
 """Text tokens per prompt in WanPipeline (``max_sequence_length``)."""
@@ -157,6 +161,16 @@ class WanModel:
     def decoder(self) -> StreamingDecoder:
         """A fresh streaming decoder at the start of a video."""
         return StreamingDecoder(self.vae)
+
+    encode_step = ENCODE_STEP
+
+    @torch.no_grad()
+    def encode_video(self, frames: Tensor) -> Tensor:
+        """uint8 frames ``[n, H, W, 3]`` (n = 1 + k x ``encode_step``) -> normalised latents ``[1, C, latents, h, w]``
+        (1 + k x 4 / the temporal factor of them): the posterior's mean, in the sampler's space (``decode.latent_norm``)."""
+        mean, std = latent_norm(self.vae)
+        z = self.vae.encode(from_uint8(frames)[None].to(mean)).latent_dist.mode()
+        return ((z - mean) / std).to(self.device, self.dtype)
 
 
 def load_wan(

@@ -14,7 +14,7 @@ from .runner import WindowRunner
 from .state import pack, unpack
 from .trace import Counters
 
-STATE_VERSION = 2  # 2 (issue 15): the fidelity fixes, reflection scores per batch element, one generic state layout
+STATE_VERSION = 3  # 2 (issue 15): the fidelity fixes, reflection scores per batch element, one generic state layout; 3 (issue 16): seeds (``first``)
 
 
 def sample_base_clip(runner: WindowRunner, count: int) -> list[Tensor]:
@@ -35,12 +35,15 @@ class StreamState:
     """
 
     emitted: int = 0
+    first: int = 0  # the first latent id this engine outputs: a seed's latents come before it (``sampling.seed``)
     out_ids: list[int] = field(default_factory=list)
     out: list[Tensor] = field(default_factory=list)
 
 
 def emit(state: StreamState, index: int, latent: Tensor) -> None:
-    """A finished latent joins the output, in order, until it is pulled."""
+    """A finished latent joins the output, in order, until it is pulled; one before ``state.first`` (warm-up, or known) does not."""
+    if index < state.first:
+        return
     state.out_ids.append(index)
     state.out.append(latent)
 
@@ -50,7 +53,8 @@ class StreamingEngine:
 
     Subclasses hold everything that changes in ``self.state`` (a ``StreamState`` dataclass), and
     implement ``_advance`` (one unit of work that may finish latents: a call of the engine's phase
-    functions over runner, state and config) and ``held_latents``.
+    functions over runner, state and config) and ``held_latents``. With a seed on the runner
+    (``sampling.seed``) the engine continues it: it outputs latents ``seed.count`` and later.
     """
 
     cfg: Any  # the engine's config dataclass (``to_dict()``)
@@ -58,9 +62,13 @@ class StreamingEngine:
     def __init__(self, runner: WindowRunner, num_latents: int, dtype: torch.dtype, device: torch.device | str, state: StreamState) -> None:
         if num_latents < 1:
             raise ValueError(f"num_latents: must satisfy num_latents >= 1 (got {num_latents})")
+        known = runner.seed.count if runner.seed is not None else 0
+        if known >= num_latents:
+            raise ValueError(f"num_latents: must satisfy num_latents > the seed's latents ({known}) (got {num_latents})")
         self.runner, self.num_latents = runner, num_latents
         self.dtype, self.device = dtype, torch.device(device)
         self.shape = runner.noise.shape
+        state.first = state.emitted = known
         self.state = state
 
     @property
@@ -125,4 +133,5 @@ class StreamingEngine:
         self.runner.counters = Counters.from_json(meta["counters"])
 
     def _identity(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "engine": type(self).__name__, "num_latents": self.num_latents, "seed": self.runner.noise.seed}
+        return {"version": STATE_VERSION, "engine": type(self).__name__, "num_latents": self.num_latents, "seed": self.runner.noise.seed,
+                "first": self.state.first}  # first: the seed's latent count (0 without one)

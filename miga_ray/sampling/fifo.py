@@ -39,22 +39,33 @@ def layout(cfg: FifoConfig) -> tuple[int, int]:
 
 
 def start(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
-    """Base clip re-noised onto the diagonal: its first latent fills the lower levels, as in the reference.
+    """A clip re-noised onto the diagonal, its last latent at the tail: the base clip (whose first latent
+    fills the lower levels, as in the reference), or the seed's known latents (``sampling.seed``).
 
-    The diagonal's head is latent ``-(T - f)``: the first T - f latents are warm-up, never emitted.
+    Without a seed the diagonal's head is latent ``-(T - f)``: the first T - f latents are warm-up,
+    never emitted. With one the whole diagonal is known, and the first new latent enters behind it.
     """
     T, f = runner.solver.grid.num_levels, cfg.window
     _, prefix = layout(cfg)
-    base = sample_base_clip(runner, f)
-    first = -(T - f) - prefix
+    seed = runner.seed
+    base = sample_base_clip(runner, f) if seed is None else []
+    first = (f if seed is None else seed.count) - T - prefix
     for pos, level in enumerate([0] * prefix + list(range(1, T + 1))):
         index = first + pos
-        x0 = base[min(f - 1, max(0, index))]
-        if level:
-            eps = runner.noise.draw(INIT_NOISE, index, level)
-            x0 = runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+        if seed is not None:
+            x0 = seed.hold(runner.solver, runner.noise, index, level)
+        else:
+            x0 = base[min(f - 1, max(0, index))]
+            if level:
+                eps = runner.noise.draw(INIT_NOISE, index, level)
+                x0 = runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
         state.queue.push(x0, level, index)
     state.started = True
+
+
+def seed_depth(cfg: FifoConfig, num_levels: int) -> int:
+    """Known latents a seeded start places: the diagonal and the clean ones in front of it."""
+    return num_levels + layout(cfg)[1]
 
 
 def iterate(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
@@ -65,8 +76,7 @@ def iterate(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
     for window in fifo_windows(prefix, T, cfg.window, stride):
         queue.step(runner, FIFO, window)
     head = queue.ids[prefix]
-    if head >= 0:
-        emit(state, head, queue.xs[prefix])
+    emit(state, head, queue.xs[prefix])
     queue.pop(1)
     queue.push(entry_latent(runner.solver, runner.noise, None, head + T, 0), T, head + T)
 
@@ -91,6 +101,11 @@ class FifoEngine(StreamingEngine):
     def _advance(self) -> None:
         """The start, then one diagonal iteration per call."""
         (iterate if self.state.started else start)(self.runner, self.state, self.cfg)
+
+    @staticmethod
+    def seed_depth(config: FifoConfig, num_levels: int) -> int:
+        """How many of a seed's last latents the engine reads (``seed_depth``)."""
+        return seed_depth(config, num_levels)
 
     def held_latents(self) -> int:
         return len(self.state.queue) + len(self.state.out)

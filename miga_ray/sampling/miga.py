@@ -46,7 +46,11 @@ class MigaState(StreamState):
 
 
 def start(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -> None:
-    """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T)."""
+    """Base clip, re-noised onto the top of the staircase in whole groups (the first enters just below T);
+    with a seed, the seeded start instead."""
+    if runner.seed is not None:
+        start_seeded(runner, state, cfg, total)
+        return
     T, f, L = runner.solver.grid.num_levels, cfg.window, cfg.group
     base = sample_base_clip(runner, f)
     state.anchor = base[-1]
@@ -58,6 +62,37 @@ def start(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -
         x = runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
         state.queue.push(x, level, i)
     state.pushed = count
+    state.started = True
+
+
+def seed_depth(cfg: MigaConfig, num_levels: int) -> int:
+    """Known latents a seeded start places: a full staircase, levels E + 1 to T - 1 (at least one, the anchor)."""
+    return max(1, (num_levels - cfg.stage2_levels - 1) * cfg.group)
+
+
+def start_seeded(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -> None:
+    """The seed's latents stand on a full staircase as a steady queue holds its own, in whole groups
+    (group k of G = T - E - 1 at level E + 1 + k; ids before the seed are its first latent, as in FIFO's
+    start); new latents in the last known latent's group start as that latent noised to the group's
+    level. The seed's last latent is the anchor."""
+    assert runner.seed is not None
+    seed, T, L = runner.seed, runner.solver.grid.num_levels, cfg.group
+    top = -(-seed.count // L) * L  # end of the group holding the last known latent
+    groups = T - cfg.stage2_levels - 1
+    first = top - groups * L
+    state.anchor = last = seed.latent(seed.count - 1)
+    for i in range(first, min(top, total)):
+        level = T - groups + (i - first) // L
+        if i < seed.count:
+            x = seed.hold(runner.solver, runner.noise, i, level)
+        else:
+            eps = runner.noise.draw(INIT_NOISE, i, level)
+            x = runner.solver.add_noise(last.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+        state.queue.push(x, level, i)
+    state.head, state.pushed = first, min(top, total)
+    u = state.unified
+    u.arrived = u.base = first
+    u.frontier = [first] * len(u.frontier)
     state.started = True
 
 
@@ -100,9 +135,14 @@ def pop(state: MigaState, cfg: MigaConfig, total: int) -> None:
         unified_enter(state.unified, cfg, leaving)
 
 
+def filling(state: MigaState) -> bool:
+    """Whether the queue is still filling: no latent has left stage 1 yet (a seeded queue starts full)."""
+    return state.first == 0 and state.head == 0
+
+
 def reflect_now(state: MigaState, cfg: MigaConfig) -> bool:
     """Whether the streaming schedule judges after this sweep (always, or during the fill only)."""
-    return cfg.reflect and (cfg.reflect_during == "always" or state.head == 0)
+    return cfg.reflect and (cfg.reflect_during == "always" or filling(state))
 
 
 def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates: CandidateRunner) -> None:
@@ -117,6 +157,8 @@ def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates:
         return
     j = queue.levels.index(level)
     r = j - c.reflect_refs * L
+    if queue.ids[j] < state.first:  # a seed's latent: known, not judged
+        return
     if r < L:  # references behind the head group: the official code judges index 50 once the head is below 47
         return
     refs = torch.stack(queue.xs[r:j], dim=2)
@@ -168,7 +210,7 @@ def advance_stream(runner: WindowRunner, state: MigaState, cfg: MigaConfig, tota
     """One stage-1 step of the streaming schedule: a group enters, one sweep, the head leaves at E, reflection may judge."""
     if state.pushed < total:
         push_group(runner, state, cfg, entry_anchor(state, cfg), total)
-    sweep(runner, state, cfg, FILL if state.head == 0 else STAGE1, state.sweeps % cfg.write_stride)
+    sweep(runner, state, cfg, FILL if filling(state) else STAGE1, state.sweeps % cfg.write_stride)
     pop(state, cfg, total)
     if reflect_now(state, cfg):
         reflect(runner, state, cfg, candidates)
@@ -232,6 +274,8 @@ class MigaEngine(StreamingEngine):
     ) -> None:
         T = runner.solver.grid.num_levels
         config.validate(T, runner.solver.grid.lowest_step)
+        if config.schedule == "reference" and runner.seed is not None:
+            raise ValueError("schedule: must be stream to continue a seed (the reference schedule starts from its own base clip)")
         if config.schedule == "reference":
             fill_max = T - config.window // config.group
             fits = num_latents % config.group == 0 and config.window <= num_latents <= fill_max * config.group
@@ -247,6 +291,11 @@ class MigaEngine(StreamingEngine):
     def _advance(self) -> None:
         """One unit of work (``advance``)."""
         advance(self.runner, self.state, self.cfg, self.num_latents, self.candidates)
+
+    @staticmethod
+    def seed_depth(config: MigaConfig, num_levels: int) -> int:
+        """How many of a seed's last latents the engine reads (``seed_depth``)."""
+        return seed_depth(config, num_levels)
 
     def held_latents(self) -> int:
         fixed = sum(x is not None for x in (self.state.anchor, self.state.recent))

@@ -13,6 +13,7 @@ BASE_NOISE = "base"  # the base clip's pure noise
 INIT_NOISE = "init"  # the base clip re-noised onto the queue
 ENTRY_NOISE = "entry"  # a new latent (or a candidate's) at level T
 REFINE_NOISE = "refine"  # a clean latent re-noised for the refine pass
+SEED_NOISE = "seed"  # a known (seed) latent noised to the level it stands at
 STEP_NOISE = {  # the noise of a stochastic solver step, by the phase the step belongs to
     BASE: "step/base",
     FILL: "step/stage1",

@@ -17,6 +17,7 @@ from .fifo import FifoEngine
 from .miga import MigaEngine
 from .noise import NoiseSource
 from .runner import WindowRunner
+from .seed import seed_like
 from .trace import Counters
 
 UNPLANNED = ("reflect",)  # phases whose calls depend on latent values
@@ -34,7 +35,8 @@ def _zero_model(latents: Tensor, timesteps: Tensor, context: object) -> Tensor:
 def planned_calls(engine: StreamingEngine) -> int:
     """Scheduled model calls a whole render on ``engine`` makes from the start (``scheduled_calls`` at the end)."""
     noise = NoiseSource(engine.runner.noise.seed, (1, 1, 1, 1), torch.float32, "cpu")
-    runner = WindowRunner(_zero_model, engine.runner.solver, Conditioning(None), noise)  # its grid decides the sweeps
+    seed = seed_like(engine.runner.seed, noise.shape)  # which latents are known decides which calls run
+    runner = WindowRunner(_zero_model, engine.runner.solver, Conditioning(None), noise, seed=seed)  # its grid decides the sweeps
     if isinstance(engine, MigaEngine):
         dry: StreamingEngine = MigaEngine(runner, engine.cfg.with_(reflect=False), engine.num_latents)
     elif isinstance(engine, FifoEngine):

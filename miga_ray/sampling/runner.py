@@ -10,13 +10,15 @@ from torch import Tensor
 from .denoiser import Conditioning, Denoiser, guided_forward
 from .noise import NoiseSource
 from .phases import REFLECT, STEP_NOISE
+from .seed import Seed
 from .solvers import Solver
 from .trace import CallTrace, Counters
 
 
 class WindowRunner:
     """Model + solver + conditioning + noise: a window of latents at their own levels in, kept latents
-    one level lower out. Counts every call and writes it to the trace when one is attached."""
+    one level lower out. Counts every call and writes it to the trace when one is attached. With a
+    ``seed``, a kept latent that is known is the seed's latent at its new level (``sampling.seed``)."""
 
     def __init__(
         self,
@@ -25,8 +27,10 @@ class WindowRunner:
         cond: Conditioning,
         noise: NoiseSource,
         trace: CallTrace | None = None,
+        seed: Seed | None = None,
     ) -> None:
         self.model, self.solver, self.cond, self.noise, self.trace = model, solver, cond, noise, trace
+        self.seed = seed
         self.counters = Counters()
 
     @torch.no_grad()
@@ -42,6 +46,9 @@ class WindowRunner:
     ) -> list[Tensor]:
         """Denoise a window of latent frames (each ``[B, C, H, W]``); return the kept ones, stepped."""
         guidance = guidance if guidance is not None else [False] * len(latents)
+        kept_at = [j for j, k in enumerate(kept) if k]
+        if self.seed is not None and kept_at and all(self.seed.known([ids[j] for j in kept_at])):
+            return [self.seed.hold(self.solver, self.noise, ids[j], levels[j] - 1) for j in kept_at]  # no call needed
         x = torch.stack(list(latents), dim=2)
         lv = torch.tensor(list(levels), dtype=torch.long)
         t = self.solver.grid.timesteps[lv].to(device=x.device, dtype=torch.float32)
@@ -54,8 +61,11 @@ class WindowRunner:
         step_noise = None
         if self.solver.stochastic:
             step_noise = self.noise.frames(STEP_NOISE[phase], ids[keep], levels[keep], variant)
-        stepped = self.solver.step(x[:, :, keep], out[:, :, keep], lv[keep], step_noise)
-        return list(stepped.unbind(dim=2))
+        stepped = list(self.solver.step(x[:, :, keep], out[:, :, keep], lv[keep], step_noise).unbind(dim=2))
+        if self.seed is not None:
+            stepped = [self.seed.hold(self.solver, self.noise, ids[j], levels[j] - 1) if known else x_
+                       for j, x_, known in zip(kept_at, stepped, self.seed.known([ids[j] for j in kept_at]))]
+        return stepped
 
     def _count(self, phase, ids, levels, guidance, kept, variant) -> None:
         c = self.counters

@@ -151,6 +151,13 @@ class SegmentWriter:
         """Treat a finished video as unfinished (its job was never recorded done): ``finish`` remuxes it again."""
         self.finished = False
 
+    def extend(self) -> None:
+        """Continue a finished video with more frames: reopen it, and drop a trailing partial segment, which is
+        written again with the frames that follow (every segment but the last holds ``segment_frames``)."""
+        self.reopen()
+        if self.segments and self.segments[-1] < self.segment_frames:
+            self.rewind(len(self.segments) - 1)
+
     def rewind(self, index: int) -> None:
         """Forget segments ``index`` and later (they are damaged): frames are written again from there."""
         self.segments, self.finished, self._open = self.segments[:index], False, None

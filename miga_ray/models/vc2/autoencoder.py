@@ -1,9 +1,10 @@
-"""VideoCrafter2's VAE decoder (the LDM/Stable Diffusion ``AutoencoderKL``, 8x down, 4 channels), frame by frame.
+"""VideoCrafter2's VAE (the LDM/Stable Diffusion ``AutoencoderKL``, 8x down, 4 channels), frame by frame.
 
 The VAE is 2-D: every latent frame decodes to one pixel frame on its own, so streaming is trivial
 (no cache, nothing to rebuild on resume) and any chunking gives the same frames bit for bit.
-Module names follow the checkpoint's ``first_stage_model.{post_quant_conv,decoder}.*`` keys; the
-encoder is not needed for text-to-video and is not built.
+Module names follow the checkpoint's ``first_stage_model.{encoder,quant_conv,post_quant_conv,decoder}.*``
+keys. The encoder is used only to continue a user's video (``encode``: the posterior's mean, so
+encoding is deterministic, where VideoCrafter's own ``encode_first_stage`` samples it).
 """
 
 from __future__ import annotations
@@ -81,6 +82,54 @@ class Middle(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
+class Downsample(nn.Module):
+    """2x down by a stride-2 3x3 convolution after padding one zero row and column at the bottom and right."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class DownLevel(nn.Module):
+    """The residual blocks of one resolution, then (except at the lowest resolution) a 2x downsampling."""
+
+    def __init__(self, channels: int, out_channels: int, blocks: int, downsample: bool) -> None:
+        super().__init__()
+        self.block = nn.ModuleList([ResnetBlock(channels if i == 0 else out_channels, out_channels) for i in range(blocks)])
+        self.downsample = Downsample(out_channels) if downsample else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.block:
+            x = block(x)
+        return self.downsample(x)
+
+
+class Encoder(nn.Module):
+    """Images ``[N, 3, H, W]`` in [-1, 1] -> posterior moments before ``quant_conv`` ``[N, 2z, H/8, W/8]``."""
+
+    def __init__(self, c: DecoderConfig) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(c.out_channels, c.channels, 3, padding=1)
+        mults = (1, *c.channel_mult)
+        last = len(c.channel_mult) - 1
+        self.down = nn.ModuleList(
+            DownLevel(c.channels * mults[i], c.channels * mults[i + 1], c.num_res_blocks, downsample=i < last) for i in range(last + 1)
+        )
+        ch = c.channels * c.channel_mult[-1]
+        self.mid = Middle(ch)
+        self.norm_out = _norm(ch)
+        self.conv_out = nn.Conv2d(ch, 2 * c.z_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+
+
 class UpLevel(nn.Module):
     """The residual blocks of one resolution, then (except at full resolution) a 2x upsampling."""
 
@@ -120,17 +169,23 @@ class Decoder(nn.Module):
 
 
 class FirstStage(nn.Module):
-    """The decoding half of VideoCrafter2's ``AutoencoderKL``."""
+    """VideoCrafter2's ``AutoencoderKL``: ``forward`` decodes, ``encode`` gives the posterior's mean."""
 
     def __init__(self, config: DecoderConfig = DecoderConfig()) -> None:
         super().__init__()
         self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.z_channels, 1)
         self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 1)
         self.decoder = Decoder(config)
 
     def forward(self, z: Tensor) -> Tensor:
         """VAE latents ``[N, z, h, w]`` (not scaled) -> images ``[N, 3, H, W]``, unclamped."""
         return self.decoder(self.post_quant_conv(z))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images ``[N, 3, H, W]`` in [-1, 1] -> VAE latents ``[N, z, H/8, W/8]`` (not scaled): the posterior's mean."""
+        return self.quant_conv(self.encoder(x)).chunk(2, dim=1)[0]
 
 
 class FrameDecoder:

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ...sampling.grid import LevelGrid, ddpm_grid
+from ..pixels import from_uint8
 from ..prompts import PromptEncoder, RandomPromptEncoder, encode_with_negative
-from .autoencoder import DecoderConfig, FirstStage, FrameDecoder
+from .autoencoder import LATENT_SCALE, DecoderConfig, FirstStage, FrameDecoder
 from .text import ClipTokenizer, OpenClipPromptEncoder, OpenClipText, TextConfig, find_bpe_vocab
 from .unet import UNet3D, UNetConfig
 
@@ -45,11 +46,9 @@ class VC2Config:
     text: TextConfig = field(default_factory=TextConfig)
 
     def unused(self, key: str) -> bool:
-        """Checkpoint keys under the parts' prefixes that the text-to-video path never reads."""
+        """Checkpoint keys under the parts' prefixes that are never read (the text tower past the layer read)."""
         text = PREFIXES["text"]
-        return key.startswith(
-            ("first_stage_model.encoder.", "first_stage_model.quant_conv.", f"{text}transformer.resblocks.{self.text.layers - 1}.")
-        ) or key in (f"{text}text_projection", f"{text}logit_scale")
+        return key.startswith(f"{text}transformer.resblocks.{self.text.layers - 1}.") or key in (f"{text}text_projection", f"{text}logit_scale")
 
 
 def vc2_grid(num_levels: int) -> LevelGrid:
@@ -113,6 +112,16 @@ class VC2Model:
     def decoder(self) -> FrameDecoder:
         """A fresh decoder at the start of a video."""
         return FrameDecoder(self.vae)
+
+    encode_step = 1  # any number of frames: one latent each
+
+    @torch.no_grad()
+    def encode_video(self, frames: Tensor) -> Tensor:
+        """uint8 frames ``[n, H, W, 3]`` -> sampler latents ``[1, 4, n, H/8, W/8]``, one frame at a time (2-D VAE)."""
+        param = next(self.vae.parameters())
+        images = from_uint8(frames).transpose(0, 1)  # [n, 3, H, W]
+        latents = [self.vae.encode(images[i : i + 1].to(param))[0] * LATENT_SCALE for i in range(images.shape[0])]
+        return torch.stack(latents, dim=1)[None].to(self.device, self.dtype)
 
 
 @dataclass

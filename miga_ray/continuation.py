@@ -1,0 +1,78 @@
+"""What a continued render starts from: a user's video (encoded by the model's VAE) or a finished job's
+stored clean latents (``miga extend``). Either gives the clean latents the video begins with, which
+the sampler continues (``sampling.seed``) and the job's identity names (``identity``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import ConfigError
+from .models.decode import latents_for_frames
+from .models.registry import LoadedModel
+from .storage import DamagedError, LatentWriter, ObjectNotFound, ObjectStore
+from .storage.clips import Clip, fit_frames
+
+LATENT_SUMS = "latents.sha256"  # sha256sum format, written when a job is done
+
+
+@dataclass(frozen=True)
+class InitVideo:
+    """A user's video or image: its frames, fitted to the render, are encoded and begin the output."""
+
+    clip: Clip
+
+    def identity(self) -> dict[str, Any]:
+        return {"init_video_sha256": self.clip.sha256}
+
+    def latents(self, model: LoadedModel, height: int, width: int, frames_total: int) -> list[Tensor]:
+        """The clip's clean latents ``[1, C, h, w]`` each; ConfigError when it is not shorter than the render."""
+        frames = fit_frames(self.clip.frames, height, width, model.encode_step)
+        if len(frames) >= frames_total:
+            raise ConfigError(f"frames: must exceed the {len(frames)} frames of --init-video {self.clip.path} it continues (got {frames_total})")
+        return list(model.encode_video(torch.from_numpy(frames)).unbind(dim=2))
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A finished job continued in place: ``extends`` is its identity (hash), ``from_frames`` its length."""
+
+    extends: str
+    from_frames: int
+
+    def identity(self) -> dict[str, Any]:
+        return {"extends": self.extends, "from_frames": self.from_frames}
+
+    def count(self, temporal: int) -> int:
+        """Stored latents the extension continues."""
+        return latents_for_frames(self.from_frames, temporal)
+
+    def digests(self, store: ObjectStore, latents: LatentWriter, temporal: int) -> dict[int, str]:
+        """The recorded sha256 of every latent it continues (from the finished job's ``latents.sha256``)."""
+        count = self.count(temporal)
+        try:
+            lines = store.get_bytes(latents.job.key(LATENT_SUMS)).decode().splitlines()[:count]
+            sums = {i: line.split()[0] for i, line in enumerate(lines)}
+        except (ObjectNotFound, UnicodeDecodeError, IndexError):
+            sums = {}
+        if len(sums) != count:
+            raise DamagedError(f"job {latents.job.job_id}: its {LATENT_SUMS} does not list the {count} latents to extend")
+        return sums
+
+    def latents(self, latents: LatentWriter, depth: int, temporal: int, like: Tensor) -> list[Tensor]:
+        """The last ``depth`` stored latents it continues, checked against their digests, as ``[1, C, h, w]`` like ``like``."""
+        count = self.count(temporal)
+        return [latents.read(i).unsqueeze(0).to(like) for i in range(max(0, count - depth), count)]
+
+
+Start = InitVideo | Extension
+
+
+def check_length(start: Start | None, frames_total: int) -> None:
+    """ConfigError unless an extension makes the video longer."""
+    if isinstance(start, Extension) and frames_total <= start.from_frames:
+        raise ConfigError(f"--frames: must exceed the job's {start.from_frames} frames (got {frames_total})")
