@@ -116,12 +116,12 @@ def render_jobs(
     print each video's path on stdout the moment it is finished and return them all."""
     from .storage import StoreError, open_store
 
+    for prompt in prompts:
+        cfg.check_prompt(prompt)
     try:
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
-    for prompt in prompts:
-        cfg.check_prompt(prompt)
     from .config import job_id_for
     from .engines import load_for
     from .render import JobRun, check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads

@@ -1,0 +1,205 @@
+"""Stories on the toy world: how fast FIFO and MIGA follow a prompt switch, and how consistent each part stays.
+
+    python jobs/story_study.py [--out out/story] [--frames 240] [--seeds 0,1] [--workers 2] [--sheet docs/story_sheet.png]
+
+Renders two- and three-part stories (the sprite's colour, its shape, the background change) with the
+shipped toy model (``toy`` preset) as ``miga render --story`` builds them, under FIFO and MIGA with
+story transitions of 0, 4 and 8 latents, and MIGA with switches ignored (``at_switch: ignore``: guidance
+reaches across a switch and reflection judges across it) to measure what the rule does. MIGA runs with
+reflection throughout (``reflect_during: always``) so that it meets every switch.
+
+Per switch it reports the frames from the switch until the analyzer sees the new prompt (shape and
+background of every sprite as prompted, 8 frames in a row; the part's length if never), the share of
+the part's frames that show its prompt from then on, and the sprite and background consistency inside
+each part (VBench form, the part scored on its own). Reflection counts: judged, replaced, paused at a
+switch, and replacements of a group judged against references across a switch (false reverts).
+One JSON line per video goes to ``<out>/videos.jsonl`` (a stopped run continues); the table to stdout
+and ``<out>/table.md``; ``--sheet`` draws one story under FIFO and MIGA as a contact sheet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from miga_ray.config import load_config
+from miga_ray.engines import build_engine, load_for
+from miga_ray.models.toy_world import analyze
+
+STORIES: dict[str, list[tuple[float, str]]] = {  # (fraction of the video where the part starts, prompt)
+    "colour": [(0, "a red circle moving over sand"), (0.5, "a blue circle moving over sand")],
+    "shape": [(0, "a green square moving over grass"), (0.5, "a green triangle moving over grass")],
+    "background": [(0, "a yellow diamond moving over water"), (0.5, "a yellow diamond moving over snow")],
+    "three": [(0, "a red square moving over grass"), (1 / 3, "a blue square moving over grass"), (2 / 3, "a blue circle moving over night")],
+}
+VARIANTS: dict[str, list[str]] = {  # name -> --set overrides
+    "fifo t0": ["sampler.kind=fifo", "story.transition=0"],
+    "fifo t8": ["sampler.kind=fifo", "story.transition=8"],
+    "miga t0": ["story.transition=0"],
+    "miga t4": ["story.transition=4"],
+    "miga t8": ["story.transition=8"],
+    "miga t0 ignore": ["story.transition=0", "story.at_switch=ignore"],
+}
+SEEN_RUN = 8  # frames in a row that count as "the analyzer sees the prompt"
+
+
+def story_entries(name: str, frames: int) -> list[dict[str, Any]]:
+    """The story's entries for a video of ``frames`` frames."""
+    return [{"at": int(round(f * frames)), "prompt": p} for f, p in STORIES[name]]
+
+
+@torch.no_grad()
+def render(story: str, variant: str, seed: int, frames: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One story video as ``miga render --story`` builds it, decoded in memory: uint8 ``[F, H, W, 3]`` and its counters."""
+    torch.set_num_threads(1)
+    overrides = [*VARIANTS[variant], "sampler.miga.reflect_during=always", "model.device=cpu"]
+    cfg = load_config(None, overrides, story={"parts": story_entries(story, frames)}, frames=frames, seed=seed)
+    model = load_for(cfg)
+    start = time.monotonic()
+    engine = build_engine(model, cfg, cfg.job_prompt(None), frames)  # the toy VAE: one latent per frame
+    decoder = model.decoder()
+    video = torch.cat([decoder.push(x.unsqueeze(2)).cpu() for _, x in engine], dim=1)[0].numpy()
+    return video, {"seconds": time.monotonic() - start, "model_calls": engine.counters.total_calls,
+                   "reflections": dict(engine.counters.reflections)}
+
+
+def score(video: np.ndarray, entries: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per part: frames until its prompt is seen, its recognition from then on, and its consistency."""
+    bounds = [e["at"] for e in entries] + [len(video)]
+    parts = []
+    for k, entry in enumerate(entries):
+        report = analyze(video[bounds[k] : bounds[k + 1]], entry["prompt"])
+        seen = report.shape_ok.all(axis=1) & report.background_ok
+        runs = [d for d in range(len(seen) - SEEN_RUN + 1) if seen[d : d + SEEN_RUN].all()]
+        latency = runs[0] if runs else len(seen)
+        parts.append({
+            "latency": float(latency),
+            "recognition": float(seen[latency:].mean()) if latency < len(seen) else 0.0,
+            "subject_consistency": report.subject_consistency,
+            "background_consistency": report.background_consistency,
+        })  # fmt: skip
+    return parts
+
+
+def one(job: tuple[str, str, int, int]) -> dict[str, Any]:
+    """Render and score one (story, variant, seed)."""
+    story, variant, seed, frames = job
+    video, costs = render(story, variant, seed, frames)
+    entries = story_entries(story, frames)
+    return {"story": story, "variant": variant, "seed": seed, "frames": frames, "entries": entries, "parts": score(video, entries), **costs}
+
+
+def run(out: Path, frames: int, seeds: list[int], variants: list[str], workers: int) -> list[dict[str, Any]]:
+    """Every (story, variant, seed) not yet in ``<out>/videos.jsonl``; returns all rows of this setting."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "videos.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    have = {(r["story"], r["variant"], r["seed"], r["frames"]) for r in rows}
+    jobs = [(s, v, seed, frames) for seed in seeds for s in STORIES for v in variants if (s, v, seed, frames) not in have]
+    print(f"{len(have)} videos done, {len(jobs)} to render", flush=True)
+    with ProcessPoolExecutor(workers) as pool, path.open("a") as sink:
+        for row in pool.map(one, jobs):
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            rows.append(row)
+            print(f"{row['story']} / {row['variant']} / seed {row['seed']}: {row['seconds']:.0f} s", flush=True)
+    return [r for r in rows if r["frames"] == frames and r["seed"] in seeds and r["variant"] in variants]
+
+
+def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
+    """Markdown: per variant, the means over stories and seeds of the switch figures (parts after the
+    first), of the first part's, and of in-part consistency; reflection counts summed."""
+    lines = [
+        "| variant | frames to see a switch (mean, max) | recognition after a switch | first part seen after | "
+        "sprite cons. in parts | bg cons. in parts | reflection judged / replaced / paused at switch / false reverts |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        if not rs:
+            continue
+        later = [p for r in rs for p in r["parts"][1:]]
+        allp = [p for r in rs for p in r["parts"]]
+        refl = {k: sum(r["reflections"].get(k, 0) for r in rs) for k in ("judged", "accepted", "paused_at_switch", "accepted_at_switch")}
+        lat = [p["latency"] for p in later]
+        lines.append(
+            f"| {v} | {np.mean(lat):.1f}, {max(lat):.0f} | {np.mean([p['recognition'] for p in later]):.3f} | "
+            f"{np.mean([r['parts'][0]['latency'] for r in rs]):.1f} | {np.nanmean([p['subject_consistency'] for p in allp]):.4f} | "
+            f"{np.nanmean([p['background_consistency'] for p in allp]):.4f} | "
+            f"{refl['judged']} / {refl['accepted']} / {refl['paused_at_switch']} / {refl['accepted_at_switch']} |"
+        )
+    return "\n".join(lines)
+
+
+def per_switch(rows: list[dict[str, Any]], variants: list[str]) -> str:
+    """Markdown: frames to see each switch, per story and variant (mean over seeds)."""
+    head = "| story, switch | " + " | ".join(variants) + " |"
+    lines = [head, "| --- |" + " --- |" * len(variants)]
+    for story, entries in STORIES.items():
+        for k in range(1, len(entries)):
+            cells = []
+            for v in variants:
+                lat = [r["parts"][k]["latency"] for r in rows if r["story"] == story and r["variant"] == v]
+                cells.append(f"{np.mean(lat):.1f}" if lat else "-")
+            lines.append(f"| {story}, {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def contact_sheet(path: Path, story: str, seed: int, frames: int, count: int = 8) -> None:
+    """One story under FIFO and MIGA (default transition): a row of frames each, labelled, around every switch."""
+    from PIL import Image, ImageDraw
+
+    entries = story_entries(story, frames)
+    picks = sorted({min(frames - 1, max(0, e["at"] + d)) for e in entries[1:] for d in (-8, 0, 8, 24)} | {0, frames - 1})[:count * 2]
+    rows = []
+    for variant in ("fifo t0", "miga t0"):
+        video, _ = render(story, variant, seed, frames)
+        rows.append((variant.split()[0].upper(), [video[i] for i in picks]))
+    h, w = rows[0][1][0].shape[:2]
+    scale, label = 2, 90
+    sheet = Image.new("RGB", (label + len(picks) * w * scale, len(rows) * (h * scale + 14) + 14), "black")
+    draw = ImageDraw.Draw(sheet)
+    for c, i in enumerate(picks):
+        draw.text((label + c * w * scale + 2, 1), f"frame {i}", fill="white")
+    for r, (name, tiles) in enumerate(rows):
+        y = 14 + r * (h * scale + 14)
+        draw.text((4, y + h * scale // 2), name, fill="white")
+        for c, tile in enumerate(tiles):
+            sheet.paste(Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST), (label + c * w * scale, y))
+    text = "; ".join(f"from {e['at']}: {e['prompt']}" for e in entries)
+    draw.text((4, sheet.height - 13), text, fill="white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("out/story"))
+    p.add_argument("--frames", type=int, default=240)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--sheet", type=Path, help="also draw the three-part story (seed 0) as a contact sheet PNG here")
+    a = p.parse_args()
+    variants = a.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    rows = run(a.out, a.frames, [int(s) for s in a.seeds.split(",")], variants, a.workers)
+    text = f"{table(rows, variants)}\n\nFrames to see each switch (mean over seeds):\n\n{per_switch(rows, variants)}\n"
+    (a.out / "table.md").write_text(text)
+    print(text)
+    if a.sheet:
+        contact_sheet(a.sheet, "three", 0, a.frames)
+        print(f"contact sheet: {a.sheet}")
+
+
+if __name__ == "__main__":
+    main()
