@@ -71,7 +71,8 @@ def render(story: str, variant: str, seed: int, frames: int) -> tuple[np.ndarray
 
 
 def score(video: np.ndarray, entries: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per part: frames until its prompt is seen, its recognition from then on, and its consistency."""
+    """Per part: frames until its prompt is seen, its recognition from then on, and its consistency from
+    then on (the part scored on its own: VBench form compares with the part's first seen frame)."""
     bounds = [e["at"] for e in entries] + [len(video)]
     parts = []
     for k, entry in enumerate(entries):
@@ -79,30 +80,32 @@ def score(video: np.ndarray, entries: list[dict[str, Any]]) -> list[dict[str, fl
         seen = report.shape_ok.all(axis=1) & report.background_ok
         runs = [d for d in range(len(seen) - SEEN_RUN + 1) if seen[d : d + SEEN_RUN].all()]
         latency = runs[0] if runs else len(seen)
+        settled = analyze(video[bounds[k] + latency : bounds[k + 1]], entry["prompt"]) if latency + 2 <= len(seen) else None
         parts.append({
             "latency": float(latency),
             "recognition": float(seen[latency:].mean()) if latency < len(seen) else 0.0,
-            "subject_consistency": report.subject_consistency,
-            "background_consistency": report.background_consistency,
+            "subject_consistency": settled.subject_consistency if settled else float("nan"),
+            "background_consistency": settled.background_consistency if settled else float("nan"),
         })  # fmt: skip
     return parts
 
 
-def one(job: tuple[str, str, int, int]) -> dict[str, Any]:
-    """Render and score one (story, variant, seed)."""
-    story, variant, seed, frames = job
+def one(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
+    """Render and score one (story, variant, seed); its frames are kept in ``<out>/videos/`` for re-scoring."""
+    story, variant, seed, frames, out = job
     video, costs = render(story, variant, seed, frames)
+    np.savez_compressed(video_path(out, story, variant, seed, frames), video=video)
     entries = story_entries(story, frames)
     return {"story": story, "variant": variant, "seed": seed, "frames": frames, "entries": entries, "parts": score(video, entries), **costs}
 
 
 def run(out: Path, frames: int, seeds: list[int], variants: list[str], workers: int) -> list[dict[str, Any]]:
     """Every (story, variant, seed) not yet in ``<out>/videos.jsonl``; returns all rows of this setting."""
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
     path = out / "videos.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     have = {(r["story"], r["variant"], r["seed"], r["frames"]) for r in rows}
-    jobs = [(s, v, seed, frames) for seed in seeds for s in STORIES for v in variants if (s, v, seed, frames) not in have]
+    jobs = [(s, v, seed, frames, out) for seed in seeds for s in STORIES for v in variants if (s, v, seed, frames) not in have]
     print(f"{len(have)} videos done, {len(jobs)} to render", flush=True)
     with ProcessPoolExecutor(workers) as pool, path.open("a") as sink:
         for row in pool.map(one, jobs):
@@ -152,16 +155,21 @@ def per_switch(rows: list[dict[str, Any]], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(path: Path, story: str, seed: int, frames: int, count: int = 8) -> None:
-    """One story under FIFO and MIGA (default transition): a row of frames each, labelled, around every switch."""
+def video_path(out: Path, story: str, variant: str, seed: int, frames: int) -> Path:
+    """Where ``one`` keeps a video's frames."""
+    return out / "videos" / f"{story}-{variant.replace(' ', '_')}-s{seed}-{frames}.npz"
+
+
+def contact_sheet(path: Path, out: Path, story: str, variants: list[str], seed: int, frames: int) -> None:
+    """One story under the given variants (rendered by ``run``): a row of frames each, labelled, around every switch."""
     from PIL import Image, ImageDraw
 
     entries = story_entries(story, frames)
-    picks = sorted({min(frames - 1, max(0, e["at"] + d)) for e in entries[1:] for d in (-8, 0, 8, 24)} | {0, frames - 1})[:count * 2]
+    picks = sorted({min(frames - 1, max(0, e["at"] + d)) for e in entries[1:] for d in (-8, 0, 4, 16)} | {0, frames - 1})
     rows = []
-    for variant in ("fifo t0", "miga t0"):
-        video, _ = render(story, variant, seed, frames)
-        rows.append((variant.split()[0].upper(), [video[i] for i in picks]))
+    for variant in variants:
+        video = np.load(video_path(out, story, variant, seed, frames))["video"]
+        rows.append((variant.upper(), [video[i] for i in picks]))
     h, w = rows[0][1][0].shape[:2]
     scale, label = 2, 90
     sheet = Image.new("RGB", (label + len(picks) * w * scale, len(rows) * (h * scale + 14) + 14), "black")
@@ -186,7 +194,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--sheet", type=Path, help="also draw the three-part story (seed 0) as a contact sheet PNG here")
+    p.add_argument("--sheet", type=Path, help="also draw the three-part story (first seed) as a contact sheet PNG here")
+    p.add_argument("--sheet-variants", default="fifo t0,miga t0", help="the rows of the contact sheet")
     a = p.parse_args()
     variants = a.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -197,7 +206,7 @@ def main() -> None:
     (a.out / "table.md").write_text(text)
     print(text)
     if a.sheet:
-        contact_sheet(a.sheet, "three", 0, a.frames)
+        contact_sheet(a.sheet, a.out, "three", a.sheet_variants.split(","), int(a.seeds.split(",")[0]), a.frames)
         print(f"contact sheet: {a.sheet}")
 
 

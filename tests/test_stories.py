@@ -252,3 +252,22 @@ def test_the_manifest_has_a_story_column(tmp_path):
     assert json.loads(told.story) == [{"at": 0, "prompt": RED}, {"at": 50, "prompt": BLUE}] and plain.story is None
     with pytest.raises(ConfigError):
         load_config(None, [], story=story((0, RED), (90, BLUE)), frames=90)
+
+
+def test_the_story_study_measures_how_late_a_switch_is_seen():
+    import importlib.util
+    from pathlib import Path
+
+    from miga_ray.models.toy_world import parse_prompt, render_clip
+
+    spec = importlib.util.spec_from_file_location("story_study", Path(__file__).resolve().parents[1] / "jobs" / "story_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    entries = [{"at": 0, "prompt": RED}, {"at": 20, "prompt": BLUE}]
+    red, blue = (render_clip(parse_prompt(p), 60, 64, 64, seed=1) for p in (RED, BLUE))
+    late = np.concatenate([red[:25], blue[25:]])  # the change shows 5 frames after the switch
+    first, second = study.score(late, entries)
+    assert first["latency"] == 0 and second["latency"] == 5 and second["recognition"] == 1.0
+    assert second["subject_consistency"] > 0.9
+    never = study.score(red, entries)[1]
+    assert never["latency"] == 40 and never["recognition"] == 0.0
