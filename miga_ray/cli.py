@@ -321,7 +321,7 @@ def _batch_bar_events(bar: Progress):
 
 @app.command()
 def batch(
-    prompts: Annotated[Path, typer.Argument(help="Parquet, JSONL or CSV with columns id, prompt and optionally frames, seed, negative_prompt")],
+    prompts: Annotated[Path, typer.Argument(help="Parquet, JSONL or CSV with columns id, prompt (or story: a JSON list of {at, prompt}) and optionally frames, seed, negative_prompt")],
     out: Annotated[str, typer.Option("--out", "-o", help="local directory or s3://bucket/prefix")] = "out",
     workers: WorkersOpt = None,
     address: AddressOpt = None,
