@@ -8,9 +8,10 @@ story transitions of 0, 4 and 8 latents, and MIGA with switches ignored (``at_sw
 reaches across a switch and reflection judges across it) to measure what the rule does. MIGA runs with
 reflection throughout (``reflect_during: always``) so that it meets every switch.
 
-Per switch it reports the frames from the switch until the analyzer sees the new prompt (shape and
-background of every sprite as prompted, 8 frames in a row; the part's length if never), the share of
-the part's frames that show its prompt from then on, and the sprite and background consistency inside
+Per switch it reports the frames from the switch until the analyzer sees the new prompt (every
+sprite's colour and shape and the background as prompted, in a frame from which the new prompt shows in
+at least half of the next 8 frames and more often than the old one; the part's length if never), the
+share of the part's frames that show its prompt from then on, and the sprite and background consistency inside
 each part (VBench form, the part scored on its own). Reflection counts: judged, replaced, paused at a
 switch, and replacements of a group judged against references across a switch (false reverts).
 One JSON line per video goes to ``<out>/videos.jsonl`` (a stopped run continues); the table to stdout
@@ -35,9 +36,9 @@ from miga_ray.models.toy_world import analyze
 
 STORIES: dict[str, list[tuple[float, str]]] = {  # (fraction of the video where the part starts, prompt)
     "colour": [(0, "a red circle moving over sand"), (0.5, "a blue circle moving over sand")],
-    "shape": [(0, "a green square moving over grass"), (0.5, "a green triangle moving over grass")],
-    "background": [(0, "a yellow diamond moving over water"), (0.5, "a yellow diamond moving over snow")],
-    "three": [(0, "a red square moving over grass"), (1 / 3, "a blue square moving over grass"), (2 / 3, "a blue circle moving over night")],
+    "shape": [(0, "a red circle moving over sand"), (0.5, "a red triangle moving over sand")],
+    "background": [(0, "a yellow circle moving over water"), (0.5, "a yellow circle moving over snow")],
+    "three": [(0, "a red circle moving over sand"), (1 / 3, "a blue circle moving over sand"), (2 / 3, "a blue circle moving over snow")],
 }
 VARIANTS: dict[str, list[str]] = {  # name -> --set overrides
     "fifo t0": ["sampler.kind=fifo", "story.transition=0"],
@@ -47,7 +48,7 @@ VARIANTS: dict[str, list[str]] = {  # name -> --set overrides
     "miga t8": ["story.transition=8"],
     "miga t0 ignore": ["story.transition=0", "story.at_switch=ignore"],
 }
-SEEN_RUN = 8  # frames in a row that count as "the analyzer sees the prompt"
+SEEN_RUN = 8  # frames over which the analyzer must see the new prompt more often than not
 
 
 def story_entries(name: str, frames: int) -> list[dict[str, Any]]:
@@ -70,20 +71,35 @@ def render(story: str, variant: str, seed: int, frames: int) -> tuple[np.ndarray
                    "reflections": dict(engine.counters.reflections)}
 
 
+def matches(video: np.ndarray, prompt: str) -> np.ndarray:
+    """Per frame: the analyzer finds every sprite of ``prompt`` with its colour and shape, over its background."""
+    report = analyze(video, prompt)
+    return report.shape_ok.all(axis=1) & report.background_ok
+
+
+def seen_from(new: np.ndarray, old: np.ndarray | None) -> int:
+    """The first frame that shows the new prompt and from which, over ``SEEN_RUN`` frames, the new prompt shows
+    in at least half the frames and more often than the old one; ``len(new)`` if none."""
+    for d in range(len(new)):
+        rate = new[d : d + SEEN_RUN].mean()
+        if new[d] and rate >= 0.5 and (old is None or rate > old[d : d + SEEN_RUN].mean()):
+            return d
+    return len(new)
+
+
 def score(video: np.ndarray, entries: list[dict[str, Any]]) -> list[dict[str, float]]:
     """Per part: frames until its prompt is seen, its recognition from then on, and its consistency from
     then on (the part scored on its own: VBench form compares with the part's first seen frame)."""
     bounds = [e["at"] for e in entries] + [len(video)]
     parts = []
     for k, entry in enumerate(entries):
-        report = analyze(video[bounds[k] : bounds[k + 1]], entry["prompt"])
-        seen = report.shape_ok.all(axis=1) & report.background_ok
-        runs = [d for d in range(len(seen) - SEEN_RUN + 1) if seen[d : d + SEEN_RUN].all()]
-        latency = runs[0] if runs else len(seen)
-        settled = analyze(video[bounds[k] + latency : bounds[k + 1]], entry["prompt"]) if latency + 2 <= len(seen) else None
+        clip = video[bounds[k] : bounds[k + 1]]
+        new = matches(clip, entry["prompt"])
+        latency = seen_from(new, matches(clip, entries[k - 1]["prompt"]) if k else None)
+        settled = analyze(clip[latency:], entry["prompt"]) if latency + 2 <= len(clip) else None
         parts.append({
             "latency": float(latency),
-            "recognition": float(seen[latency:].mean()) if latency < len(seen) else 0.0,
+            "recognition": float(new[latency:].mean()) if latency < len(new) else 0.0,
             "subject_consistency": settled.subject_consistency if settled else float("nan"),
             "background_consistency": settled.background_consistency if settled else float("nan"),
         })  # fmt: skip
