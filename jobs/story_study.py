@@ -8,10 +8,11 @@ story transitions of 0, 4 and 8 latents, and MIGA with switches ignored (``at_sw
 reaches across a switch and reflection judges across it) to measure what the rule does. MIGA runs with
 reflection throughout (``reflect_during: always``) so that it meets every switch.
 
-Per switch it reports the frames from the switch until the analyzer sees the new prompt (every
-sprite's colour and shape and the background as prompted, in a frame from which the new prompt shows in
-at least half of the next 8 frames and more often than the old one; the part's length if never), the
-share of the part's frames that show its prompt from then on, and the sprite and background consistency inside
+Per switch it reports the frames from the switch until the analyzer sees the new prompt in the attribute
+the switch changes (colour, shape or background: the first frame that shows it, from which it shows in at
+least half of the next 8 frames and more often than the old one; the part's length if never), the share
+of the part's frames that show the whole prompt (every sprite's shape and colour, the background) from
+then on, and the sprite and background consistency inside
 each part (VBench form, the part scored on its own). Reflection counts: judged, replaced, paused at a
 switch, and replacements of a group judged against references across a switch (false reverts).
 One JSON line per video goes to ``<out>/videos.jsonl`` (a stopped run continues); the table to stdout
@@ -32,7 +33,7 @@ import torch
 
 from miga_ray.config import load_config
 from miga_ray.engines import build_engine, load_for
-from miga_ray.models.toy_world import analyze
+from miga_ray.models.toy_world import analyze, parse_prompt
 
 STORIES: dict[str, list[tuple[float, str]]] = {  # (fraction of the video where the part starts, prompt)
     "colour": [(0, "a red circle moving over sand"), (0.5, "a blue circle moving over sand")],
@@ -71,10 +72,20 @@ def render(story: str, variant: str, seed: int, frames: int) -> tuple[np.ndarray
                    "reflections": dict(engine.counters.reflections)}
 
 
-def matches(video: np.ndarray, prompt: str) -> np.ndarray:
-    """Per frame: the analyzer finds every sprite of ``prompt`` with its colour and shape, over its background."""
+def matches(video: np.ndarray, prompt: str, only: str | None = None) -> np.ndarray:
+    """Per frame: the analyzer finds every sprite of ``prompt`` with its colour and shape over its background,
+    or, with ``only``, just that attribute (``colour``, ``shape`` or ``background``)."""
     report = analyze(video, prompt)
-    return report.shape_ok.all(axis=1) & report.background_ok
+    found = {"colour": report.present.all(axis=1), "shape": report.shape_ok.all(axis=1), "background": report.background_ok}
+    return found[only] if only else found["shape"] & found["background"]
+
+
+def changed(old: str, new: str) -> str:
+    """The attribute a switch changes (the study's stories change one at a time)."""
+    a, b = parse_prompt(old), parse_prompt(new)
+    if a.background != b.background:
+        return "background"
+    return "colour" if [s.color for s in a.sprites] != [s.color for s in b.sprites] else "shape"
 
 
 def seen_from(new: np.ndarray, old: np.ndarray | None) -> int:
@@ -94,12 +105,17 @@ def score(video: np.ndarray, entries: list[dict[str, Any]]) -> list[dict[str, fl
     parts = []
     for k, entry in enumerate(entries):
         clip = video[bounds[k] : bounds[k + 1]]
-        new = matches(clip, entry["prompt"])
-        latency = seen_from(new, matches(clip, entries[k - 1]["prompt"]) if k else None)
+        full = matches(clip, entry["prompt"])
+        if k:
+            what = changed(entries[k - 1]["prompt"], entry["prompt"])
+            latency = seen_from(matches(clip, entry["prompt"], what), matches(clip, entries[k - 1]["prompt"], what))
+        else:
+            what, latency = "all", seen_from(full, None)
         settled = analyze(clip[latency:], entry["prompt"]) if latency + 2 <= len(clip) else None
         parts.append({
+            "changed": what,
             "latency": float(latency),
-            "recognition": float(new[latency:].mean()) if latency < len(new) else 0.0,
+            "recognition": float(full[latency:].mean()) if latency < len(full) else 0.0,
             "subject_consistency": settled.subject_consistency if settled else float("nan"),
             "background_consistency": settled.background_consistency if settled else float("nan"),
         })  # fmt: skip
@@ -115,11 +131,16 @@ def one(job: tuple[str, str, int, int, Path]) -> dict[str, Any]:
     return {"story": story, "variant": variant, "seed": seed, "frames": frames, "entries": entries, "parts": score(video, entries), **costs}
 
 
-def run(out: Path, frames: int, seeds: list[int], variants: list[str], workers: int) -> list[dict[str, Any]]:
-    """Every (story, variant, seed) not yet in ``<out>/videos.jsonl``; returns all rows of this setting."""
+def run(out: Path, frames: int, seeds: list[int], variants: list[str], workers: int, rescore: bool = False) -> list[dict[str, Any]]:
+    """Every (story, variant, seed) not yet in ``<out>/videos.jsonl``; returns all rows of this setting
+    (``rescore``: the rows already there scored again from their kept frames)."""
     (out / "videos").mkdir(parents=True, exist_ok=True)
     path = out / "videos.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if rescore:
+        for r in rows:
+            r["parts"] = score(np.load(video_path(out, r["story"], r["variant"], r["seed"], r["frames"]))["video"], r["entries"])
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     have = {(r["story"], r["variant"], r["seed"], r["frames"]) for r in rows}
     jobs = [(s, v, seed, frames, out) for seed in seeds for s in STORIES for v in variants if (s, v, seed, frames) not in have]
     print(f"{len(have)} videos done, {len(jobs)} to render", flush=True)
@@ -210,6 +231,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rescore", action="store_true", help="score the videos already rendered again from their kept frames")
     p.add_argument("--sheet", type=Path, help="also draw the three-part story (first seed) as a contact sheet PNG here")
     p.add_argument("--sheet-variants", default="fifo t0,miga t0", help="the rows of the contact sheet")
     a = p.parse_args()
@@ -217,7 +239,7 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    rows = run(a.out, a.frames, [int(s) for s in a.seeds.split(",")], variants, a.workers)
+    rows = run(a.out, a.frames, [int(s) for s in a.seeds.split(",")], variants, a.workers, a.rescore)
     text = f"{table(rows, variants)}\n\nFrames to see each switch (mean over seeds):\n\n{per_switch(rows, variants)}\n"
     (a.out / "table.md").write_text(text)
     print(text)
