@@ -153,11 +153,18 @@ def run(out: Path, frames: int, seeds: list[int], variants: list[str], workers: 
     return [r for r in rows if r["frames"] == frames and r["seed"] in seeds and r["variant"] in variants]
 
 
+def switches(row: dict[str, Any]) -> list[tuple[dict[str, float], int]]:
+    """A video's parts after the first, each with its length in frames."""
+    starts = [e["at"] for e in row["entries"]] + [row["frames"]]
+    return [(p, starts[k + 1] - starts[k]) for k, p in enumerate(row["parts"]) if k]
+
+
 def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
     """Markdown: per variant, the means over stories and seeds of the switch figures (parts after the
-    first), of the first part's, and of in-part consistency; reflection counts summed."""
+    first; latency over the switches seen, and how many never were), of the first part's, and of in-part
+    consistency; reflection counts summed."""
     lines = [
-        "| variant | frames to see a switch (mean, max) | recognition after a switch | first part seen after | "
+        "| variant | frames to see a switch (mean, max; switches never seen) | recognition after a switch | first part seen after | "
         "sprite cons. in parts | bg cons. in parts | reflection judged / replaced / paused at switch / false reverts |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -165,12 +172,13 @@ def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
         rs = [r for r in rows if r["variant"] == v]
         if not rs:
             continue
-        later = [p for r in rs for p in r["parts"][1:]]
+        later = [(p, n) for r in rs for p, n in switches(r)]
+        never = sum(p["latency"] >= n for p, n in later)
         allp = [p for r in rs for p in r["parts"]]
         refl = {k: sum(r["reflections"].get(k, 0) for r in rs) for k in ("judged", "accepted", "paused_at_switch", "accepted_at_switch")}
-        lat = [p["latency"] for p in later]
+        lat = [p["latency"] for p, n in later if p["latency"] < n]
         lines.append(
-            f"| {v} | {np.mean(lat):.1f}, {max(lat):.0f} | {np.mean([p['recognition'] for p in later]):.3f} | "
+            f"| {v} | {np.mean(lat):.1f}, {max(lat):.0f}; {never} | {np.mean([p['recognition'] for p, _ in later]):.3f} | "
             f"{np.mean([r['parts'][0]['latency'] for r in rs]):.1f} | {np.nanmean([p['subject_consistency'] for p in allp]):.4f} | "
             f"{np.nanmean([p['background_consistency'] for p in allp]):.4f} | "
             f"{refl['judged']} / {refl['accepted']} / {refl['paused_at_switch']} / {refl['accepted_at_switch']} |"
