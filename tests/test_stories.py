@@ -271,3 +271,21 @@ def test_the_story_study_measures_how_late_a_switch_is_seen():
     assert second["subject_consistency"] > 0.9
     never = study.score(red, entries)[1]
     assert never["latency"] == 40 and never["recognition"] == 0.0
+
+
+def test_a_story_maps_frames_to_the_latents_a_4x_temporal_vae_decodes_them_from(tmp_path):
+    from hub_standin import build_pipeline
+
+    from miga_ray.engines import conditioning
+    from miga_ray.models.registry import load_model
+
+    build_pipeline().save_pretrained(tmp_path / "wan", safe_serialization=True)
+    model = load_model(str(tmp_path / "wan"), torch.device("cpu"), torch.float32)
+    assert model.vae_scale[0] == 4
+    cfg = load_config(None, ["model.name=" + str(tmp_path / "wan")], story=story((0, "a"), (5, "b"), (9, "c")), frames=21)
+    schedule = conditioning(model, cfg, [cfg.job_prompt(None)])
+    assert schedule.starts == (0, 2, 3)  # frame 0 -> latent 0, frames 1-4 -> 1, 5-8 -> 2, 9-12 -> 3
+    assert not torch.equal(schedule.parts[0].positive, schedule.parts[1].positive)
+    same = load_config(None, ["model.name=" + str(tmp_path / "wan")], story=story((0, "a"), (5, "b"), (6, "c")), frames=21)
+    with pytest.raises(ConfigError, match=r"story\[2\]: at 6 falls in the same latent as story\[1\] \(at 5\)"):
+        conditioning(model, same, [same.job_prompt(None)])
