@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column
 
-from .config import ConfigError, RenderConfig, load_config
+from .config import ConfigError, RenderConfig, load_config, load_story
 
 if TYPE_CHECKING:
     from .continuation import Start
@@ -119,12 +119,12 @@ def render_jobs(
     videos continue (an init video, or the finished job an extension continues)."""
     from .storage import StoreError, open_store
 
+    for prompt in prompts:
+        cfg.check_prompt(prompt)
     try:
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
-    for prompt in prompts:
-        cfg.check_prompt(prompt)
     from .config import job_id_for
     from .engines import load_for
     from .evaluation.job import evaluate_job
@@ -194,8 +194,9 @@ def _guard(fn, *args, **kwargs):
 
 @app.command()
 def render(
-    prompt: Annotated[str, typer.Argument(help="what to render, e.g. 'a red circle moving over sand'")],
+    prompt: Annotated[Optional[str], typer.Argument(help="what to render, e.g. 'a red circle moving over sand' (left out with --story)")] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="local directory or s3://bucket/prefix")] = "out",
+    story: Annotated[Optional[Path], typer.Option("--story", help="a prompt schedule (YAML or JSON): a list of {at: FRAME, prompt: TEXT}, the first at 0")] = None,
     frames: Annotated[Optional[int], typer.Option(help="output frames")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="miga | fifo")] = None,
     model: Annotated[Optional[str], typer.Option(help="toy | wan2.1-1.3b-random | vc2-random | HUB_ID | DIR (diffusers Wan) | FILE.ckpt (VideoCrafter2)")] = None,
@@ -216,7 +217,11 @@ def render(
     overrides += [f"sampler.kind={sampler}"] if sampler else []
     overrides += [f"model.name={model}"] if model else []
     overrides += [f"model.device={device}"] if device else []
-    cfg = _render_config(config, overrides, frames=frames, seed=seed)
+    try:
+        cfg = load_config(config, overrides, story=load_story(story) if story else None, frames=frames, seed=seed)
+        prompt = cfg.job_prompt(prompt)
+    except ConfigError as exc:
+        _fail(2, str(exc))
     if job_id is not None:
         from .storage import check_job_id
 
@@ -321,7 +326,16 @@ def status(
     if as_json:
         print(record.to_json().decode())
     else:
+        from .cluster.report import story_of
+
         print(f"{record.job_id}: {record.status}, {record.frames_done}/{record.frames_total} frames" + (f" ({record.error})" if record.error else ""))
+        _print_story(story_of(record))
+
+
+def _print_story(story: list[dict] | None) -> None:
+    """A story job's parts, one line each under its status line."""
+    for part in story or []:
+        print(f"  from frame {part['at']}: {part['prompt']}")
 
 
 def _print_run_status(uri: str, as_json: bool) -> None:
@@ -337,6 +351,7 @@ def _print_run_status(uri: str, as_json: bool) -> None:
         return
     for j in jobs:
         print(f"{j.job_id}: {j.status}, {j.frames_done}/{j.frames_total} frames" + (f" ({j.error})" if j.error else ""))
+        _print_story(j.story)
 
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="worker actors (default: one per GPU in the cluster, else 1)")]
@@ -370,7 +385,7 @@ def _batch_bar_events(bar: Progress):
 
 @app.command()
 def batch(
-    prompts: Annotated[Path, typer.Argument(help="Parquet, JSONL or CSV with columns id, prompt and optionally frames, seed, negative_prompt")],
+    prompts: Annotated[Path, typer.Argument(help="Parquet, JSONL or CSV with columns id, prompt (or story: a JSON list of {at, prompt}) and optionally frames, seed, negative_prompt")],
     out: Annotated[str, typer.Option("--out", "-o", help="local directory or s3://bucket/prefix")] = "out",
     workers: WorkersOpt = None,
     address: AddressOpt = None,

@@ -103,6 +103,42 @@ class EvaluationSettings(_Strict):
     bins: int = Field(10, ge=1, description="toy-world drift curves: bins of frames (at most one per frame)")
 
 
+class StoryEntry(_Strict):
+    """One part of a story: its prompt, from pixel frame ``at`` on."""
+
+    at: int = Field(ge=0, description="first frame of this part (the first entry's is 0)")
+    prompt: str
+
+
+STORY_TRANSITION = 0  # docs/RESULTS.md, stories: chosen by measurement
+
+
+class Story(_Strict):
+    """A prompt schedule: ``parts`` in frame order, and how the sampler treats each switch."""
+
+    parts: tuple[StoryEntry, ...] = Field(min_length=1)
+    transition: int = Field(STORY_TRANSITION, ge=0, le=10_000, description="latents over which the text embeddings blend after each switch")
+    at_switch: Literal["respect", "ignore"] = Field(
+        "respect", description="respect: MIGA's guidance slots do not reach across a switch and reflection does not judge across one; ignore: as for one prompt (for comparison)"
+    )
+
+    def label(self) -> str:
+        """The job's prompt text: the parts' prompts in order (manifests, job ids and status show it)."""
+        return " -> ".join(p.prompt for p in self.parts)
+
+    def rules(self, frames: int) -> None:
+        """ValueError naming the first entry that breaks a rule: first at 0, increasing, before the end, a prompt."""
+        for k, part in enumerate(self.parts):
+            if k == 0 and part.at != 0:
+                raise ValueError(f"story[0]: at is {part.at}; the first entry must start at frame 0")
+            if k > 0 and part.at <= self.parts[k - 1].at:
+                raise ValueError(f"story[{k}]: at {part.at} must be greater than story[{k - 1}]'s at ({self.parts[k - 1].at}): entries must be increasing")
+            if part.at >= frames:
+                raise ValueError(f"story[{k}]: at {part.at} points past the video's end (frames {frames}: at must be < {frames})")
+            if not part.prompt.strip():
+                raise ValueError(f"story[{k}] (at {part.at}): empty prompt")
+
+
 class RenderConfig(_Strict):
     """Everything that decides the pixels of one render (and how it is stored and evaluated)."""
 
@@ -114,6 +150,7 @@ class RenderConfig(_Strict):
     frames: int = Field(121, ge=1, le=1_000_000, description="output video frames")
     seed: int = Field(0, ge=0, lt=2**63)
     negative_prompt: str | None = None
+    story: Story | None = Field(None, description="a prompt schedule instead of one prompt (miga render --story FILE)")
 
     @model_validator(mode="after")
     def _sampler_rules(self) -> RenderConfig:
@@ -125,22 +162,42 @@ class RenderConfig(_Strict):
                 self.sampler.fifo_config(self.sampler.fifo.window).validate(levels)
         except ValueError as exc:
             raise ValueError(f"sampler.{self.sampler.kind}.{exc}") from None
+        if self.story is not None:
+            self.story.rules(self.frames)
         return self
 
+    def job_prompt(self, prompt: str | None) -> str:
+        """The job's prompt: ``prompt``, or with a story its label; ConfigError if both or neither are given."""
+        if self.story is not None and prompt is not None:
+            raise ConfigError("prompt: leave it out with a story (the story gives the prompts)")
+        if self.story is None and not (prompt or "").strip():
+            raise ConfigError("prompt: give a prompt or a story")
+        return self.story.label() if self.story is not None else prompt  # type: ignore[return-value]
+
+    def story_json(self) -> str | None:
+        """The story's entries as a JSON list of ``{at, prompt}`` (manifests and status show it), or None."""
+        return json.dumps([p.model_dump() for p in self.story.parts]) if self.story is not None else None
+
     def check_prompt(self, prompt: str) -> None:
-        """Raise ConfigError when the model cannot render ``prompt``: the toy model knows only its grammar."""
+        """Raise ConfigError when the model cannot render ``prompt`` (or a story part): the toy model knows only its grammar."""
         if self.model.name != TOY_MODEL:
             return
         from .models.toy_world.world import GRAMMAR, parse_prompt
 
-        try:
-            parse_prompt(prompt)
-        except ValueError as exc:
-            raise ConfigError(f"prompt {prompt!r} is outside the toy model's grammar: {exc}. Grammar: {GRAMMAR}") from None
+        texts = [(f"story[{k}] prompt", p.prompt) for k, p in enumerate(self.story.parts)] if self.story else [("prompt", prompt)]
+        for what, text in texts:
+            try:
+                parse_prompt(text)
+            except ValueError as exc:
+                raise ConfigError(f"{what} {text!r} is outside the toy model's grammar: {exc}. Grammar: {GRAMMAR}") from None
 
     def output_settings(self) -> dict[str, Any]:
-        """Every setting that changes the output pixels (not checkpoint cadence, evaluation, or the device)."""
-        return self.model_dump(exclude={"checkpoint": True, "evaluation": True, "model": {"device"}})
+        """Every setting that changes the output pixels (not checkpoint cadence, evaluation, or the device; no story
+        key for a plain prompt)."""
+        exclude: dict[str, Any] = {"checkpoint": True, "evaluation": True, "model": {"device"}}
+        if self.story is None:
+            exclude["story"] = True
+        return self.model_dump(exclude=exclude)
 
     def fingerprint(self) -> str:
         """Hash of ``output_settings``."""
@@ -274,8 +331,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), load_yaml(value, f"--set {shorten(key.strip())}") if value.strip() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **fields: Any) -> RenderConfig:
-    """YAML file (optional) + ``--set key=value`` overrides + explicit fields, validated together."""
+def story_data(value: Any, what: str) -> dict[str, Any]:
+    """A story as given (a list of ``{at, prompt}`` entries, a mapping with ``parts`` and story settings, or
+    either as YAML/JSON text) -> the mapping ``RenderConfig.story`` validates."""
+    data = load_yaml(value, what) if isinstance(value, str) else value  # JSON is YAML
+    if isinstance(data, list):
+        return {"parts": data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: expected a list of {{at, prompt}} entries or a mapping with parts")
+    return data
+
+
+def load_story(path: str | Path) -> dict[str, Any]:
+    """A story file (YAML or JSON), as ``story_data`` reads it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--story {p}: no such file")
+    return story_data(read_text(p, f"--story {p}", limit=YAML_MAX_BYTES), f"--story {p}")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), story: dict[str, Any] | None = None, **fields: Any
+) -> RenderConfig:
+    """YAML file (optional) + ``--set key=value`` overrides + explicit fields, validated together; a ``story``
+    (``load_story``) is merged over the file's and the overrides' story settings."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -295,4 +374,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for key, value in fields.items():
         if value is not None:
             data[key] = value
+    if story is not None:
+        settings = data.get("story")
+        data["story"] = {**(settings if isinstance(settings, dict) else {}), **story}
     return build_config(data)

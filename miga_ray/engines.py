@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, RenderConfig
+from .models.decode import latent_of_frame
 from .models.registry import LoadedModel, load_model
 from .sampling import (
     DDIM,
@@ -24,6 +25,7 @@ from .sampling import (
     FlowEuler,
     MigaEngine,
     NoiseSource,
+    PromptSchedule,
     Seed,
     Solver,
     StreamingEngine,
@@ -75,8 +77,7 @@ def build_engine(
     spatial = model.vae_scale[1]
     if height % (2 * spatial) or width % (2 * spatial):
         raise ConfigError(f"video.height/width: {height}x{width} must be multiples of {2 * spatial} for this model")
-    pos, neg = model.encode_prompt(prompts, cfg.negative_prompt)
-    cond = Conditioning(pos, neg, cfg.sampler.guidance_scale())
+    cond = conditioning(model, cfg, prompts)
     shape = (len(prompts), model.latent_channels, height // spatial, width // spatial)
     noise = NoiseSource(cfg.seed, shape, model.dtype, model.device)
     denoiser = _notify_after(model.denoiser, on_call) if on_call else model.denoiser
@@ -95,6 +96,22 @@ def seed_depth(model: LoadedModel, cfg: RenderConfig) -> int:
     if s.kind == "miga":
         return MigaEngine.seed_depth(s.miga_config(model.default_window), s.levels())
     return FifoEngine.seed_depth(s.fifo_config(model.default_window), s.levels())
+
+
+def conditioning(model: LoadedModel, cfg: RenderConfig, prompts: list[str]) -> Conditioning | PromptSchedule:
+    """The prompts' conditioning, or with a story its schedule: every text encoded once, each ``at`` frame
+    mapped to the latent that decodes it."""
+    scale, story = cfg.sampler.guidance_scale(), cfg.story
+    if story is None:
+        return Conditioning(*model.encode_prompt(prompts, cfg.negative_prompt), scale)
+    pos, neg = model.encode_prompt([p.prompt for p in story.parts], cfg.negative_prompt)
+    starts = [latent_of_frame(p.at, model.vae_scale[0]) for p in story.parts]
+    for k in range(1, len(starts)):
+        if starts[k] == starts[k - 1]:
+            raise ConfigError(f"story[{k}]: at {story.parts[k].at} falls in the same latent as story[{k - 1}] (at {story.parts[k - 1].at}); "
+                              f"this model makes {model.vae_scale[0]} frames per latent")
+    parts = tuple(Conditioning(pos[k : k + 1], neg[k : k + 1], scale) for k in range(len(starts)))
+    return PromptSchedule(parts, tuple(starts), story.transition, story.at_switch == "respect")
 
 
 def _notify_after(model: Denoiser, on_call: Callable[[], None]) -> Denoiser:

@@ -28,7 +28,7 @@ from .config import (
 )
 from .continuation import LATENT_SUMS, Extension, InitVideo, Start, check_length
 from .engines import build_engine, seed_depth
-from .models.decode import frames_of_latents, latents_for_frames
+from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
 from .sampling import CandidateRunner, Counters, Seed, StreamingEngine
 from .sampling.plan import planned_calls, scheduled_calls
@@ -433,7 +433,7 @@ class JobRun:
 
     def _redecode(self, writer: SegmentWriter, latents: LatentWriter, decoder, frame: int, end: int) -> None:
         """Decode stored latents ``[latent of frame, end)`` into the video, after rebuilding the decoder's context."""
-        first = min(_latent_of_frame(frame, self.temporal), end)
+        first = min(latent_of_frame(frame, self.temporal), end)
         context = getattr(decoder, "context_latents", first)
         before = [latents.read(i) for i in range(max(0, first - context), first)]
         if before:
@@ -468,11 +468,6 @@ class JobRun:
         self._redecode(writer, latents, decoder, writer.frames_written, engine.emitted)
         log.info("job %s resumed from checkpoint %d (model calls) at latent %d", self.job.job_id, step, engine.emitted)
         return engine.emitted
-
-
-def _latent_of_frame(frame: int, temporal: int) -> int:
-    """Index of the latent whose decode produces pixel frame ``frame``."""
-    return 0 if frame == 0 else (frame - 1) // temporal + 1
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

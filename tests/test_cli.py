@@ -103,7 +103,7 @@ def test_config_file_errors_exit_2(tmp_path):
 def test_unwritable_output_exits_2_before_rendering(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = runner.invoke(app, ["render", "x", "--out", str(blocker / "out")])
+    result = runner.invoke(app, ["render", PROMPT, "--out", str(blocker / "out")])
     assert result.exit_code == 2 and "--out" in result.output
 
 

@@ -265,3 +265,15 @@ def test_miga_batch_on_s3_resumes_a_partial_job_then_skips_everything(cluster, w
     assert again.exit_code == 0 and "0 rendered (0 resumed, 0 retried), 2 already done, 0 failed" in again.output, again.output
     status = runner.invoke(app, ["status", out, "--json"])
     assert status.exit_code == 0 and {j["job_id"]: j["status"] for j in json.loads(status.stdout)} == {"flaky-1": "done", "second": "done"}
+
+
+def test_a_story_job_renders_on_a_worker_and_the_manifest_shows_its_story(cluster, workers):
+    out = cluster["tmp"] / "story"
+    parts = [{"at": 0, "prompt": PROMPT}, {"at": 7, "prompt": "a blue circle moving over sand"}]
+    cfg = load_config(None, BASE, story={"parts": parts}, frames=13)
+    result = BatchDriver(workers, str(out), poll_s=0.3).run([BatchJob("told", cfg.job_prompt(None), cfg, 1)])
+    write_manifest(LocalStore(out), result)
+    (row,) = read_manifest(LocalStore(out))
+    assert row.status == "done" and json.loads(row.story) == parts
+    assert row.prompt == f"{PROMPT} -> a blue circle moving over sand"
+    assert read_job(LocalStore(out), "told").config["render"]["story"]["parts"] == parts

@@ -24,6 +24,7 @@ from miga_ray.cli import app
 from miga_ray.cluster.worker import RenderWorker
 from miga_ray.config import EvaluationSettings, load_config
 from miga_ray.gallery import GALLERY
+from miga_ray.gallery.page import gallery_cards
 from miga_ray.storage import LocalStore, ManifestRow, read_job, read_manifest, update_manifest
 from miga_ray.storage.quality import EVALUATION, QUALITY_COLUMNS, quality_values
 from toy_model import TOY
@@ -263,3 +264,13 @@ def test_a_batch_worker_evaluates_while_its_model_lock_is_held(rendered, tmp_pat
     assert (
         outcome[0].metrics[EVALUATION]["vbench"] == read_job(LocalStore(rendered), "blue").metrics[EVALUATION]["vbench"]
     )
+
+
+def test_a_story_jobs_card_lists_its_parts_with_their_frames(tmp_path):
+    story = tmp_path / "story.yaml"
+    story.write_text("- {at: 0, prompt: a red circle moving over sand}\n- {at: 7, prompt: a blue circle moving over grass}\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", "--story", str(story), "--frames", "13", "--job-id", "story", "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    (card,) = gallery_cards(LocalStore(out))
+    assert card.prompt == "frame 0: a red circle moving over sand | frame 7: a blue circle moving over grass"

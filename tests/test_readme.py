@@ -46,11 +46,12 @@ from miga_ray.storage.seaweed import free_ports
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 TOUR, GPU, CLUSTER = "A one-minute tour", "Real Wan2.1 weights on a GPU", "Running on a Ray cluster with S3"
-CONTINUE = "Continuing a video"
+CONTINUE, STORIES = "Continuing a video", "Stories: several prompts over time"
 RUN_BY = {  # (README section, n-th code block in it) -> the test that runs all its `miga` lines, and how many
     (TOUR, 0): ("test_readme_tour_runs_as_written", 6),
     (TOUR, 1): ("test_readme_config_override_runs_as_written", 1),
     (CONTINUE, 0): ("test_readme_continuation_runs_as_written", 2),
+    (STORIES, 1): ("test_readme_story_render_runs_as_written", 1),
     (GPU, 0): ("test_readme_gpu_render_runs_as_written", 1),
     (CLUSTER, 0): ("test_readme_cluster_commands_run_as_written", 4),
 }
@@ -220,6 +221,17 @@ def test_readme_continuation_runs_as_written(tmp_path):
     total = int(option(extend, "--frames"))
     assert job["status"] == "done" and job["frames_done"] == total and job["config"]["start"]["from_frames"] == int(option(render, "--frames"))
     assert video_frames(first.read_bytes())[0] == total
+
+
+def test_readme_story_render_runs_as_written(tmp_path):
+    (command,) = commands(STORIES, 1)
+    work = workdir(tmp_path)
+    (work / "story.yaml").write_text("\n".join(block(STORIES, 0)) + "\n")  # the story README shows
+    video = run(command, work).stdout.strip()
+    assert (work / video).is_file()
+    job = json.loads((work / video).with_name("job.json").read_text())
+    assert job["status"] == "done" and job["frames_done"] == 120
+    assert [p["at"] for p in job["config"]["render"]["story"]["parts"]] == [0, 40, 80]
 
 
 def test_readme_gpu_render_runs_as_written(tmp_path, s3_env, hub_env):

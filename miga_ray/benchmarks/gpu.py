@@ -148,10 +148,11 @@ def time_forward(model: TimedModel, preset: Preset, height: int, width: int, rep
     f = preset.miga.window
     x = runner.noise.frames("bench", list(range(f)), [preset.num_levels] * f)
     t = runner.solver.grid.timesteps[torch.linspace(1, preset.num_levels, f).long()].float()
-    guided_forward(model.denoiser, x, t, runner.cond)
+    cond = runner.schedule.parts[0]
+    guided_forward(model.denoiser, x, t, cond)
     model.reset()
     for _ in range(repeats):
-        guided_forward(model.denoiser, x, t, runner.cond)
+        guided_forward(model.denoiser, x, t, cond)
     return model.forward.seconds / model.forward.calls, model.rows // repeats
 
 

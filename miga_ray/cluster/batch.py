@@ -75,16 +75,17 @@ def plan_jobs(rows: Sequence[PromptRow], base: RenderConfig) -> list[BatchJob]:
     for row in rows:
         try:
             cfg = row.config(base)
-            cfg.check_prompt(row.prompt)
+            prompt = cfg.job_prompt(row.prompt)
+            cfg.check_prompt(prompt)
         except ConfigError as exc:
             problems.append(f"row {row.row}: " + str(exc).replace("\n", " "))
             continue
-        job_id = row.id or job_id_for(row.prompt, cfg)
+        job_id = row.id or job_id_for(prompt, cfg)
         if job_id in first_seen:
             problems.append(f"row {row.row}: duplicate id {job_id!r} (first on row {first_seen[job_id]})")
             continue
         first_seen[job_id] = row.row
-        jobs.append(BatchJob(job_id, row.prompt, cfg, row.row))
+        jobs.append(BatchJob(job_id, prompt, cfg, row.row))
     if problems:
         raise PromptFileError(f"{len(problems)} problem(s) in the rows, nothing rendered:\n  " + "\n  ".join(problems))
     return jobs

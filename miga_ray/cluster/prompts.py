@@ -1,8 +1,9 @@
 """Prompt sets for ``miga batch``: Parquet, JSON lines or CSV rows, every bad row reported at once.
 
 Columns: ``id`` (optional: default from the prompt and the row's whole configuration, as for
-``miga render``), ``prompt``, and optionally ``frames``, ``seed``, ``negative_prompt`` (empty cells
-take the config's value). Rows are numbered from 1 (the first record, not counting a CSV header).
+``miga render``), ``prompt`` or ``story`` (a JSON list of ``{at, prompt}`` entries, as ``miga render
+--story`` reads; one of the two per row), and optionally ``frames``, ``seed``, ``negative_prompt``
+(empty cells take the config's value). Rows are numbered from 1 (the first record, not counting a CSV header).
 Ids become storage keys: they follow ``storage.check_job_id``'s rule and must be unique.
 """
 
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, RenderConfig, build_config, read_text, shorten
+from ..config import ConfigError, RenderConfig, build_config, read_text, shorten, story_data
 from ..storage import check_job_id
 
-COLUMNS = ("id", "prompt", "frames", "seed", "negative_prompt")
+COLUMNS = ("id", "prompt", "story", "frames", "seed", "negative_prompt")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
@@ -30,19 +31,22 @@ class PromptFileError(ConfigError):
 
 @dataclass(frozen=True)
 class PromptRow:
-    """One validated row: a job id, its prompt, and the per-row overrides of the base config."""
+    """One validated row: a job id, its prompt or story, and the per-row overrides of the base config."""
 
     row: int
     id: str | None  # None: the default id, known once the row's config is (``plan_jobs``)
-    prompt: str
+    prompt: str | None  # None: a story row
     frames: int | None = None
     seed: int | None = None
     negative_prompt: str | None = None
+    story: dict[str, Any] | None = None  # the story as ``story_data`` reads it; validated by ``config``
 
     def config(self, base: RenderConfig) -> RenderConfig:
-        """The base config with this row's frames, seed and negative prompt."""
+        """The base config with this row's frames, seed, negative prompt and story (ConfigError naming a bad story entry)."""
         data = base.model_dump()
         data.update({k: v for k, v in (("frames", self.frames), ("seed", self.seed), ("negative_prompt", self.negative_prompt)) if v is not None})
+        if self.story is not None:
+            data["story"] = {**(data.get("story") or {}), **self.story}
         return build_config(data)
 
 
@@ -103,9 +107,16 @@ def _integer(value: Any) -> int | None:
 def _check_row(n: int, record: dict[str, Any], problems: list[str]) -> PromptRow | None:
     """Validate one record, appending ``row n: ...`` for each problem; return the row if it is good."""
     bad = len(problems)
-    prompt = record.get("prompt")
-    if _blank(prompt) or not isinstance(prompt, str):
-        problems.append(f"row {n}: missing prompt")
+    prompt, story = record.get("prompt"), None
+    if not _blank(record.get("story")):
+        try:
+            story = story_data(record["story"], "story")
+        except ConfigError as exc:
+            problems.append(f"row {n}: {exc}")
+        if not _blank(prompt):
+            problems.append(f"row {n}: both prompt and story; give one")
+    elif _blank(prompt) or not isinstance(prompt, str):
+        problems.append(f"row {n}: missing prompt (or story)")
     values: dict[str, int | None] = {}
     for name, low, high in (("frames", 1, 1_000_000), ("seed", 0, 2**63 - 1)):
         raw = record.get(name)
@@ -131,7 +142,8 @@ def _check_row(n: int, record: dict[str, Any], problems: list[str]) -> PromptRow
             problems.append(f"row {n}: unsafe id {shorten(job_id, 60)}: {exc}")
     if len(problems) > bad:
         return None
-    return PromptRow(n, job_id, prompt.strip(), values["frames"], values["seed"], None if _blank(negative) else negative)
+    text = None if story is not None else prompt.strip()
+    return PromptRow(n, job_id, text, values["frames"], values["seed"], None if _blank(negative) else negative, story)
 
 
 def parse_prompts(records: list[dict[str, Any]], source: str = "prompts") -> list[PromptRow]:

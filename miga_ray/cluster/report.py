@@ -3,6 +3,7 @@ status of a whole run read from storage alone."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..storage import JobRecord, ManifestRow, ObjectStore, read_job, read_manifest, update_manifest
@@ -26,6 +27,7 @@ def manifest_row(state: JobState) -> ManifestRow:
         timings=dict(o.timings) if o is not None else {},
         metrics=metrics,
         error=None if o is not None else (state.errors[-1] if state.errors else "not run"),
+        story=job.cfg.story_json(),
     )
 
 
@@ -63,6 +65,13 @@ class RunStatus:
     frames_done: int
     frames_total: int | None
     error: str | None
+    story: list[dict] | None = None  # a story job's entries ({at, prompt}); None for one prompt
+
+
+def story_of(record: JobRecord) -> list[dict] | None:
+    """A job's story entries as its job.json records them, or None (one prompt, or a record without a config)."""
+    story = (record.config.get("render") or {}).get("story")
+    return list(story["parts"]) if isinstance(story, dict) and "parts" in story else None
 
 
 def run_status(store: ObjectStore) -> list[RunStatus]:
@@ -74,8 +83,8 @@ def run_status(store: ObjectStore) -> list[RunStatus]:
     for job_id in ids:
         record: JobRecord | None = read_job(store, job_id)
         if record is not None:
-            out.append(RunStatus(job_id, record.status, record.frames_done, record.frames_total, record.error))
+            out.append(RunStatus(job_id, record.status, record.frames_done, record.frames_total, record.error, story_of(record)))
         else:
             row = rows[job_id]
-            out.append(RunStatus(job_id, row.status, 0, row.frames, row.error))
+            out.append(RunStatus(job_id, row.status, 0, row.frames, row.error, json.loads(row.story) if row.story else None))
     return out

@@ -45,12 +45,12 @@ class Card:
 
 
 def _story_text(config: dict[str, Any]) -> str:
-    """The prompt, or a story's (start frame, prompt) list as one line."""
-    story = config.get("story")
-    if isinstance(story, list) and story:
-        return " | ".join(
-            f"{p.get('start', '?')}: {p.get('prompt', '')}" if isinstance(p, dict) else str(p) for p in story
-        )
+    """The prompt, or a story's parts as one line ("frame 0: ... | frame 40: ...")."""
+    render = config.get("render")
+    story = render.get("story") if isinstance(render, dict) else None
+    parts = story.get("parts") if isinstance(story, dict) else None
+    if isinstance(parts, list) and parts:
+        return " | ".join(f"frame {p.get('at', '?')}: {p.get('prompt', '')}" if isinstance(p, dict) else str(p) for p in parts)
     return str(config.get("prompt", ""))
 
 

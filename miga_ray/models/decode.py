@@ -81,6 +81,11 @@ def latents_for_frames(frames: int, temporal: int) -> int:
     return 1 + -(-(frames - 1) // temporal)
 
 
+def latent_of_frame(frame: int, temporal: int) -> int:
+    """Index of the latent whose decode produces pixel frame ``frame`` (where a story's ``at`` lands too)."""
+    return 0 if frame == 0 else (frame - 1) // temporal + 1
+
+
 def causal_context(decoder: nn.Module) -> int:
     """How many past latents a Wan decoder's conv cache depends on: each causal conv of temporal
     kernel k reaches k-1 frames back at its own frame rate, which doubles after every temporal upsampler."""

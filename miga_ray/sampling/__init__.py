@@ -21,6 +21,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "presets": ("PRESETS", "Preset", "get_preset"),
     "reflection": ("CandidateRequest", "CandidateRunner", "consistency_score", "local_candidates", "run_candidate"),
     "runner": ("WindowRunner",),
+    "schedule": ("PromptSchedule",),
     "seed": ("Seed",),
     "solvers": ("DDIM", "FlowEuler", "Solver"),
     "trace": ("CallTrace", "Counters", "read_trace"),

@@ -116,8 +116,9 @@ def push_group(runner: WindowRunner, state: MigaState, cfg: MigaConfig, anchor: 
 
 def sweep(runner: WindowRunner, state: MigaState, cfg: MigaConfig, phase: str, offset: int) -> None:
     """Every queue latent one level down, in windows written head to tail from block offset ``offset``."""
+    barriers = runner.schedule.barriers(state.queue.ids)
     windows = stage1_windows(
-        len(state.queue), cfg.window, cfg.guidance, cfg.group, cfg.write_stride, offset, cfg.schedule == "reference"
+        len(state.queue), cfg.window, cfg.guidance, cfg.group, cfg.write_stride, offset, cfg.schedule == "reference", barriers
     )
     for window in windows:
         state.queue.step(runner, phase, window)
@@ -149,7 +150,10 @@ def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates:
     """Judge the group ``reflect_after`` steps below noise; on a drop, try candidates and keep the best.
 
     Each batch element is judged, triggered and replaced on its own: an element keeps its groups
-    unless its own best candidate scores above its own current group.
+    unless its own best candidate scores above its own current group. Where the judged group and its
+    references straddle a story's switch, a schedule that respects switches does not judge (the change
+    is intended, not an anomaly) and the next judgement starts a new baseline; otherwise such a
+    replacement is counted as ``accepted_at_switch``.
     """
     c, L, queue = cfg, cfg.group, state.queue
     level = runner.solver.grid.num_levels - c.reflect_after
@@ -160,6 +164,11 @@ def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates:
     if queue.ids[j] < state.first:  # a seed's latent: known, not judged
         return
     if r < L:  # references behind the head group: the official code judges index 50 once the head is below 47
+        return
+    at_switch = not runner.schedule.uniform(queue.ids[r : j + L])
+    if at_switch and runner.schedule.respect_switch:
+        runner.counters.reflections["paused_at_switch"] += 1
+        state.last_score = None
         return
     refs = torch.stack(queue.xs[r:j], dim=2)
     judged = torch.stack(queue.xs[j : j + L], dim=2)
@@ -199,6 +208,8 @@ def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates:
     if not accepted:
         return
     counts["accepted"] += len(accepted)
+    if at_switch:
+        counts["accepted_at_switch"] += len(accepted)
     replaced = torch.stack(queue.xs[j:], dim=2)
     for b in accepted:
         replaced[b] = results[best[b]][b].to(replaced.device, replaced.dtype)

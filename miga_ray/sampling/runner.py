@@ -10,6 +10,7 @@ from torch import Tensor
 from .denoiser import Conditioning, Denoiser, guided_forward
 from .noise import NoiseSource
 from .phases import REFLECT, STEP_NOISE
+from .schedule import PromptSchedule, as_schedule
 from .seed import Seed
 from .solvers import Solver
 from .trace import CallTrace, Counters
@@ -17,19 +18,22 @@ from .trace import CallTrace, Counters
 
 class WindowRunner:
     """Model + solver + conditioning + noise: a window of latents at their own levels in, kept latents
-    one level lower out. Counts every call and writes it to the trace when one is attached. With a
-    ``seed``, a kept latent that is known is the seed's latent at its new level (``sampling.seed``)."""
+    one level lower out. Each window is conditioned on the latents it writes (``PromptSchedule``; a
+    plain ``Conditioning`` is its one-part schedule). With a ``seed``, a kept latent that is known is the
+    seed's latent at its new level (``sampling.seed``). Counts every call and writes it to the trace when
+    one is attached."""
 
     def __init__(
         self,
         model: Denoiser,
         solver: Solver,
-        cond: Conditioning,
+        cond: Conditioning | PromptSchedule,
         noise: NoiseSource,
         trace: CallTrace | None = None,
         seed: Seed | None = None,
     ) -> None:
-        self.model, self.solver, self.cond, self.noise, self.trace = model, solver, cond, noise, trace
+        self.model, self.solver, self.noise, self.trace = model, solver, noise, trace
+        self.schedule = as_schedule(cond)
         self.seed = seed
         self.counters = Counters()
 
@@ -52,7 +56,7 @@ class WindowRunner:
         x = torch.stack(list(latents), dim=2)
         lv = torch.tensor(list(levels), dtype=torch.long)
         t = self.solver.grid.timesteps[lv].to(device=x.device, dtype=torch.float32)
-        out = guided_forward(self.model, x, t, self.cond)
+        out = guided_forward(self.model, x, t, self.schedule.window(ids, kept))
         self._count(phase, ids, levels, guidance, kept, variant)
         if not any(kept):  # the official schedule runs candidate windows that write only frozen references
             return []

@@ -5,6 +5,7 @@ current latents) and which block of them it writes. Positions are indices into a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -74,23 +75,29 @@ def guidance_positions(start: int, count: int, group: int) -> list[int]:
     return [start - (j + 1) * spread for j in reversed(range(count))]
 
 
-def stage1_windows(n: int, window: int, guidance: int, group: int, stride: int, offset: int, reference: bool) -> list[Window]:
+def stage1_windows(
+    n: int, window: int, guidance: int, group: int, stride: int, offset: int, reference: bool, barriers: Sequence[int] = ()
+) -> list[Window]:
     """A MIGA stage-1 sweep over ``n`` queue latents, head to tail: ``window - guidance`` current latents
     per call, written in ``stride`` blocks from ``offset``, behind ``guidance`` slots from ahead.
 
     Windows near the head (block start < guidance) use the latents ahead of them as guidance and fill
     up to ``window`` slots with queue latents, capped so they span no more levels than other windows;
     under the reference schedule they are ``window`` queue latents, as the official code has them.
+    ``barriers`` (queue positions where a story's next part begins) act as heads: guidance never
+    reaches across one, so the latents of an earlier prompt do not steer a later prompt's windows.
     """
     width, out = window - guidance, []
     for a, b in sweep_blocks(n, width, stride, offset):
-        if not guidance or a >= guidance:
-            guide, cur = (guidance_positions(a, guidance, group) if guidance else []), list(range(a, min(n, a + width)))
+        h = max((p for p in barriers if p <= a), default=0)  # the head of this block's part
+        if not guidance or a - h >= guidance:
+            guide, cur = (guidance_positions(a - h, guidance, group) if guidance else []), list(range(a, min(n, a + width)))
+            guide = [h + p for p in guide]
         elif reference:
             guide, cur = [], list(range(a, min(n, a + window)))
         else:
-            cap = (a // group + math.ceil(width / group) + 1) * group
-            guide, cur = list(range(a)), list(range(a, min(n, window, cap)))
+            cap = ((a - h) // group + math.ceil(width / group) + 1) * group
+            guide, cur = list(range(h, a)), list(range(a, min(n, h + window, h + cap)))
         out.append(Window(guide, cur, range(a, b)))
     return out
 

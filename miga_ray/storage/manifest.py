@@ -25,6 +25,7 @@ SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("prompt", pa.string()),
+        ("story", pa.string()),
         ("seed", pa.int64()),
         ("frames", pa.int64()),
         ("status", pa.string()),
@@ -52,6 +53,7 @@ class ManifestRow:
     timings: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    story: str | None = None  # a story job's entries, a JSON list of {at, prompt}; None for one prompt
     job_json: str = ""
     playlist: str = ""
     video: str = ""
