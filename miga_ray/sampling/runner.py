@@ -51,7 +51,8 @@ class WindowRunner:
         """Denoise a window of latent frames (each ``[B, C, H, W]``); return the kept ones, stepped."""
         guidance = guidance if guidance is not None else [False] * len(latents)
         kept_at = [j for j, k in enumerate(kept) if k]
-        if self.seed is not None and kept_at and all(self.seed.known([ids[j] for j in kept_at])):
+        known = self.seed.known([ids[j] for j in kept_at]) if self.seed is not None else None
+        if known and all(known):
             return [self.seed.hold(self.solver, self.noise, ids[j], levels[j] - 1) for j in kept_at]  # no call needed
         x = torch.stack(list(latents), dim=2)
         lv = torch.tensor(list(levels), dtype=torch.long)
@@ -66,9 +67,9 @@ class WindowRunner:
         if self.solver.stochastic:
             step_noise = self.noise.frames(STEP_NOISE[phase], ids[keep], levels[keep], variant)
         stepped = list(self.solver.step(x[:, :, keep], out[:, :, keep], lv[keep], step_noise).unbind(dim=2))
-        if self.seed is not None:
-            stepped = [self.seed.hold(self.solver, self.noise, ids[j], levels[j] - 1) if known else x_
-                       for j, x_, known in zip(kept_at, stepped, self.seed.known([ids[j] for j in kept_at]))]
+        if known:
+            stepped = [self.seed.hold(self.solver, self.noise, ids[j], levels[j] - 1) if k else x_
+                       for j, x_, k in zip(kept_at, stepped, known)]
         return stepped
 
     def _count(self, phase, ids, levels, guidance, kept, variant) -> None:

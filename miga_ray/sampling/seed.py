@@ -50,6 +50,7 @@ class Seed:
         return solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2).to(x0), torch.tensor([level])).squeeze(2)
 
     def known(self, ids: Sequence[int]) -> list[bool]:
+        """Whether each of ``ids`` is a given latent (the engine outputs none of them)."""
         return [i < self.count for i in ids]
 
 
