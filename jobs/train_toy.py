@@ -39,7 +39,18 @@ from transformers import UMT5Config, UMT5EncoderModel
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
 from miga_ray.models.registry import TOY_DIR, load_model
 from miga_ray.models.toy_tokenizer import build_toy_tokenizer
-from miga_ray.models.toy_world import BACKGROUNDS, COLORS, SHAPES, SIZES, Scene, analyze, render_clip, sample_scene
+from miga_ray.models.toy_world import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ToyReport,
+    analyze,
+    parse_prompt,
+    render_clip,
+    sample_scene,
+)
 from miga_ray.models.wan import WAN21_SCHEDULER, T5PromptEncoder, embed_tokens, frame_timesteps_to_tokens
 from miga_ray.sampling.denoiser import Conditioning, guided_forward
 from miga_ray.sampling.presets import get_preset
@@ -53,15 +64,21 @@ CLIP = 9  # frames of the real clips whose reconstructions score the VAE
 TEXT_LEN = 32
 GRAMMAR = ("a", "an", "and", "moving", "over", "on", "the")
 # Wan2.2-style options of the same AutoencoderKLWan class: a lossless 2x2 space-to-depth patch in front
-# of the convolutions (so they run at 32x32) and residual shortcuts around every resampling stage; 8x
-# spatial compression to 16 channels and none in time. With Wan's 4x temporal compression a CPU does not
-# train the temporal path in the recipe's budget (reconstructions recognised in about half the frames,
-# docs/RESULTS.md); per frame, images alone train it in minutes.
-VAE_CONFIG = {
-    "base_dim": 16, "z_dim": 16, "dim_mult": [1, 2, 2], "num_res_blocks": 1, "temperal_downsample": [False, False],
-    "is_residual": True, "patch_size": 2, "in_channels": 12, "out_channels": 12, "scale_factor_spatial": 8,
-    "scale_factor_temporal": 1,
+# of the convolutions (so they run at 32x32) and residual shortcuts around every resampling stage; 16
+# channels and no temporal compression. With Wan's 4x temporal compression a CPU does not train the
+# temporal path in the recipe's budget (reconstructions recognised in about half the frames,
+# docs/RESULTS.md); per frame, images alone train it in minutes. Keyed by the spatial compression:
+# 8 is Wan's (64x64 frames -> 8x8 latents, where a small sprite is 1.3 latents across); 4 keeps four
+# times the latent positions (16x16) for the small sprites the 8x VAE loses (docs/RESULTS.md).
+VAE_BASE = {
+    "base_dim": 16, "z_dim": 16, "num_res_blocks": 1, "is_residual": True, "patch_size": 2, "in_channels": 12,
+    "out_channels": 12, "scale_factor_temporal": 1,
 }
+VAE_CONFIGS = {
+    8: {**VAE_BASE, "dim_mult": [1, 2, 2], "temperal_downsample": [False, False], "scale_factor_spatial": 8},
+    4: {**VAE_BASE, "dim_mult": [2, 2], "temperal_downsample": [False], "scale_factor_spatial": 4},
+}
+TOKEN_PIXELS = 16  # a transformer token covers 16x16 pixels whatever the VAE: patch = TOKEN_PIXELS / VAE scale
 SPRITE_WEIGHT = 4.0  # extra reconstruction weight on pixels far from the frame's median colour (sprites)
 MOTION_WEIGHT = 4.0  # extra flow-matching weight on latents far from their stream's static background (sprites)
 TEXT_CONFIG = {
@@ -69,7 +86,7 @@ TEXT_CONFIG = {
     "feed_forward_proj": "gated-gelu",
 }
 TRANSFORMER_CONFIG = {
-    "patch_size": (1, 2, 2), "num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 384, "num_layers": 4,
+    "num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 384, "num_layers": 4,
     "freq_dim": 64,
 }
 SCHEDULER_SHIFT = 3.0
@@ -164,12 +181,13 @@ def reconstruction_loss(vae: AutoencoderKLWan, x: Tensor) -> tuple[Tensor, Tenso
     return (error.abs() * weight).mean(), (error.pow(2) * weight).mean(), kl
 
 
-def per_frame_vae() -> AutoencoderKLWan:
-    """A fresh VAE whose causal convolutions see only the current frame: the taps on earlier frames start
-    at zero, and single-frame training (zero padding in front) never moves them, so every frame of a
-    video is encoded and decoded exactly as an image."""
-    z = VAE_CONFIG["z_dim"]
-    vae = AutoencoderKLWan(**VAE_CONFIG, latents_mean=[0.0] * z, latents_std=[1.0] * z)
+def per_frame_vae(scale: int) -> AutoencoderKLWan:
+    """A fresh VAE with ``scale``x spatial compression (``VAE_CONFIGS``) whose causal convolutions see only
+    the current frame: the taps on earlier frames start at zero, and single-frame training (zero padding in
+    front) never moves them, so every frame of a video is encoded and decoded exactly as an image."""
+    config = VAE_CONFIGS[scale]
+    z = config["z_dim"]
+    vae = AutoencoderKLWan(**config, latents_mean=[0.0] * z, latents_std=[1.0] * z)
     with torch.no_grad():
         for conv in vae.modules():
             if isinstance(conv, WanCausalConv3d) and conv.kernel_size[0] > 1:
@@ -177,11 +195,11 @@ def per_frame_vae() -> AutoencoderKLWan:
     return vae
 
 
-def train_vae(frames: np.ndarray, steps: StepBudget, batch: int, lr: float, seed: int) -> AutoencoderKLWan:
+def train_vae(frames: np.ndarray, scale: int, steps: StepBudget, batch: int, lr: float, seed: int) -> AutoencoderKLWan:
     """The VAE on single frames drawn from ``frames`` (uint8 ``[N, F, H, W, 3]``): weighted L1 + MSE plus a
     small KL; every 500 steps the analyzer scores its reconstructions of held-out clips."""
     device = steps.device
-    vae = per_frame_vae().to(device)
+    vae = per_frame_vae(scale).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 20))
     held_out = random_clips(np.random.default_rng(12345), 8, CLIP)
@@ -203,14 +221,31 @@ def train_vae(frames: np.ndarray, steps: StepBudget, batch: int, lr: float, seed
     return vae.eval()
 
 
+def sprite_group(prompt: str) -> str:
+    """Which kind of scene a prompt is for the per-sprite rates: one small sprite, one large, or two."""
+    sprites = parse_prompt(prompt).sprites
+    return sprites[0].size if len(sprites) == 1 else "two"
+
+
+def mean_rates(reports: list[ToyReport], prompts: list[str], names: tuple[str, ...]) -> dict[str, float]:
+    """The analyzer's ``names`` rates over all frames of ``reports``, and the shape rate by ``sprite_group``
+    (small sprites are what an 8x VAE loses, docs/RESULTS.md)."""
+    rates = {k: float(np.mean([getattr(r, k) for r in reports])) for k in names}
+    groups = [sprite_group(p) for p in prompts]
+    for group in ("small", "large", "two"):
+        mine = [r.shape_rate for r, g in zip(reports, groups) if g == group]
+        rates[f"shape_rate_{group}"] = float(np.mean(mine)) if mine else None
+    return rates
+
+
 @torch.no_grad()
 def reconstruction_rates(vae: AutoencoderKLWan, clips: Tensor, prompts: list[str]) -> dict[str, float]:
-    """The analyzer's colour and background rates on the VAE's reconstructions of real toy clips: the
-    ceiling any transformer works under."""
+    """The analyzer's colour, shape and background rates on the VAE's reconstructions of real toy clips:
+    the ceiling any transformer works under."""
     device = next(vae.parameters()).device
     frames = to_uint8(vae.decode(vae.encode(clips.to(device)).latent_dist.mode()).sample.cpu()).numpy()
     reports = [analyze(f, p) for f, p in zip(frames, prompts)]
-    return {k: round(float(np.mean([getattr(r, k) for r in reports])), 3) for k in ("color_rate", "shape_rate", "background_rate")}
+    return mean_rates(reports, prompts, ("color_rate", "shape_rate", "background_rate"))
 
 
 @torch.no_grad()
@@ -252,17 +287,19 @@ def motion_weights(latents: Tensor) -> Tensor:
 
 
 def train_transformer(
-    latents: Tensor, prompts: list[str], text: T5PromptEncoder, levels: str, steps: StepBudget, batch: int, lr: float, seed: int
+    latents: Tensor, prompts: list[str], text: T5PromptEncoder, levels: str, patch: int, steps: StepBudget, batch: int,
+    lr: float, seed: int,
 ) -> WanTransformer3DModel:
-    """Flow matching of the transformer and text encoder on normalised latent windows (on ``latents``'s
-    device), weighted towards the moving sprites, with ``levels`` noise levels per window; returns the
-    exponential moving average of both (set into ``text`` too)."""
+    """Flow matching of the transformer (``patch`` x ``patch`` latents per token) and text encoder on
+    normalised latent windows (on ``latents``'s device), weighted towards the moving sprites, with
+    ``levels`` noise levels per window; returns the exponential moving average of both (set into ``text`` too)."""
     device = latents.device
     g = torch.Generator(device).manual_seed(seed)
     channels = latents.shape[1]
     weights = motion_weights(latents)
     transformer = WanTransformer3DModel(
-        **TRANSFORMER_CONFIG, in_channels=channels, out_channels=channels, text_dim=TEXT_CONFIG["d_model"]
+        **TRANSFORMER_CONFIG, patch_size=(1, patch, patch), in_channels=channels, out_channels=channels,
+        text_dim=TEXT_CONFIG["d_model"],
     ).to(device)
     text.text_encoder.to(device)
     trained = torch.nn.ModuleList([transformer, text.text_encoder])
@@ -270,7 +307,7 @@ def train_transformer(
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 200))
-    tokens_per_frame = (latents.shape[3] // 2) * (latents.shape[4] // 2)
+    tokens_per_frame = (latents.shape[3] // patch) * (latents.shape[4] // patch)
     tokens = text.tokenize([*prompts, ""]).to(device)  # every prompt once; the last row is the dropped prompt
     offsets = torch.arange(WINDOW, device=device)
     text.text_encoder.train()
@@ -311,16 +348,18 @@ def log(message: str, step: int, steps: int, every: int = 50) -> None:
         print(f"[{time.monotonic() - _T0:7.0f}s] {message}", flush=True)
 
 
-def train(out: Path, sizes: dict[str, float | None], levels: str, device: torch.device, seed: int, vae_from: Path | None) -> None:
-    """Every stage (the VAE taken from ``vae_from`` when given), then save the pipeline (safetensors +
-    JSON) and ``miga.json`` with the recipe, the steps actually run included, to ``out``."""
+def train(
+    out: Path, sizes: dict[str, float | None], levels: str, vae_scale: int, device: torch.device, seed: int, vae_from: Path | None
+) -> None:
+    """Every stage (the VAE, ``vae_scale``x spatial, taken from ``vae_from`` when given), then save the
+    pipeline (safetensors + JSON) and ``miga.json`` with the recipe, the steps actually run included, to ``out``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     streams, prompts = render_streams(rng, int(sizes["streams"]), frames_of_latents(STREAM, 1), int(sizes["workers"]))
     log(f"rendered {len(prompts)} streams of {streams.shape[1]} frames", 0, 1)
     vae_steps = StepBudget(int(sizes["vae_steps"]), sizes["vae_seconds"], device)
     if vae_from is None:
-        vae = train_vae(streams, vae_steps, int(sizes["vae_batch"]), sizes["vae_lr"], seed)
+        vae = train_vae(streams, vae_scale, vae_steps, int(sizes["vae_batch"]), sizes["vae_lr"], seed)
     else:
         vae = AutoencoderKLWan.from_pretrained(vae_from, subfolder="vae").to(device).eval()
         vae_steps.steps = 0
@@ -333,11 +372,14 @@ def train(out: Path, sizes: dict[str, float | None], levels: str, device: torch.
     tokenizer = build_toy_tokenizer([*GRAMMAR, *SIZES, *COLORS, *SHAPES, *BACKGROUNDS], TEXT_LEN)
     text = T5PromptEncoder(tokenizer, UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)))
     steps = StepBudget(int(sizes["transformer_steps"]), sizes["transformer_seconds"], device)
-    transformer = train_transformer(latents, prompts, text, levels, steps, int(sizes["batch"]), sizes["lr"], seed)
+    vae_scale = vae.config.scale_factor_spatial
+    patch = TOKEN_PIXELS // vae_scale
+    transformer = train_transformer(latents, prompts, text, levels, patch, steps, int(sizes["batch"]), sizes["lr"], seed)
     scheduler = UniPCMultistepScheduler(**{**WAN21_SCHEDULER, "flow_shift": SCHEDULER_SHIFT})
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text.text_encoder, transformer=transformer, vae=vae.cpu(), scheduler=scheduler)
     pipe.save_pretrained(out, safe_serialization=True)
-    recipe = {"levels": levels, "device": device.type, "seed": seed, "vae_from": str(vae_from) if vae_from else None,
+    recipe = {"levels": levels, "vae_scale": vae_scale, "device": device.type, "seed": seed,
+              "vae_from": str(vae_from) if vae_from else None,
               **sizes, "vae_steps": vae_steps.steps, "transformer_steps": steps.steps,
               "seconds": round(time.monotonic() - _T0)}
     (out / "miga.json").write_text(json.dumps({"resolution": [SIZE, SIZE], "window": WINDOW, "recipe": recipe}) + "\n")
@@ -368,8 +410,7 @@ def quality_gate(source: Path, prompts: int, steps: int, cfg: float, seed: int, 
         at = torch.full((model.default_window,), level)
         x = solver.step(x, guided_forward(model.denoiser, x, grid.timesteps[at].to(device), cond), at)
     frames = model.decoder().push(x).cpu().numpy()
-    reports = [analyze(f, t) for f, t in zip(frames, texts)]
-    rates = {k: float(np.mean([getattr(r, k) for r in reports])) for k in GATE_RATES}
+    rates = mean_rates([analyze(f, t) for f, t in zip(frames, texts)], texts, GATE_RATES)
     vae_rates = reconstruction_rates(model.decoder().vae, *random_clips(rng, prompts, CLIP))
     staircase = grid.timesteps[torch.linspace(1, steps, model.default_window).round().long()].to(device)
     start = time.monotonic()
@@ -394,6 +435,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
     parser.add_argument("--vae-from", type=Path, help="take the VAE of this checkpoint instead of training one")
+    parser.add_argument("--vae-scale", type=int, choices=sorted(VAE_CONFIGS), help="spatial compression of a new VAE (default 8)")
     for name, value in PROFILES["gpu"].items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"overrides the profile's {name}")
     parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
@@ -409,7 +451,9 @@ def main() -> None:
         print(json.dumps(quality_gate(args.out, args.prompts, steps, cfg, args.seed, device), indent=2))
         return
     sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PROFILES[args.profile].items()}
-    train(args.out, sizes, args.levels, device, args.seed, args.vae_from)
+    if args.vae_from and args.vae_scale:
+        parser.error("--vae-scale: the VAE of --vae-from sets the scale; give one of them")
+    train(args.out, sizes, args.levels, args.vae_scale or 8, device, args.seed, args.vae_from)
 
 
 if __name__ == "__main__":

@@ -53,3 +53,29 @@ def test_tiny_run_records_its_recipe_and_reuses_a_vae_bit_for_bit(tmp_path):
     assert vae[0] == vae[1]
     transformer = [(tmp_path / m / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() for m in ("shared", "mixed")]
     assert transformer[0] != transformer[1]
+
+
+def test_a_4x_vae_keeps_a_token_at_16_pixels_and_the_checkpoint_renders(tmp_path):
+    """``--vae-scale 4``: 16x16 latents, a 4x4-latent transformer patch (one token per 16x16 pixels, as
+    the 8x VAE's 2x2), recorded in the recipe; the saved pipeline loads and a window denoises and decodes."""
+    from miga_ray.models.registry import load_model
+
+    out = tmp_path / "vae4"
+    subprocess.run([sys.executable, str(SCRIPT), "--profile", "cpu", *TINY, "--vae-scale", "4", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    assert json.loads((out / "miga.json").read_text())["recipe"]["vae_scale"] == 4
+    model = load_model(str(out), device=torch.device("cpu"), dtype=torch.float32)
+    assert model.vae_scale == (1, 4)
+    pos, _ = model.encode_prompt(["a small red circle moving over blue sky"])
+    x = torch.randn(1, model.latent_channels, model.default_window, 16, 16)
+    with torch.no_grad():
+        v = model.denoiser(x, torch.full((model.default_window,), 500.0), pos)
+        frames = model.decoder().push(x)
+    assert v.shape == x.shape
+    assert tuple(frames.shape[1:4]) == (model.default_window, 64, 64)
+
+
+def test_vae_scale_with_a_borrowed_vae_is_a_usage_error(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--vae-scale", "4", "--vae-from", str(tmp_path), "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--vae-scale" in result.stderr
