@@ -5,7 +5,8 @@
 
 Stages: (1) render long toy-world streams (worker processes); (2) the VAE (``AutoencoderKLWan`` with
 Wan2.2's patch and residual options, no temporal compression, temporal taps zero: a per-frame
-autoencoder like VideoCrafter2's; sprite-weighted L1 + MSE reconstruction + small KL) on frames of
+autoencoder like VideoCrafter2's, 4x spatial by default, ``--vae-scale 8`` for Wan's 8x; sprite-weighted
+L1 + MSE reconstruction + small KL) on frames of
 those streams; (3) encode the streams and set the VAE config's latent mean/std; (4) the transformer
 (``WanTransformer3DModel``) and the tiny UMT5 text encoder together, flow matching on windows cropped
 from the streams, 10% of prompts dropped to "" for classifier-free guidance; the saved weights are an
@@ -78,6 +79,7 @@ VAE_CONFIGS = {
     8: {**VAE_BASE, "dim_mult": [1, 2, 2], "temperal_downsample": [False, False], "scale_factor_spatial": 8},
     4: {**VAE_BASE, "dim_mult": [2, 2], "temperal_downsample": [False], "scale_factor_spatial": 4},
 }
+VAE_SCALE = 4  # the recipe's: on the same 60 clips the 8x VAE keeps shape in 0.63 of frames, this one 0.92
 TOKEN_PIXELS = 16  # a transformer token covers 16x16 pixels whatever the VAE: patch = TOKEN_PIXELS / VAE scale
 SPRITE_WEIGHT = 4.0  # extra reconstruction weight on pixels far from the frame's median colour (sprites)
 MOTION_WEIGHT = 4.0  # extra flow-matching weight on latents far from their stream's static background (sprites)
@@ -435,7 +437,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine busy with other work)")
     parser.add_argument("--vae-from", type=Path, help="take the VAE of this checkpoint instead of training one")
-    parser.add_argument("--vae-scale", type=int, choices=sorted(VAE_CONFIGS), help="spatial compression of a new VAE (default 8)")
+    parser.add_argument("--vae-scale", type=int, choices=sorted(VAE_CONFIGS), help=f"spatial compression of a new VAE (default {VAE_SCALE})")
     for name, value in PROFILES["gpu"].items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"overrides the profile's {name}")
     parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
@@ -453,7 +455,7 @@ def main() -> None:
     sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PROFILES[args.profile].items()}
     if args.vae_from and args.vae_scale:
         parser.error("--vae-scale: the VAE of --vae-from sets the scale; give one of them")
-    train(args.out, sizes, args.levels, args.vae_scale or 8, device, args.seed, args.vae_from)
+    train(args.out, sizes, args.levels, args.vae_scale or VAE_SCALE, device, args.seed, args.vae_from)
 
 
 if __name__ == "__main__":

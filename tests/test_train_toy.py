@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "train_toy.py"
@@ -55,19 +56,24 @@ def test_tiny_run_records_its_recipe_and_reuses_a_vae_bit_for_bit(tmp_path):
     assert transformer[0] != transformer[1]
 
 
-def test_a_4x_vae_keeps_a_token_at_16_pixels_and_the_checkpoint_renders(tmp_path):
-    """``--vae-scale 4``: 16x16 latents, a 4x4-latent transformer patch (one token per 16x16 pixels, as
-    the 8x VAE's 2x2), recorded in the recipe; the saved pipeline loads and a window denoises and decodes."""
+@pytest.mark.parametrize("scale", [4, 8])
+def test_either_vae_keeps_a_token_at_16_pixels_and_the_checkpoint_renders(tmp_path, scale):
+    """``--vae-scale``: 16x16 latents and a 4x4-latent transformer patch (the default), or 8x8 and 2x2:
+    one token per 16x16 pixels either way, recorded in the recipe; the saved pipeline loads and a window
+    denoises and decodes to 64x64 frames."""
     from miga_ray.models.registry import load_model
 
-    out = tmp_path / "vae4"
-    subprocess.run([sys.executable, str(SCRIPT), "--profile", "cpu", *TINY, "--vae-scale", "4", "--out", str(out)],
+    out = tmp_path / f"vae{scale}"
+    flag = [] if scale == 4 else ["--vae-scale", str(scale)]
+    subprocess.run([sys.executable, str(SCRIPT), "--profile", "cpu", *TINY, *flag, "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
-    assert json.loads((out / "miga.json").read_text())["recipe"]["vae_scale"] == 4
+    assert json.loads((out / "miga.json").read_text())["recipe"]["vae_scale"] == scale
     model = load_model(str(out), device=torch.device("cpu"), dtype=torch.float32)
-    assert model.vae_scale == (1, 4)
+    assert model.vae_scale == (1, scale)
+    assert tuple(model.denoiser.transformer.config.patch_size) == (1, 16 // scale, 16 // scale)
     pos, _ = model.encode_prompt(["a small red circle moving over blue sky"])
-    x = torch.randn(1, model.latent_channels, model.default_window, 16, 16)
+    side = 64 // scale
+    x = torch.randn(1, model.latent_channels, model.default_window, side, side)
     with torch.no_grad():
         v = model.denoiser(x, torch.full((model.default_window,), 500.0), pos)
         frames = model.decoder().push(x)
@@ -76,6 +82,6 @@ def test_a_4x_vae_keeps_a_token_at_16_pixels_and_the_checkpoint_renders(tmp_path
 
 
 def test_vae_scale_with_a_borrowed_vae_is_a_usage_error(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--vae-scale", "4", "--vae-from", str(tmp_path), "--out", str(tmp_path / "x")],
-                            capture_output=True, text=True, timeout=120)
+    command = [sys.executable, str(SCRIPT), "--vae-scale", "4", "--vae-from", str(tmp_path), "--out", str(tmp_path / "x")]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--vae-scale" in result.stderr
