@@ -6,8 +6,7 @@
 Stages: (1) render long toy-world streams (worker processes); (2) the VAE (``AutoencoderKLWan`` with
 Wan2.2's patch and residual options, no temporal compression, temporal taps zero: a per-frame
 autoencoder like VideoCrafter2's, 4x spatial by default, ``--vae-scale 8`` for Wan's 8x; sprite-weighted
-L1 + MSE reconstruction + small KL) on frames of
-those streams; (3) encode the streams and set the VAE config's latent mean/std; (4) the transformer
+L1 + MSE reconstruction + small KL) on frames of those streams; (3) encode the streams and set the VAE config's latent mean/std; (4) the transformer
 (``WanTransformer3DModel``) and the tiny UMT5 text encoder together, flow matching on windows cropped
 from the streams, 10% of prompts dropped to "" for classifier-free guidance; the saved weights are an
 exponential moving average of the trained ones.
