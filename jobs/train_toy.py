@@ -6,10 +6,11 @@
 Stages: (1) render long toy-world streams (worker processes); (2) the VAE (``AutoencoderKLWan`` with
 Wan2.2's patch and residual options, no temporal compression, temporal taps zero: a per-frame
 autoencoder like VideoCrafter2's, 4x spatial by default, ``--vae-scale 8`` for Wan's 8x; sprite-weighted
-L1 + MSE reconstruction + small KL) on frames of those streams; (3) encode the streams and set the VAE config's latent mean/std; (4) the transformer
-(``WanTransformer3DModel``) and the tiny UMT5 text encoder together, flow matching on windows cropped
-from the streams, 10% of prompts dropped to "" for classifier-free guidance; the saved weights are an
-exponential moving average of the trained ones.
+L1 + MSE reconstruction + small KL) on frames of those streams; (3) encode the streams and set the VAE
+config's latent mean/std; (4) the transformer (``WanTransformer3DModel``, one token per 16x16 pixels) and
+the tiny UMT5 text encoder together, flow matching on windows cropped from the streams, 10% of prompts
+dropped to "" for classifier-free guidance; the saved weights are an exponential moving average of the
+trained ones.
 
 ``--levels shared`` (the default) trains as Wan2.1 and VideoCrafter2 were trained: one noise level
 shared by every latent of a window. ``--levels mixed`` is the earlier recipe, kept as the control: a
