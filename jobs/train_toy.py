@@ -229,7 +229,7 @@ def sprite_group(prompt: str) -> str:
     return sprites[0].size if len(sprites) == 1 else "two"
 
 
-def mean_rates(reports: list[ToyReport], prompts: list[str], names: tuple[str, ...]) -> dict[str, float]:
+def mean_rates(reports: list[ToyReport], prompts: list[str], names: tuple[str, ...]) -> dict[str, float | None]:
     """The analyzer's ``names`` rates over all frames of ``reports``, and the shape rate by ``sprite_group``
     (small sprites are what an 8x VAE loses, docs/RESULTS.md)."""
     rates = {k: float(np.mean([getattr(r, k) for r in reports])) for k in names}
@@ -241,7 +241,7 @@ def mean_rates(reports: list[ToyReport], prompts: list[str], names: tuple[str, .
 
 
 @torch.no_grad()
-def reconstruction_rates(vae: AutoencoderKLWan, clips: Tensor, prompts: list[str]) -> dict[str, float]:
+def reconstruction_rates(vae: AutoencoderKLWan, clips: Tensor, prompts: list[str]) -> dict[str, float | None]:
     """The analyzer's colour, shape and background rates on the VAE's reconstructions of real toy clips:
     the ceiling any transformer works under."""
     device = next(vae.parameters()).device
