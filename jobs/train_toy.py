@@ -8,9 +8,10 @@ Wan2.2's patch and residual options, no temporal compression, temporal taps zero
 autoencoder like VideoCrafter2's, 4x spatial by default, ``--vae-scale 8`` for Wan's 8x; sprite-weighted
 L1 + MSE reconstruction + small KL) on frames of those streams; (3) encode the streams and set the VAE
 config's latent mean/std; (4) the transformer (``WanTransformer3DModel``, one token per 16x16 pixels) and
-the tiny UMT5 text encoder together, flow matching on windows cropped from the streams, 10% of prompts
-dropped to "" for classifier-free guidance; the saved weights are an exponential moving average of the
-trained ones.
+the tiny UMT5 text encoder together, flow matching on windows cropped from the streams and, in the same
+steps, on single frames (joint image-video training, as Wan and VideoCrafter2 were trained;
+``--image-batch 0`` for windows only), 10% of prompts dropped to "" for classifier-free guidance; the
+saved weights are an exponential moving average of the trained ones.
 
 ``--levels shared`` (the default) trains as Wan2.1 and VideoCrafter2 were trained: one noise level
 shared by every latent of a window. ``--levels mixed`` is the earlier recipe, kept as the control: a
@@ -98,9 +99,9 @@ EMA_DECAY = 0.999  # the saved transformer and text encoder are this exponential
 # A ``*_seconds`` budget caps its stage's steps at what fits that time (StepBudget); None runs every step.
 PROFILES: dict[str, dict[str, float | None]] = {
     "cpu": {"vae_steps": 3000, "vae_seconds": None, "vae_batch": 12, "vae_lr": 1e-3, "streams": 600,
-            "transformer_steps": 8000, "transformer_seconds": None, "batch": 16, "lr": 1e-3, "workers": 2},
+            "transformer_steps": 8000, "transformer_seconds": None, "batch": 16, "image_batch": 64, "lr": 1e-3, "workers": 2},
     "gpu": {"vae_steps": 20000, "vae_seconds": 50.0, "vae_batch": 96, "vae_lr": 1e-3, "streams": 4000,
-            "transformer_steps": 100000, "transformer_seconds": 150.0, "batch": 128, "lr": 1e-3, "workers": 6},
+            "transformer_steps": 100000, "transformer_seconds": 150.0, "batch": 128, "image_batch": 512, "lr": 1e-3, "workers": 6},
 }
 LEVEL_MODES = ("shared", "mixed")
 
@@ -290,11 +291,12 @@ def motion_weights(latents: Tensor) -> Tensor:
 
 def train_transformer(
     latents: Tensor, prompts: list[str], text: T5PromptEncoder, levels: str, patch: int, steps: StepBudget, batch: int,
-    lr: float, seed: int,
+    image_batch: int, lr: float, seed: int,
 ) -> WanTransformer3DModel:
     """Flow matching of the transformer (``patch`` x ``patch`` latents per token) and text encoder on
     normalised latent windows (on ``latents``'s device), weighted towards the moving sprites, with
-    ``levels`` noise levels per window; returns the exponential moving average of both (set into ``text`` too)."""
+    ``levels`` noise levels per window, and on ``image_batch`` single frames per step alongside (joint
+    image-video training, as Wan and VideoCrafter2 were trained); returns the exponential moving average of both (set into ``text`` too)."""
     device = latents.device
     g = torch.Generator(device).manual_seed(seed)
     channels = latents.shape[1]
@@ -313,22 +315,32 @@ def train_transformer(
     tokens = text.tokenize([*prompts, ""]).to(device)  # every prompt once; the last row is the dropped prompt
     offsets = torch.arange(WINDOW, device=device)
     text.text_encoder.train()
+
+    def flow_loss(x0: Tensor, weight: Tensor, sigma: Tensor, idx: Tensor) -> Tensor:
+        """Weighted flow-matching loss of clips ``x0`` ``[B, C, F, h, w]`` at per-latent ``sigma`` ``[B, F]``
+        under the prompts of streams ``idx``, a tenth of them dropped to the empty prompt."""
+        n, frames = sigma.shape
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        s = sigma.view(n, 1, frames, 1, 1)
+        drop = torch.rand(n, generator=g, device=device) < 0.1
+        rows = torch.where(drop, len(prompts), idx)
+        context = embed_tokens(text.text_encoder, tokens.input_ids[rows], tokens.attention_mask[rows])
+        timestep = frame_timesteps_to_tokens(sigma * 1000, n, tokens_per_frame)
+        pred = transformer((1 - s) * x0 + s * noise, timestep, context, return_dict=False)[0]
+        return ((pred - (noise - x0)).pow(2) * weight).mean()
+
     for step in steps:
         idx = torch.randint(latents.shape[0], (batch,), generator=g, device=device)
         keep_start = torch.rand(batch, generator=g, device=device) > 0.25  # a quarter of windows open their stream
         start = torch.randint(STREAM - WINDOW + 1, (batch,), generator=g, device=device) * keep_start
         frames = start[:, None] + offsets  # [B, WINDOW]
         x0, weight = (t[idx[:, None], :, frames].permute(0, 2, 1, 3, 4) for t in (latents, weights))
-        noise = torch.randn(x0.shape, generator=g, device=device)
-        sigma = sample_sigmas(batch, levels, g)
-        s = sigma.view(batch, 1, WINDOW, 1, 1)
-        xt = (1 - s) * x0 + s * noise
-        drop = torch.rand(batch, generator=g, device=device) < 0.1
-        rows = torch.where(drop, len(prompts), idx)
-        context = embed_tokens(text.text_encoder, tokens.input_ids[rows], tokens.attention_mask[rows])
-        timestep = frame_timesteps_to_tokens(sigma * 1000, batch, tokens_per_frame)
-        pred = transformer(xt, timestep, context, return_dict=False)[0]
-        loss = ((pred - (noise - x0)).pow(2) * weight).mean()
+        loss = flow_loss(x0, weight, sample_sigmas(batch, levels, g), idx)
+        if image_batch:
+            idx = torch.randint(latents.shape[0], (image_batch,), generator=g, device=device)
+            frame = torch.randint(STREAM, (image_batch, 1), generator=g, device=device)
+            x0, weight = (t[idx[:, None], :, frame].permute(0, 2, 1, 3, 4) for t in (latents, weights))
+            loss = loss + flow_loss(x0, weight, sample_sigmas(image_batch, "shared", g)[:, :1], idx)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -376,7 +388,9 @@ def train(
     steps = StepBudget(int(sizes["transformer_steps"]), sizes["transformer_seconds"], device)
     vae_scale = vae.config.scale_factor_spatial
     patch = TOKEN_PIXELS // vae_scale
-    transformer = train_transformer(latents, prompts, text, levels, patch, steps, int(sizes["batch"]), sizes["lr"], seed)
+    transformer = train_transformer(
+        latents, prompts, text, levels, patch, steps, int(sizes["batch"]), int(sizes["image_batch"]), sizes["lr"], seed
+    )
     scheduler = UniPCMultistepScheduler(**{**WAN21_SCHEDULER, "flow_shift": SCHEDULER_SHIFT})
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text.text_encoder, transformer=transformer, vae=vae.cpu(), scheduler=scheduler)
     pipe.save_pretrained(out, safe_serialization=True)

@@ -49,6 +49,7 @@ def test_tiny_run_records_its_recipe_and_reuses_a_vae_bit_for_bit(tmp_path):
                    check=True, capture_output=True, timeout=600)
     meta = {m: json.loads((tmp_path / m / "miga.json").read_text()) for m in ("shared", "mixed")}
     assert meta["shared"]["window"] == 16 and meta["shared"]["recipe"]["levels"] == "shared"
+    assert meta["shared"]["recipe"]["image_batch"] == 64  # the cpu profile's single frames per step
     assert meta["mixed"]["recipe"]["levels"] == "mixed" and meta["mixed"]["recipe"]["vae_steps"] == 0
     vae = [(tmp_path / m / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() for m in ("shared", "mixed")]
     assert vae[0] == vae[1]
