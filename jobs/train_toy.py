@@ -296,7 +296,8 @@ def train_transformer(
     """Flow matching of the transformer (``patch`` x ``patch`` latents per token) and text encoder on
     normalised latent windows (on ``latents``'s device), weighted towards the moving sprites, with
     ``levels`` noise levels per window, and on ``image_batch`` single frames per step alongside (joint
-    image-video training, as Wan and VideoCrafter2 were trained); returns the exponential moving average of both (set into ``text`` too)."""
+    image-video training, as Wan and VideoCrafter2 were trained); returns the exponential moving average
+    of both (set into ``text`` too)."""
     device = latents.device
     g = torch.Generator(device).manual_seed(seed)
     channels = latents.shape[1]
@@ -316,12 +317,13 @@ def train_transformer(
     offsets = torch.arange(WINDOW, device=device)
     text.text_encoder.train()
 
-    def flow_loss(x0: Tensor, weight: Tensor, sigma: Tensor, idx: Tensor) -> Tensor:
-        """Weighted flow-matching loss of clips ``x0`` ``[B, C, F, h, w]`` at per-latent ``sigma`` ``[B, F]``
-        under the prompts of streams ``idx``, a tenth of them dropped to the empty prompt."""
-        n, frames = sigma.shape
+    def flow_loss(idx: Tensor, frames: Tensor, sigma: Tensor) -> Tensor:
+        """Weighted flow-matching loss of the clips at ``frames`` ``[B, F]`` of streams ``idx`` ``[B]``, at
+        per-latent ``sigma`` ``[B, F]``, under the streams' prompts, a tenth of them dropped to the empty one."""
+        x0, weight = (t[idx[:, None], :, frames].permute(0, 2, 1, 3, 4) for t in (latents, weights))
+        n, length = sigma.shape
         noise = torch.randn(x0.shape, generator=g, device=device)
-        s = sigma.view(n, 1, frames, 1, 1)
+        s = sigma.view(n, 1, length, 1, 1)
         drop = torch.rand(n, generator=g, device=device) < 0.1
         rows = torch.where(drop, len(prompts), idx)
         context = embed_tokens(text.text_encoder, tokens.input_ids[rows], tokens.attention_mask[rows])
@@ -333,14 +335,11 @@ def train_transformer(
         idx = torch.randint(latents.shape[0], (batch,), generator=g, device=device)
         keep_start = torch.rand(batch, generator=g, device=device) > 0.25  # a quarter of windows open their stream
         start = torch.randint(STREAM - WINDOW + 1, (batch,), generator=g, device=device) * keep_start
-        frames = start[:, None] + offsets  # [B, WINDOW]
-        x0, weight = (t[idx[:, None], :, frames].permute(0, 2, 1, 3, 4) for t in (latents, weights))
-        loss = flow_loss(x0, weight, sample_sigmas(batch, levels, g), idx)
+        loss = flow_loss(idx, start[:, None] + offsets, sample_sigmas(batch, levels, g))
         if image_batch:
             idx = torch.randint(latents.shape[0], (image_batch,), generator=g, device=device)
             frame = torch.randint(STREAM, (image_batch, 1), generator=g, device=device)
-            x0, weight = (t[idx[:, None], :, frame].permute(0, 2, 1, 3, 4) for t in (latents, weights))
-            loss = loss + flow_loss(x0, weight, sample_sigmas(image_batch, "shared", g)[:, :1], idx)
+            loss = loss + flow_loss(idx, frame, sample_sigmas(image_batch, "shared", g)[:, :1])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
