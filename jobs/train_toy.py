@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import UMT5Config, UMT5EncoderModel
 
+from miga_ray.benchmarks.options import at_least
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
 from miga_ray.models.registry import TOY_DIR, load_model
 from miga_ray.models.toy_tokenizer import build_toy_tokenizer
@@ -103,6 +104,7 @@ PROFILES: dict[str, dict[str, float | None]] = {
     "gpu": {"vae_steps": 20000, "vae_seconds": 50.0, "vae_batch": 96, "vae_lr": 1e-3, "streams": 4000,
             "transformer_steps": 100000, "transformer_seconds": 150.0, "batch": 128, "image_batch": 512, "lr": 1e-3, "workers": 6},
 }
+SIZES_MAY_BE_ZERO = ("vae_steps", "transformer_steps", "image_batch")  # a stage or a batch left out; other sizes > 0
 LEVEL_MODES = ("shared", "mixed")
 
 
@@ -452,7 +454,9 @@ def main() -> None:
     parser.add_argument("--vae-from", type=Path, help="take the VAE of this checkpoint instead of training one")
     parser.add_argument("--vae-scale", type=int, choices=sorted(VAE_CONFIGS), help=f"spatial compression of a new VAE (default {VAE_SCALE})")
     for name, value in PROFILES["gpu"].items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"overrides the profile's {name}")
+        low = 0 if name in SIZES_MAY_BE_ZERO else 1
+        size = at_least(float, 0, strict=True) if isinstance(value, float) else at_least(int, low)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=size, help=f"overrides the profile's {name}")
     parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
     parser.add_argument("--preset", default=PRESET, help=f"quality gate: the sampler preset whose T and CFG it uses (default {PRESET})")
     parser.add_argument("--steps", type=int, help="quality gate: grid levels (default: the preset's T)")

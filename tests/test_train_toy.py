@@ -86,3 +86,11 @@ def test_vae_scale_with_a_borrowed_vae_is_a_usage_error(tmp_path):
     command = [sys.executable, str(SCRIPT), "--vae-scale", "4", "--vae-from", str(tmp_path), "--out", str(tmp_path / "x")]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--vae-scale" in result.stderr
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--image-batch", "-1"), ("--batch", "0"), ("--lr", "0"), ("--streams", "two")])
+def test_a_size_out_of_range_is_a_usage_error_before_anything_is_written(tmp_path, flag, value):
+    out = tmp_path / "x"
+    result = subprocess.run([sys.executable, str(SCRIPT), flag, value, "--out", str(out)], check=False, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and flag in result.stderr and not out.exists()
