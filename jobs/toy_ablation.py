@@ -33,7 +33,8 @@ from miga_ray.engines import build_engine, load_for
 from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
-from miga_ray.models.toy_world import analyze, sample_scene
+from miga_ray.models import TOY_DIR
+from miga_ray.models.toy_world import WORLDS, World, analyze
 from miga_ray.sampling import PRESETS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
@@ -50,10 +51,17 @@ TOY_COLUMNS = {"subject_consistency": "sprite cons.", "background_consistency": 
 DRIFT_BINS = 10  # points on each analyzer curve
 
 
-def prompts(count: int, seed: int = 2026) -> list[str]:
-    """``count`` toy-world prompts drawn once from a fixed seed (the same for every variant)."""
+def model_world(model: str) -> World:
+    """The toy world a base model was trained on: ``toy`` is the shipped checkpoint, a directory its own."""
+    return World.recorded(TOY_DIR if model == "toy" else Path(model)) or WORLDS["full"]
+
+
+def prompts(count: int, seed: int = 2026, world: World | None = None) -> list[str]:
+    """``count`` prompts of ``world`` (the whole grammar's by default) drawn once from a fixed seed (the same
+    for every variant)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng).prompt for _ in range(count)]
+    world = world or WORLDS["full"]
+    return [world.sample_scene(rng).prompt for _ in range(count)]
 
 
 def score(video: np.ndarray, prompt: str) -> dict[str, Any]:
@@ -235,7 +243,10 @@ def main() -> None:
     parser.add_argument("--workers", type=positive_int, default=2, help="scoring processes (default 2)")
     parser.add_argument("--report", action="store_true", help="summarise the videos already in --out; render nothing")
     args = parser.parse_args()
-    texts, seeds = prompts(args.prompts, args.prompt_seed), list(range(args.seeds))
+    worlds = {model_world(m) for m in args.models}
+    if len(worlds) > 1:
+        parser.error(f"--models: the models were trained on different toy worlds ({', '.join(map(str, worlds))}); compare them apart")
+    texts, seeds = prompts(args.prompts, args.prompt_seed, worlds.pop()), list(range(args.seeds))
     if args.report:
         done = _done(args.out / "videos.jsonl").values()
         seeds = sorted({r["seed"] for r in done if r["seed"] in seeds})

@@ -24,9 +24,13 @@ flag overrides it. Times and gate results: docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import resource
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -34,25 +38,28 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from miga_ray.benchmarks.options import at_least
+from miga_ray.models import TOY_DIR
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
-from miga_ray.models.registry import TOY_DIR, load_model
+from miga_ray.models.registry import load_model as load_pipeline
 from miga_ray.models.toy_tokenizer import build_toy_tokenizer
 from miga_ray.models.toy_world import (
     BACKGROUNDS,
     COLORS,
     SHAPES,
     SIZES,
+    WORLDS,
     Scene,
     ToyReport,
+    World,
     analyze,
     parse_prompt,
     render_clip,
-    sample_scene,
 )
 from miga_ray.models.wan import WAN21_SCHEDULER, T5PromptEncoder, embed_tokens, frame_timesteps_to_tokens
 from miga_ray.sampling.denoiser import Conditioning, guided_forward
@@ -113,9 +120,9 @@ def video_tensor(frames: np.ndarray) -> Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
-def random_clips(rng: np.random.Generator, count: int, num_frames: int) -> tuple[Tensor, list[str]]:
-    """``count`` clips of fresh scenes from random points of their trajectories, and their prompts."""
-    scenes = [sample_scene(rng) for _ in range(count)]
+def random_clips(rng: np.random.Generator, count: int, num_frames: int, world: World) -> tuple[Tensor, list[str]]:
+    """``count`` clips of fresh scenes of ``world`` from random points of their trajectories, and their prompts."""
+    scenes = [world.sample_scene(rng) for _ in range(count)]
     clips = [
         video_tensor(render_clip(s, num_frames, SIZE, SIZE, seed=int(rng.integers(2**31)), start=int(rng.integers(400))))
         for s in scenes
@@ -129,10 +136,12 @@ def _render(job: tuple[Scene, int, int, int]) -> np.ndarray:
     return render_clip(scene, frames, SIZE, SIZE, seed=seed, start=start)
 
 
-def render_streams(rng: np.random.Generator, count: int, frames: int, workers: int) -> tuple[np.ndarray, list[str]]:
-    """``count`` streams of fresh scenes as uint8 ``[N, F, H, W, 3]`` and their prompts; the scenes, seeds
-    and start frames come from ``rng`` alone, so the result does not depend on ``workers``."""
-    scenes = [sample_scene(rng) for _ in range(count)]
+def render_streams(
+    rng: np.random.Generator, count: int, frames: int, workers: int, world: World
+) -> tuple[np.ndarray, list[str]]:
+    """``count`` streams of fresh scenes of ``world`` as uint8 ``[N, F, H, W, 3]`` and their prompts; the
+    scenes, seeds and start frames come from ``rng`` alone, so the result does not depend on ``workers``."""
+    scenes = [world.sample_scene(rng) for _ in range(count)]
     jobs = [(s, frames, int(rng.integers(2**31)), int(rng.integers(400))) for s in scenes]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -207,7 +216,7 @@ def train_vae(frames: np.ndarray, scale: int, steps: StepBudget, batch: int, lr:
     vae = per_frame_vae(scale).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 20))
-    held_out = random_clips(np.random.default_rng(12345), 8, CLIP)
+    held_out = random_clips(np.random.default_rng(12345), 8, CLIP, WORLDS["full"])
     pool = torch.from_numpy(frames.reshape(-1, *frames.shape[2:]))  # every frame of every stream
     g = torch.Generator().manual_seed(seed)
     for step in steps:
@@ -291,32 +300,112 @@ def motion_weights(latents: Tensor) -> Tensor:
     return 1 + MOTION_WEIGHT * distance.clamp(max=1.0)
 
 
+class TrainingState:
+    """The transformer stage's whole state in ``folder`` (safetensors + JSON, never pickle): trained and
+    averaged weights, optimizer moments, the sampling generator, the step and the clocks, so a run of many
+    CPU hours survives the end of a session and resumes to the weights an unbroken run gives."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def exists(self) -> bool:
+        """Whether a saved state is there."""
+        return (self.folder / "state.json").is_file()
+
+    def meta(self) -> dict:
+        """The saved step, clocks and recipe."""
+        return json.loads((self.folder / "state.json").read_text())
+
+    def save(self, meta: dict, trained: torch.nn.Module, ema: AveragedModel, opt: torch.optim.Optimizer, g: torch.Generator) -> None:
+        """Write every part, then ``state.json`` last, each by rename, so a kill leaves the previous state whole."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, module in (("trained", trained), ("ema", ema)):
+            save_model(module, str(self.folder / f"{name}.tmp"))
+            (self.folder / f"{name}.tmp").replace(self.folder / f"{name}.safetensors")
+        opt_state = opt.state_dict()
+        tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in opt_state["state"].items() for k, v in st.items()}
+        tensors["generator"] = g.get_state().cpu()
+        save_file(tensors, str(self.folder / "optimizer.tmp"))
+        (self.folder / "optimizer.tmp").replace(self.folder / "optimizer.safetensors")
+        meta = {**meta, "param_groups": opt_state["param_groups"]}
+        (self.folder / "state.tmp").write_text(json.dumps(meta) + "\n")
+        (self.folder / "state.tmp").replace(self.folder / "state.json")
+
+    def load(self, trained: torch.nn.Module, ema: AveragedModel, opt: torch.optim.Optimizer, g: torch.Generator) -> dict:
+        """Load every part into the given objects; returns the saved meta (step, clocks, recipe)."""
+        meta = self.meta()
+        device = next(trained.parameters()).device
+        load_model(trained, str(self.folder / "trained.safetensors"), device=str(device))
+        load_model(ema, str(self.folder / "ema.safetensors"), device=str(device))
+        tensors = load_file(str(self.folder / "optimizer.safetensors"), device=str(device))
+        g.set_state(tensors.pop("generator").cpu())
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        return meta
+
+
+class Clock:
+    """CPU and wall seconds of this stage across resumed runs, and the peak resident memory of this process."""
+
+    def __init__(self, cpu: float = 0.0, wall: float = 0.0) -> None:
+        self.cpu0, self.wall0 = time.process_time() - cpu, time.monotonic() - wall
+
+    def as_dict(self) -> dict[str, float]:
+        """Seconds so far and the peak RSS in MiB."""
+        return {"cpu_seconds": round(time.process_time() - self.cpu0, 1), "wall_seconds": round(time.monotonic() - self.wall0, 1),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def easy_streams(prompts: list[str]) -> list[int]:
+    """Streams of one large sprite: what a curriculum shows first (the shape decided by the most pixels)."""
+    easy = []
+    for i, prompt in enumerate(prompts):
+        sprites = parse_prompt(prompt).sprites
+        if len(sprites) == 1 and sprites[0].size == "large":
+            easy.append(i)
+    return easy
+
+
 def train_transformer(
-    latents: Tensor, prompts: list[str], text: T5PromptEncoder, levels: str, patch: int, steps: StepBudget, batch: int,
-    image_batch: int, lr: float, seed: int,
-) -> WanTransformer3DModel:
-    """Flow matching of the transformer (``patch`` x ``patch`` latents per token) and text encoder on
-    normalised latent windows (on ``latents``'s device), weighted towards the moving sprites, with
-    ``levels`` noise levels per window, and on ``image_batch`` single frames per step alongside (joint
-    image-video training, as Wan and VideoCrafter2 were trained); returns the exponential moving average
-    of both (set into ``text`` too)."""
+    latents: Tensor, prompts: list[str], text: T5PromptEncoder, recipe: dict, steps: StepBudget, state: TrainingState,
+    checkpoint: Callable[[int, torch.nn.ModuleList, dict], None], every: int, until: int | None = None,
+) -> WanTransformer3DModel | None:
+    """Flow matching of the transformer (``recipe["patch"]`` x ``patch`` latents per token) and text encoder
+    on normalised latent windows (on ``latents``'s device), weighted towards the moving sprites, with
+    ``recipe["levels"]`` noise levels per window, and on ``image_batch`` single frames per step alongside
+    (joint image-video training, as Wan and VideoCrafter2 were trained); the first ``curriculum`` of the
+    steps only on streams of one large sprite. Every ``every`` steps the state is saved (resumable) and
+    ``checkpoint(step, averaged modules, clock)`` runs; returns the exponential moving average of both
+    (set into ``text`` too), or None when it stops at step ``until`` before the schedule's end (saved, to
+    resume)."""
     device = latents.device
-    g = torch.Generator(device).manual_seed(seed)
+    g = torch.Generator(device).manual_seed(recipe["seed"])
     channels = latents.shape[1]
     weights = motion_weights(latents)
+    heads, patch = recipe["heads"], recipe["patch"]
     transformer = WanTransformer3DModel(
-        **TRANSFORMER_CONFIG, patch_size=(1, patch, patch), in_channels=channels, out_channels=channels,
-        text_dim=TEXT_CONFIG["d_model"],
+        **{**TRANSFORMER_CONFIG, "num_attention_heads": heads, "ffn_dim": 3 * heads * TRANSFORMER_CONFIG["attention_head_dim"]},
+        patch_size=(1, patch, patch), in_channels=channels, out_channels=channels, text_dim=TEXT_CONFIG["d_model"],
     ).to(device)
     text.text_encoder.to(device)
     trained = torch.nn.ModuleList([transformer, text.text_encoder])
     params = list(trained.parameters())
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY), use_buffers=True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 200))
+    opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.01)
+    first, clock = 0, Clock()
+    if state.exists():
+        meta = state.load(trained, ema, opt, g)
+        first, steps.steps, clock = meta["step"], meta["steps"], Clock(meta["cpu_seconds"], meta["wall_seconds"])
+        log(f"resumed at step {first}/{steps.steps} from {state.folder}", 0, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps.steps, 200), last_epoch=first - 1)
     tokens_per_frame = (latents.shape[3] // patch) * (latents.shape[4] // patch)
     tokens = text.tokenize([*prompts, ""]).to(device)  # every prompt once; the last row is the dropped prompt
     offsets = torch.arange(WINDOW, device=device)
+    easy = torch.tensor(easy_streams(prompts), device=device, dtype=torch.long)
+    curriculum_steps = int(recipe["curriculum"] * steps.steps)
     text.text_encoder.train()
 
     def flow_loss(idx: Tensor, frames: Tensor, sigma: Tensor) -> Tensor:
@@ -333,13 +422,22 @@ def train_transformer(
         pred = transformer((1 - s) * x0 + s * noise, timestep, context, return_dict=False)[0]
         return ((pred - (noise - x0)).pow(2) * weight).mean()
 
+    def streams(count: int, step: int) -> Tensor:
+        """Stream indices for a batch: any stream, or during the curriculum one of the easy ones."""
+        if step < curriculum_steps and len(easy):
+            return easy[torch.randint(len(easy), (count,), generator=g, device=device)]
+        return torch.randint(latents.shape[0], (count,), generator=g, device=device)
+
+    batch, image_batch = recipe["batch"], recipe["image_batch"]
     for step in steps:
-        idx = torch.randint(latents.shape[0], (batch,), generator=g, device=device)
+        if step < first:
+            continue
+        idx = streams(batch, step)
         keep_start = torch.rand(batch, generator=g, device=device) > 0.25  # a quarter of windows open their stream
         start = torch.randint(STREAM - WINDOW + 1, (batch,), generator=g, device=device) * keep_start
-        loss = flow_loss(idx, start[:, None] + offsets, sample_sigmas(batch, levels, g))
+        loss = flow_loss(idx, start[:, None] + offsets, sample_sigmas(batch, recipe["levels"], g))
         if image_batch:
-            idx = torch.randint(latents.shape[0], (image_batch,), generator=g, device=device)
+            idx = streams(image_batch, step)
             frame = torch.randint(STREAM, (image_batch, 1), generator=g, device=device)
             loss = loss + flow_loss(idx, frame, sample_sigmas(image_batch, "shared", g)[:, :1])
         opt.zero_grad()
@@ -349,6 +447,13 @@ def train_transformer(
         sched.step()
         ema.update_parameters(trained)
         log(f"transformer {step + 1}/{steps.steps} loss {loss.item():.4f}", step, steps.steps, every=500)
+        done = step + 1
+        if every and (done % every == 0 or done in (steps.steps, until)):
+            meta = {"step": done, "steps": steps.steps, "recipe": recipe, **clock.as_dict()}
+            state.save(meta, trained, ema, opt, g)
+            checkpoint(done, ema.module, clock.as_dict())
+        if done == until:
+            return None
     transformer, text.text_encoder = ema.module
     text.text_encoder.eval().to("cpu")
     return transformer.eval().to("cpu")
@@ -363,14 +468,21 @@ def log(message: str, step: int, steps: int, every: int = 50) -> None:
         print(f"[{time.monotonic() - _T0:7.0f}s] {message}", flush=True)
 
 
+STATE_DIR = "train_state"  # the resumable transformer state inside --out
+CURVE = "curve.jsonl"  # the learning curve inside --out: one row per checkpoint (step, clocks, gate rates)
+
+
 def train(
-    out: Path, sizes: dict[str, float | None], levels: str, vae_scale: int, device: torch.device, seed: int, vae_from: Path | None
+    out: Path, sizes: dict[str, float | None], knobs: dict, vae_scale: int, device: torch.device, vae_from: Path | None
 ) -> None:
     """Every stage (the VAE, ``vae_scale``x spatial, taken from ``vae_from`` when given), then save the
-    pipeline (safetensors + JSON) and ``miga.json`` with the recipe, the steps actually run included, to ``out``."""
+    pipeline (safetensors + JSON) and ``miga.json`` with the recipe, the steps actually run included, to ``out``.
+    With ``knobs["gate_every"]`` the transformer's state is saved that often (a rerun of the same command
+    resumes from it) and the quality gate scores the averaged weights, one row of ``curve.jsonl`` each."""
+    seed, world = knobs["seed"], WORLDS[knobs["world"]]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    streams, prompts = render_streams(rng, int(sizes["streams"]), frames_of_latents(STREAM, 1), int(sizes["workers"]))
+    streams, prompts = render_streams(rng, int(sizes["streams"]), frames_of_latents(STREAM, 1), int(sizes["workers"]), world)
     log(f"rendered {len(prompts)} streams of {streams.shape[1]} frames", 0, 1)
     vae_steps = StepBudget(int(sizes["vae_steps"]), sizes["vae_seconds"], device)
     if vae_from is None:
@@ -388,19 +500,47 @@ def train(
     text = T5PromptEncoder(tokenizer, UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)))
     steps = StepBudget(int(sizes["transformer_steps"]), sizes["transformer_seconds"], device)
     vae_scale = vae.config.scale_factor_spatial
-    patch = TOKEN_PIXELS // vae_scale
-    transformer = train_transformer(
-        latents, prompts, text, levels, patch, steps, int(sizes["batch"]), int(sizes["image_batch"]), sizes["lr"], seed
-    )
+    recipe = {"levels": knobs["levels"], "world": knobs["world"], "curriculum": knobs["curriculum"],
+              "patch": knobs["token_pixels"] // vae_scale, "heads": knobs["heads"], "seed": seed,
+              "batch": int(sizes["batch"]), "image_batch": int(sizes["image_batch"]), "lr": sizes["lr"]}
+    state = TrainingState(out / STATE_DIR)
+    if state.exists() and state.meta()["recipe"] != recipe:
+        saved = state.meta()["recipe"]
+        differ = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in recipe.items() if saved.get(k) != v)
+        print(f"--out {out} holds the state of another recipe ({differ}); give another --out", file=sys.stderr)
+        raise SystemExit(2)
     scheduler = UniPCMultistepScheduler(**{**WAN21_SCHEDULER, "flow_shift": SCHEDULER_SHIFT})
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text.text_encoder, transformer=transformer, vae=vae.cpu(), scheduler=scheduler)
-    pipe.save_pretrained(out, safe_serialization=True)
-    recipe = {"levels": levels, "vae_scale": vae_scale, "device": device.type, "seed": seed,
-              "vae_from": str(vae_from) if vae_from else None,
-              **sizes, "vae_steps": vae_steps.steps, "transformer_steps": steps.steps,
-              "seconds": round(time.monotonic() - _T0)}
-    (out / "miga.json").write_text(json.dumps({"resolution": [SIZE, SIZE], "window": WINDOW, "recipe": recipe}) + "\n")
-    print(f"[{time.monotonic() - _T0:7.0f}s] saved to {out}: {json.dumps(recipe)}", flush=True)
+
+    def save(transformer: WanTransformer3DModel, text_encoder: torch.nn.Module, extra: dict) -> None:
+        """The pipeline and ``miga.json`` (the recipe, the world, ``extra``) into ``out``."""
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler)
+        pipe.save_pretrained(out, safe_serialization=True)
+        meta = {"device": device.type, "vae_from": str(vae_from) if vae_from else None, "vae_scale": vae_scale,
+                "token_pixels": knobs["token_pixels"], **sizes, **recipe, "vae_steps": vae_steps.steps, **extra}
+        (out / "miga.json").write_text(json.dumps(
+            {"resolution": [SIZE, SIZE], "window": WINDOW, "world": world.as_json(), "recipe": meta}) + "\n")
+
+    def checkpoint(step: int, averaged: torch.nn.ModuleList, clock: dict) -> None:
+        """Save the averaged weights as the pipeline and append their quality gate to the learning curve."""
+        transformer, text_encoder = (copy.deepcopy(m).to("cpu").eval() for m in averaged)
+        save(transformer, text_encoder, {"transformer_steps": step, **clock})
+        preset = get_preset(PRESET)
+        gate = quality_gate(out, knobs["gate_prompts"], preset.num_levels, preset.cfg_scale, 0, device)
+        row = {"step": step, **clock, **{k: gate[k] for k in (*GATE_RATES, "gate_met")}}
+        with (out / CURVE).open("a") as curve:
+            curve.write(json.dumps(row) + "\n")
+        log(f"checkpoint {json.dumps(row)}", 0, 1)
+
+    vae.to("cpu")
+    transformer = train_transformer(latents, prompts, text, recipe, steps, state, checkpoint, knobs["gate_every"], knobs["until_step"])
+    if transformer is None:
+        log(f"stopped at step {knobs['until_step']}; the same command without --until-step resumes", 0, 1)
+        return
+    final = {"transformer_steps": steps.steps, "seconds": round(time.monotonic() - _T0)}
+    if state.exists():
+        final.update({k: v for k, v in state.meta().items() if k.endswith(("_seconds", "_mib"))})
+    save(transformer, text.text_encoder, final)
+    print(f"[{time.monotonic() - _T0:7.0f}s] saved to {out}: {json.dumps(final)}", flush=True)
 
 
 GATE_RATES = ("color_rate", "background_rate", "shape_rate", "count_rate")  # what the gate asks of base clips
@@ -409,13 +549,14 @@ GATE_MINIMUM = {"color_rate": 0.9, "background_rate": 0.9, "shape_rate": 0.8, "c
 
 @torch.no_grad()
 def quality_gate(source: Path, prompts: int, steps: int, cfg: float, seed: int, device: torch.device) -> dict[str, float]:
-    """Base sampler only: one window per prompt, all latents at one level, plain Euler over the model's
-    grid with CFG; the analyzer's recognition rates over all frames against ``GATE_MINIMUM``, the same
+    """Base sampler only: one window per prompt of the model's world, all latents at one level, plain Euler
+    over the model's grid with CFG; the analyzer's recognition rates over all frames against ``GATE_MINIMUM``, the same
     rates for the VAE's reconstructions of real toy clips (the ceiling the transformer works under),
     and the time of one model call."""
-    model = load_model(str(source), device=device, dtype=torch.float32)
+    model = load_pipeline(str(source), device=device, dtype=torch.float32)
+    world = World.recorded(source) or WORLDS["full"]
     rng = np.random.default_rng(seed)
-    texts = [sample_scene(rng).prompt for _ in range(prompts)]
+    texts = [world.sample_scene(rng).prompt for _ in range(prompts)]
     pos, neg = model.encode_prompt(texts)
     cond = Conditioning(pos, neg, cfg)
     grid = model.grid(steps)
@@ -428,7 +569,7 @@ def quality_gate(source: Path, prompts: int, steps: int, cfg: float, seed: int, 
         x = solver.step(x, guided_forward(model.denoiser, x, grid.timesteps[at].to(device), cond), at)
     frames = model.decoder().push(x).cpu().numpy()
     rates = mean_rates([analyze(f, t) for f, t in zip(frames, texts)], texts, GATE_RATES)
-    vae_rates = reconstruction_rates(model.decoder().vae, *random_clips(rng, prompts, CLIP))
+    vae_rates = reconstruction_rates(model.decoder().vae, *random_clips(rng, prompts, CLIP, world))
     staircase = grid.timesteps[torch.linspace(1, steps, model.default_window).round().long()].to(device)
     start = time.monotonic()
     for _ in range(20):
@@ -457,7 +598,18 @@ def main() -> None:
         low = 0 if name in SIZES_MAY_BE_ZERO else 1
         size = at_least(float, 0, strict=True) if isinstance(value, float) else at_least(int, low)
         parser.add_argument(f"--{name.replace('_', '-')}", type=size, help=f"overrides the profile's {name}")
-    parser.add_argument("--prompts", type=int, default=20, help="quality gate: prompts")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="full", help="the part of the grammar to train on (default full)")
+    parser.add_argument("--curriculum", type=at_least(float, 0), default=0.0,
+                        help="share of the transformer's steps shown only one large sprite first (default 0)")
+    parser.add_argument("--token-pixels", type=int, choices=(8, 16), default=TOKEN_PIXELS,
+                        help=f"pixels a transformer token covers per side (default {TOKEN_PIXELS})")
+    parser.add_argument("--heads", type=at_least(int, 1), default=TRANSFORMER_CONFIG["num_attention_heads"],
+                        help=f"attention heads of {TRANSFORMER_CONFIG['attention_head_dim']} channels: the width (default 4)")
+    parser.add_argument("--gate-every", type=at_least(int, 0), default=0,
+                        help="save the resumable state and gate the averaged weights every N transformer steps (0: never)")
+    parser.add_argument("--until-step", type=at_least(int, 1),
+                        help="stop after this transformer step, saved; the same command resumes (needs --gate-every)")
+    parser.add_argument("--prompts", type=at_least(int, 1), default=20, help="quality gate: prompts")
     parser.add_argument("--preset", default=PRESET, help=f"quality gate: the sampler preset whose T and CFG it uses (default {PRESET})")
     parser.add_argument("--steps", type=int, help="quality gate: grid levels (default: the preset's T)")
     parser.add_argument("--cfg", type=float, help="quality gate: guidance scale (default: the preset's)")
@@ -472,7 +624,13 @@ def main() -> None:
     sizes = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in PROFILES[args.profile].items()}
     if args.vae_from and args.vae_scale:
         parser.error("--vae-scale: the VAE of --vae-from sets the scale; give one of them")
-    train(args.out, sizes, args.levels, args.vae_scale or VAE_SCALE, device, args.seed, args.vae_from)
+    if args.curriculum >= 1:
+        parser.error(f"--curriculum: a share of the steps below 1, got {args.curriculum}")
+    if args.until_step and not args.gate_every:
+        parser.error("--until-step: needs --gate-every, which saves the state it resumes from")
+    knobs = {"until_step": args.until_step, "levels": args.levels, "world": args.world, "curriculum": args.curriculum, "token_pixels": args.token_pixels,
+             "heads": args.heads, "seed": args.seed, "gate_every": args.gate_every, "gate_prompts": args.prompts}
+    train(args.out, sizes, knobs, args.vae_scale or VAE_SCALE, device, args.vae_from)
 
 
 if __name__ == "__main__":

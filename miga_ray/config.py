@@ -179,15 +179,18 @@ class RenderConfig(_Strict):
         return json.dumps([p.model_dump() for p in self.story.parts]) if self.story is not None else None
 
     def check_prompt(self, prompt: str) -> None:
-        """Raise ConfigError when the model cannot render ``prompt`` (or a story part): the toy model knows only its grammar."""
-        if self.model.name != TOY_MODEL:
-            return
-        from .models.toy_world.world import GRAMMAR, parse_prompt
+        """Raise ConfigError when the model cannot render ``prompt`` (or a story part): a toy model knows only its
+        world (the shipped one the whole grammar; a checkpoint directory the part its ``miga.json`` names)."""
+        from .models import TOY_DIR
+        from .models.toy_world.world import GRAMMAR, World
 
+        world = World.of_checkpoint(TOY_DIR) if self.model.name == TOY_MODEL else World.recorded(Path(self.model.name))
+        if world is None:
+            return
         texts = [(f"story[{k}] prompt", p.prompt) for k, p in enumerate(self.story.parts)] if self.story else [("prompt", prompt)]
         for what, text in texts:
             try:
-                parse_prompt(text)
+                world.parse(text)
             except ValueError as exc:
                 raise ConfigError(f"{what} {text!r} is outside the toy model's grammar: {exc}. Grammar: {GRAMMAR}") from None
 

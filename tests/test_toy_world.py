@@ -383,3 +383,24 @@ def test_a_prompt_that_names_no_size_is_not_judged_on_size() -> None:
     assert unsized.color_rate >= 0.95 and unsized.size_ok.all() and math.isnan(unsized.size_rate)
     assert unsized.to_dict(per_frame=False)["size_rate"] is None and unsized.prompt == "a red circle over sand"
     assert analyze(small, "a large red circle over sand").size_rate <= 0.05, "a named size is still judged"
+
+
+def test_a_world_draws_only_its_own_scenes_and_refuses_prompts_outside_it(tmp_path):
+    from miga_ray.models.toy_world import WORLDS, World
+
+    rng = np.random.default_rng(0)
+    single = WORLDS["single"]
+    scenes = [single.sample_scene(rng) for _ in range(50)]
+    assert all(len(s.sprites) == 1 and s.sprites[0].size == "large" for s in scenes)
+    assert len({s.sprites[0].shape for s in scenes}) == 4
+    assert single.parse("a red circle moving over sand").sprites[0].shape == "circle"
+    for prompt, word in [("a small red circle moving over sand", "'small'"),
+                         ("a red circle and a blue square moving over sand", "at most 1")]:
+        with pytest.raises(ValueError, match=word):
+            single.parse(prompt)
+    with pytest.raises(ValueError, match="'triangle'"):
+        World(shapes=("circle", "square")).parse("a red triangle moving over sand")
+    (tmp_path / "miga.json").write_text(json.dumps({"world": single.as_json()}))
+    assert World.recorded(tmp_path) == World.of_checkpoint(tmp_path) == single
+    assert World.recorded(tmp_path / "nowhere") is None  # a checkpoint from before worlds: the whole grammar
+    assert len(World.of_checkpoint(tmp_path / "nowhere").parse("a red circle and a blue square and a green diamond on snow").sprites) == 3

@@ -94,3 +94,33 @@ def test_a_size_out_of_range_is_a_usage_error_before_anything_is_written(tmp_pat
     result = subprocess.run([sys.executable, str(SCRIPT), flag, value, "--out", str(out)], check=False, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and flag in result.stderr and not out.exists()
+
+
+def test_a_stopped_run_resumes_to_the_weights_of_an_unbroken_one_and_its_world_bounds_prompts(tmp_path):
+    """``--gate-every`` saves the whole state and gates the averaged weights (a learning-curve row each);
+    ``--until-step`` stops there and the same command resumes bit for bit; the checkpoint records its world,
+    and a render on it refuses a prompt outside that world (exit 2 naming the count) before any work."""
+    base = [sys.executable, str(SCRIPT), "--profile", "cpu", *TINY, "--transformer-steps", "4", "--gate-every", "2",
+            "--prompts", "2", "--world", "single", "--curriculum", "0.5"]
+    subprocess.run([*base, "--out", str(tmp_path / "a")], check=True, capture_output=True, timeout=600)
+    borrowed = [*base, "--vae-from", str(tmp_path / "a")]
+    subprocess.run([*borrowed, "--out", str(tmp_path / "b")], check=True, capture_output=True, timeout=600)
+    subprocess.run([*borrowed, "--out", str(tmp_path / "c"), "--until-step", "2"], check=True, capture_output=True, timeout=600)
+    curve = [json.loads(line) for line in (tmp_path / "c" / "curve.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in curve] == [2] and {"shape_rate", "count_rate", "cpu_seconds", "peak_rss_mib"} <= set(curve[0])
+    other = subprocess.run([*borrowed, "--out", str(tmp_path / "c"), "--world", "large"], capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "world" in other.stderr
+    resumed = subprocess.run([*borrowed, "--out", str(tmp_path / "c")], check=True, capture_output=True, text=True, timeout=600)
+    assert "resumed at step 2/4" in resumed.stdout
+    weights = [(tmp_path / m / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() for m in ("b", "c")]
+    assert weights[0] == weights[1]
+    assert [json.loads(line)["step"] for line in (tmp_path / "c" / "curve.jsonl").read_text().splitlines()] == [2, 4]
+    meta = json.loads((tmp_path / "b" / "miga.json").read_text())
+    assert meta["world"] == {"sizes": ["large"], "max_sprites": 1, "shapes": ["circle", "square", "triangle", "diamond"]}
+    assert meta["recipe"]["curriculum"] == 0.5 and meta["recipe"]["transformer_steps"] == 4
+    render = [sys.executable, "-m", "miga_ray.cli", "render", "--set", f"model.name={tmp_path / 'b'}", "--frames", "17",
+              "--out", str(tmp_path / "out")]
+    refused = subprocess.run([*render, "a red circle and a blue square moving over sand"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "at most 1" in refused.stderr and not (tmp_path / "out").exists()
+    small = subprocess.run([*render, "a small red circle moving over sand"], capture_output=True, text=True, timeout=120)
+    assert small.returncode == 2 and "'small'" in small.stderr

@@ -20,12 +20,12 @@ from torch import Tensor
 
 from ..sampling.denoiser import Denoiser
 from ..sampling.grid import LevelGrid
+from . import TOY_DIR
 from .decode import StreamingDecoder
 from .vc2 import load_vc2, random_vc2
 from .vc2.autoencoder import FrameDecoder
 from .wan import load_wan, random_wan
 
-TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-wan"
 WAN21_DEFAULTS = ((480, 832), 21)
 VC2_SUFFIXES = (".ckpt", ".safetensors")
 

@@ -10,8 +10,10 @@ The canonical prompt (``Scene.prompt``) always names the size and says "moving o
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -134,12 +136,77 @@ def parse_prompt(text: str) -> Scene:
     return Scene(tuple(sprites), background)
 
 
-def sample_scene(rng: np.random.Generator, max_sprites: int = 2) -> Scene:
-    """Draw a random scene with 1..max_sprites sprites of distinct colours."""
+def sample_scene(
+    rng: np.random.Generator, max_sprites: int = 2, sizes: tuple[str, ...] = SIZES, shapes: tuple[str, ...] = SHAPES
+) -> Scene:
+    """Draw a random scene with 1..max_sprites sprites of distinct colours, sizes from ``sizes``, shapes from ``shapes``."""
     count = int(rng.integers(1, min(max_sprites, MAX_SPRITES) + 1))
     colors = rng.choice(len(COLORS), size=count, replace=False)
     sprites = tuple(
-        Sprite(SHAPES[rng.integers(len(SHAPES))], COLORS[c], SIZES[rng.integers(len(SIZES))])
+        Sprite(shapes[rng.integers(len(shapes))], COLORS[c], sizes[rng.integers(len(sizes))])
         for c in colors
     )
     return Scene(sprites, BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
+
+
+@dataclass(frozen=True)
+class World:
+    """The part of the grammar a toy model was trained on: its sprite sizes, shapes and most sprites per scene.
+
+    A model knows nothing outside it, so a prompt outside it is refused like an unknown word."""
+
+    sizes: tuple[str, ...] = SIZES
+    max_sprites: int = 2
+    shapes: tuple[str, ...] = SHAPES
+
+    def __post_init__(self) -> None:
+        """Reject sizes and shapes outside the vocabulary and counts outside 1..MAX_SPRITES."""
+        for size in self.sizes:
+            _check("size", size, SIZES)
+        for shape in self.shapes:
+            _check("shape", shape, SHAPES)
+        if not 1 <= self.max_sprites <= MAX_SPRITES:
+            raise ValueError(f"max_sprites must be 1 to {MAX_SPRITES}, got {self.max_sprites}")
+
+    def sample_scene(self, rng: np.random.Generator) -> Scene:
+        """A random scene of this world."""
+        return sample_scene(rng, self.max_sprites, self.sizes, self.shapes)
+
+    def parse(self, text: str) -> Scene:
+        """Parse a prompt and check it lies in this world; ValueError names the word or count outside it."""
+        scene = parse_prompt(text)
+        if len(scene.sprites) > self.max_sprites:
+            raise ValueError(f"{len(scene.sprites)} sprites; this model's world has at most {self.max_sprites}")
+        for sprite in scene.sprites:
+            if sprite.size not in self.sizes:
+                word = sprite.size if sprite.size_named else f"(default size) {sprite.size}"
+                raise ValueError(f"size {word!r} is outside this model's world; its sizes: {', '.join(self.sizes)}")
+            if sprite.shape not in self.shapes:
+                raise ValueError(f"shape {sprite.shape!r} is outside this model's world; its shapes: {', '.join(self.shapes)}")
+        return scene
+
+    def as_json(self) -> dict[str, object]:
+        """The world as ``miga.json`` records it."""
+        return {"sizes": list(self.sizes), "max_sprites": self.max_sprites, "shapes": list(self.shapes)}
+
+    @classmethod
+    def recorded(cls, folder: Path) -> World | None:
+        """The world a toy checkpoint directory records in its ``miga.json``, or None (checkpoints made before
+        worlds were recorded were trained on ``WORLDS["full"]``)."""
+        meta = folder / "miga.json"
+        data = json.loads(meta.read_text()).get("world") if meta.is_file() else None
+        if not data:
+            return None
+        return cls(tuple(data["sizes"]), int(data["max_sprites"]), tuple(data["shapes"]))
+
+    @classmethod
+    def of_checkpoint(cls, folder: Path) -> World:
+        """The prompts a toy checkpoint accepts: its recorded world, else the whole grammar (as before worlds)."""
+        return cls.recorded(folder) or cls(max_sprites=MAX_SPRITES)
+
+
+WORLDS: dict[str, World] = {
+    "full": World(),  # every size, one or two sprites: what sample_scene draws
+    "large": World(sizes=("large",)),  # large sprites only, one or two
+    "single": World(sizes=("large",), max_sprites=1),  # one large sprite
+}
