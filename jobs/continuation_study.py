@@ -33,7 +33,7 @@ from miga_ray.benchmarks.options import positive_int
 from miga_ray.config import load_config
 from miga_ray.engines import build_engine, load_for, seed_depth
 from miga_ray.models.decode import latents_for_frames
-from miga_ray.models.toy_world import analyze
+from miga_ray.evaluation.toy_world import analyze
 from miga_ray.models.toy_world.render import render_clip
 from miga_ray.models.toy_world.world import parse_prompt
 from miga_ray.sampling import Seed

@@ -33,7 +33,8 @@ import torch
 
 from miga_ray.config import load_config
 from miga_ray.engines import build_engine, load_for
-from miga_ray.models.toy_world import analyze, parse_prompt
+from miga_ray.evaluation.toy_world import analyze
+from miga_ray.models.toy_world import parse_prompt
 
 STORIES: dict[str, list[tuple[float, str]]] = {  # (fraction of the video where the part starts, prompt)
     "colour": [(0, "a red circle moving over sand"), (0.5, "a blue circle moving over sand")],

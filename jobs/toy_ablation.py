@@ -33,7 +33,8 @@ from miga_ray.engines import build_engine, load_for
 from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.vbench import evaluate_frames
-from miga_ray.models.toy_world import analyze, sample_scene
+from miga_ray.evaluation.toy_world import analyze
+from miga_ray.models.toy_world import sample_scene
 from miga_ray.sampling import PRESETS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"

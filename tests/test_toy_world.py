@@ -16,8 +16,6 @@ from miga_ray.models.toy_world import (
     SIZES,
     Scene,
     Sprite,
-    analyze,
-    drift_summary,
     parse_prompt,
     render_background,
     render_clip,
@@ -26,6 +24,7 @@ from miga_ray.models.toy_world import (
     sprite_centers,
     sprite_radius,
 )
+from miga_ray.evaluation.toy_world import analyze, drift_summary
 from miga_ray.models.toy_world.render import SHAPE_AREA, SHAPE_CENTROID_Y
 
 RED_CIRCLE = Scene((Sprite("circle", "red", "large"),), "sand")

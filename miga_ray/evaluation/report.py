@@ -72,7 +72,8 @@ def frames_report(
 def _toy_sections(frames: np.ndarray, prompt: str, bins: int) -> dict[str, Any]:
     """``toy_world`` (the analyzer's ground truth) and ``drift`` (its summary), or a ``toy_world`` line saying
     why the toy numbers do not apply to this prompt."""
-    from ..models.toy_world import analyze, parse_prompt
+    from ..models.toy_world import parse_prompt
+    from .toy_world import analyze
 
     try:
         parse_prompt(prompt)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ...evaluation.vbench import frame_consistency
-from .render import SHAPE_AREA, SHAPE_CENTROID_Y, SIZE_RADIUS, _background_float, shape_alpha, sprite_radius
-from .world import BACKGROUNDS, COLOR_RGB, COLORS, SHAPES, Scene, Sprite, parse_prompt
+from ..models.toy_world.render import SHAPE_AREA, SHAPE_CENTROID_Y, SIZE_RADIUS, _background_float, shape_alpha, sprite_radius
+from ..models.toy_world.world import BACKGROUNDS, COLOR_RGB, COLORS, SHAPES, Scene, Sprite, parse_prompt
+from .vbench import frame_consistency
 
 MIN_AREA = 0.25  # a colour blob counts as present from this fraction of the prompted sprite's area
 BLEND_TUBE = 0.5  # sprite pixels lie within this fraction of |colour - background| of the blend line
