@@ -16,8 +16,7 @@ from .models.decode import latents_for_frames
 from .models.registry import LoadedModel
 from .storage import DamagedError, LatentWriter, ObjectNotFound, ObjectStore
 from .storage.clips import Clip, fit_frames
-
-LATENT_SUMS = "latents.sha256"  # sha256sum format, written when a job is done
+from .storage.layout import LATENT_SUMS
 
 
 @dataclass(frozen=True)

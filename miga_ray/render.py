@@ -26,7 +26,7 @@ from .config import (
     job_id_for,
     job_identity,
 )
-from .continuation import LATENT_SUMS, Extension, InitVideo, Start, check_length
+from .continuation import Extension, InitVideo, Start, check_length
 from .engines import build_engine, seed_depth
 from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
@@ -48,7 +48,7 @@ from .storage import (
     write_job,
     write_png_frames,
 )
-from .storage.layout import latent_name
+from .storage.layout import LATENT_SUMS, latent_name
 from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
@@ -306,7 +306,7 @@ class JobRun:
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
-            if not key.startswith(self.job.key("lease/")):
+            if not key.startswith(self.job.lease + "/"):
                 self.store.delete(key)
 
     def _clean_temp(self) -> None:
@@ -362,7 +362,7 @@ class JobRun:
         record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
         timings["verify"] = time.perf_counter() - verify_start
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
-        uploader.submit(self.job.key(LATENT_SUMS), "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
+        uploader.submit(self.job.latent_sums, "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
         self._lease.check()
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
@@ -385,7 +385,7 @@ class JobRun:
         """What is wrong with a job recorded done (a latent, a segment or the MP4), or None if it is intact."""
         latents = LatentWriter(self.store, self.job)
         try:
-            sums = self.store.get_bytes(self.job.key(LATENT_SUMS)).decode().splitlines()
+            sums = self.store.get_bytes(self.job.latent_sums).decode().splitlines()
             latents.digests = {i: line.split()[0] for i, line in enumerate(sums)}
         except (ObjectNotFound, UnicodeDecodeError, IndexError):
             return f"its {LATENT_SUMS} is missing or unreadable"

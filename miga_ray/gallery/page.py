@@ -18,12 +18,9 @@ from importlib import resources
 from typing import Any
 
 from ..storage import JobProblem, ManifestRow, ObjectStore, S3Store, load_job, read_manifest, run_job_ids
-from ..storage.layout import MP4, PLAYLIST
+from ..storage.layout import GALLERY, PRESIGNED_GALLERY, JobLayout
 from ..storage.quality import QUALITY_COLUMNS, quality_values
 
-GALLERY = "index.html"
-PRESIGNED_GALLERY = "index.presigned.html"
-SHEET = "contact_sheet.png"
 MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 
 
@@ -57,10 +54,11 @@ def _story_text(config: dict[str, Any]) -> str:
 def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, str], row: ManifestRow | None) -> Card:
     """One job's card from its job.json and the objects it has; when job.json cannot be read, a card saying so
     (with what the manifest knows of the job)."""
-    sheets = sorted(k for k in keys if k.startswith(f"{job_id}/sheet/"))
-    card = Card(job_id, sheet=f"{job_id}/{SHEET}" if f"{job_id}/{SHEET}" in keys else (sheets[-1] if sheets else None))
-    card.video = f"{job_id}/{MP4}" if f"{job_id}/{MP4}" in keys else None
-    card.playlist = f"{job_id}/{PLAYLIST}" if f"{job_id}/{PLAYLIST}" in keys else None
+    job = JobLayout(job_id)
+    sheets = sorted(k for k in keys if k.startswith(job.sheet + "/"))
+    card = Card(job_id, sheet=job.contact_sheet if job.contact_sheet in keys else (sheets[-1] if sheets else None))
+    card.video = job.mp4 if job.mp4 in keys else None
+    card.playlist = job.playlist if job.playlist in keys else None
     try:
         record = load_job(store, job_id)
     except JobProblem as exc:
