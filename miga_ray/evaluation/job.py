@@ -2,8 +2,8 @@
 (``metrics.evaluation``, its cost in ``timings.evaluate``), and ``evaluate_run`` fills in every job
 of an output directory that lacks one and rewrites the manifest, without re-rendering anything.
 
-Evaluation reads only the stored video (or PNG frames), so it runs on the CPU after the video is
-done, outside any model lock.
+Evaluation reads only the stored video (or PNG frames), streamed once in chunks, so it runs on the
+CPU after the video is done, outside any model lock, in memory that does not grow with the video.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from ..storage import (
     write_job,
 )
 from ..storage.quality import EVALUATION
-from .report import frames_report, job_frames
+from .frames import job_source
+from .report import source_report
 
 Outcome = Literal["evaluated", "had", "not done", "problem"]
 
@@ -42,16 +43,12 @@ def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) 
         raise JobProblem(f"job is {record.status}, not done: nothing to evaluate")
     t0 = time.perf_counter()
     try:
-        frames, source = job_frames(store, job_id)
+        with job_source(store, job_id) as source:
+            report = source_report(source, record.config.get("prompt"), settings.dino, settings.clip, settings.bins)
     except ObjectNotFound:
         raise JobProblem("video.mp4 is missing") from None
-    except (av.error.FFmpegError, ValueError, OSError) as exc:  # not a video FFmpeg (or PIL, for PNG frames) can read
+    except (av.error.FFmpegError, ValueError, OSError, IndexError) as exc:  # not a video FFmpeg (or PIL, for PNG frames) can read
         raise JobProblem(f"video is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if len(frames) < 3:
-        raise JobProblem(f"video holds {len(frames)} frames; evaluation needs at least 3")
-    report = frames_report(
-        frames, source, record.config.get("prompt"), settings.dino, settings.clip, min(settings.bins, len(frames))
-    )
     if isinstance(report.get("toy_world"), dict):  # its means and drift figures are in report["drift"] already
         del report["toy_world"]
     seconds = time.perf_counter() - t0
