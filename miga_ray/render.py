@@ -281,7 +281,8 @@ class JobRun:
         if isinstance(self.start, InitVideo):
             height = self.cfg.video.height or self.model.default_resolution[0]
             width = self.cfg.video.width or self.model.default_resolution[1]
-            self._start_latents = self.start.latents(self.model, height, width, self.cfg.frames)
+            self._head = self.start.frames(self.model, height, width)  # written as they are, not through the VAE
+            self._start_latents = self.start.latents(self.model, self._head, self.cfg.frames)
             return Seed(self._start_latents[-seed_depth(self.model, self.cfg) :], len(self._start_latents))
         latents = LatentWriter(self.store, self.job)
         latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
@@ -371,11 +372,13 @@ class JobRun:
         return RenderResult(self.job.job_id, record, resumed, timings)
 
     def _write_frames(self, writer: SegmentWriter, decoder, index: int, latent: Tensor) -> None:
-        frames = decoder.push(latent.unsqueeze(2))[0]
+        """Decode latent ``index`` into the video; an init video's own frames stand for its latents' decode."""
+        frames = decoder.push(latent.unsqueeze(2))[0]  # always: the decoder's context for the frames that follow
         first = frames_of_latents(index, self.temporal)
         keep = max(0, min(frames.shape[0], self.cfg.frames - first))
         if keep:
-            pixels = frames[:keep].cpu().numpy()
+            head = self._head[first : first + keep] if isinstance(self.start, InitVideo) else ()
+            pixels = head if len(head) == keep else frames[:keep].cpu().numpy()
             writer.write(pixels, start=first)
             self.sheet.offer(writer.sink, pixels, first)
             if self.cfg.video.png_frames:
