@@ -17,17 +17,10 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
-from .config import (
-    ConfigError,
-    RenderConfig,
-    build_config,
-    identity_differences,
-    identity_hash,
-    job_id_for,
-    job_identity,
-)
+from .config import ConfigError, RenderConfig
 from .continuation import Extension, InitVideo, Start, check_length
 from .engines import build_engine, seed_depth
+from .job import JobSpec, StoredJob
 from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
 from .sampling import CandidateRunner, Counters, Seed, StreamingEngine
@@ -105,19 +98,13 @@ def checked_job_id(job_id: str) -> str:
         raise ConfigError(f"--job-id: {exc}") from None
 
 
-def check_identity(store: ObjectStore, job_id: str, prompt: str, cfg: RenderConfig, start: Start | None = None) -> JobRecord | None:
+def check_identity(store: ObjectStore, job_id: str, spec: JobSpec) -> JobRecord | None:
     """The job's stored record (None if new); ConfigError naming the differences if it holds another render
     (an extension accepts the finished job it extends)."""
     previous = read_job(store, job_id)
-    accepted = {identity_hash(job_identity(prompt, cfg, start.identity() if start else None))}
-    accepted |= {start.extends} if isinstance(start, Extension) else set()
-    if previous is None or previous.config.get("identity") in accepted:
+    if previous is None or spec.accepts(stored := StoredJob.of(previous)):
         return previous
-    try:
-        stored = job_identity(previous.config["prompt"], build_config(previous.config["render"]), previous.config.get("start"))
-        differences = identity_differences(stored, job_identity(prompt, cfg, start.identity() if start else None))
-    except (KeyError, TypeError, ConfigError):
-        differences = ["its job.json records no identity this version can read"]
+    differences = spec.differences(stored)
     raise ConfigError(
         f"job {job_id} holds another render ({'; '.join(differences[:6])}); "
         "pass --restart to replace it, or another --job-id"
@@ -189,9 +176,9 @@ class JobRun:
         start: Start | None = None,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model, self.start = store, prompt, cfg, model, start
-        origin = start.identity() if start else None
-        self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg, origin))
-        self.identity = identity_hash(job_identity(prompt, cfg, origin))
+        self.spec = JobSpec(prompt, cfg, start)
+        self.job = JobLayout(checked_job_id(job_id) if job_id else self.spec.default_id())
+        self.identity = self.spec.identity_hash
         check_length(start, cfg.frames)
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
@@ -225,8 +212,8 @@ class JobRun:
 
     def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:
         """``run`` once the lease is held."""
-        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg, self.start)
-        extending = isinstance(self.start, Extension) and previous is not None and previous.config.get("identity") == self.start.extends
+        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.spec)
+        extending = isinstance(self.start, Extension) and previous is not None and StoredJob.of(previous).identity == self.start.extends
         if extending:  # a finished job's first run of this extension: its checkpoints belong to the job as it was
             self._drop_checkpoints()
         elif previous is not None and previous.status == "done":
@@ -241,7 +228,7 @@ class JobRun:
             self._wipe()
         self._clean_temp()
         uploader = Uploader(self.store)
-        record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
+        record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self.spec.config_section())
         record.frames_done = previous.frames_done if previous is not None else 0
         self._writer: SegmentWriter | None = None
         try:
@@ -265,14 +252,6 @@ class JobRun:
             raise
         uploader.close()
         return result
-
-    def _config_record(self) -> dict[str, Any]:
-        record = {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
-        if self.start is not None:
-            record["start"] = self.start.identity()
-        if isinstance(self.start, InitVideo):
-            record["init_video"] = self.start.clip.path
-        return record
 
     def _seed(self) -> Seed | None:
         """The clean latents the video begins with (ConfigError when an init video is not shorter than the render)."""

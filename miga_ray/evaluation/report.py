@@ -9,6 +9,7 @@ from typing import Any
 import av
 
 from ..config import ConfigError
+from ..job import StoredJob
 from ..models.toy_world import parse_prompt
 from ..storage import open_store, read_job
 from .features import feature_extractor
@@ -38,7 +39,7 @@ def evaluate(
         raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
     with job_source(store, job_id) as source:
         source.name = f"{target}/{source.name}"
-        return source_report(source, prompt or record.config.get("prompt"), dino, clip, bins)
+        return source_report(source, prompt or StoredJob.of(record).prompt, dino, clip, bins)
 
 
 def source_report(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from ..job import StoredJob
 from ..storage import JobProblem, ManifestRow, ObjectStore, S3Store, load_job, read_manifest, run_job_ids
 from ..storage.layout import GALLERY, PRESIGNED_GALLERY, JobLayout
 from ..storage.quality import QUALITY_COLUMNS, quality_values
@@ -41,14 +42,11 @@ class Card:
     quality: dict[str, float | None] = field(default_factory=dict)
 
 
-def _story_text(config: dict[str, Any]) -> str:
+def _story_text(stored: StoredJob) -> str:
     """The prompt, or a story's parts as one line ("frame 0: ... | frame 40: ...")."""
-    render = config.get("render")
-    story = render.get("story") if isinstance(render, dict) else None
-    parts = story.get("parts") if isinstance(story, dict) else None
-    if isinstance(parts, list) and parts:
-        return " | ".join(f"frame {p.get('at', '?')}: {p.get('prompt', '')}" if isinstance(p, dict) else str(p) for p in parts)
-    return str(config.get("prompt", ""))
+    if stored.story:
+        return " | ".join(f"frame {p.get('at', '?')}: {p.get('prompt', '')}" for p in stored.story)
+    return stored.prompt or ""
 
 
 def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, str], row: ManifestRow | None) -> Card:
@@ -71,7 +69,7 @@ def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, s
                 quality_values(row.metrics),
             )
         return card
-    card.prompt, card.status = _story_text(record.config), record.status
+    card.prompt, card.status = _story_text(StoredJob.of(record)), record.status
     card.frames_done, card.frames_total = record.frames_done, record.frames_total
     card.seconds = sum(v for k, v in record.timings.items() if k != "evaluate" and isinstance(v, int | float)) or None
     card.quality = quality_values(record.metrics)
