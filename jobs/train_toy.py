@@ -39,9 +39,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from miga_ray.benchmarks.options import at_least
+from miga_ray.evaluation.toy_world import ToyReport, analyze
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
 from miga_ray.models.registry import TOY_DIR, load_model
-from miga_ray.evaluation.toy_world import ToyReport, analyze
 from miga_ray.models.toy_tokenizer import build_toy_tokenizer
 from miga_ray.models.toy_world import (
     BACKGROUNDS,

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, RenderConfig, build_config, identity_differences, identity_hash, job_id_for, job_identity
+from .config import (
+    ConfigError,
+    RenderConfig,
+    build_config,
+    identity_differences,
+    identity_hash,
+    job_id_for,
+    job_identity,
+)
 from .storage import JobRecord, ManifestRow, ObjectStore
 from .storage.layout import JobStatus
 from .storage.quality import EVALUATION

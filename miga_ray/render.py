@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .config import ConfigError, RenderConfig
 from .continuation import Extension, InitVideo, Start, check_length
-from .engines import build_engine, seed_depth
+from .engines import build_engine, seed_depth, seed_of
 from .job import JobSpec, StoredJob
 from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
@@ -262,7 +262,7 @@ class JobRun:
             width = self.cfg.video.width or self.model.default_resolution[1]
             self._head = self.start.frames(self.model, height, width)  # written as they are, not through the VAE
             self._start_latents = self.start.latents(self.model, self._head, self.cfg.frames)
-            return Seed(self._start_latents[-seed_depth(self.model, self.cfg) :], len(self._start_latents))
+            return seed_of(self.model, self.cfg, self._start_latents)
         latents = LatentWriter(self.store, self.job)
         latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
         like = torch.empty((), device=self.model.device, dtype=self.model.dtype)

@@ -17,8 +17,8 @@ from miga_ray.evaluation.compare import LEGEND_HEIGHT, PALETTE, PANEL
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.frames import video_source
 from miga_ray.evaluation.report import evaluate
-from miga_ray.evaluation.vbench import evaluate_frames, feature_consistency, motion_smoothness, temporal_flickering
 from miga_ray.evaluation.toy_world import drift_summary
+from miga_ray.evaluation.vbench import evaluate_frames, feature_consistency, motion_smoothness, temporal_flickering
 from miga_ray.models.toy_world import parse_prompt, render_clip
 from miga_ray.storage import JobRecord, LocalStore, write_job
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from miga_ray.evaluation.toy_world import analyze, drift_summary
 from miga_ray.models.toy_world import (
     BACKGROUNDS,
     COLOR_RGB,
@@ -24,7 +25,6 @@ from miga_ray.models.toy_world import (
     sprite_centers,
     sprite_radius,
 )
-from miga_ray.evaluation.toy_world import analyze, drift_summary
 from miga_ray.models.toy_world.render import SHAPE_AREA, SHAPE_CENTROID_Y
 
 RED_CIRCLE = Scene((Sprite("circle", "red", "large"),), "sand")

@@ -25,8 +25,8 @@ from torch import Tensor
 from ..config import ConfigError, EvaluationSettings, RenderConfig
 from ..engines import build_engine, load_for
 from ..evaluation.job import evaluate_job
-from ..models.decode import latents_for_frames
 from ..job import JobSpec, render_job
+from ..models.decode import latents_for_frames
 from ..render import Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
 from ..storage import JobRecord, open_store

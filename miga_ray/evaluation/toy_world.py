@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from ..models.toy_world.render import SHAPE_AREA, SHAPE_CENTROID_Y, SIZE_RADIUS, _background_float, shape_alpha, sprite_radius
+from ..models.toy_world.render import (
+    SHAPE_AREA,
+    SHAPE_CENTROID_Y,
+    SIZE_RADIUS,
+    _background_float,
+    shape_alpha,
+    sprite_radius,
+)
 from ..models.toy_world.world import BACKGROUNDS, COLOR_RGB, COLORS, SHAPES, Scene, Sprite, parse_prompt
 from .bins import DriftAccumulator, RangeMeans, json_number
 from .vbench import frame_consistency

@@ -15,7 +15,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
 
 from ..job import StoredJob
 from ..storage import JobProblem, ManifestRow, ObjectStore, S3Store, load_job, read_manifest, run_job_ids
