@@ -16,7 +16,7 @@ from miga_ray.evaluation.frames import FrameSource, video_source
 from miga_ray.evaluation.report import source_report
 from miga_ray.evaluation.toy_world import analyze
 from miga_ray.models.toy_world import parse_prompt, render_clip
-from tests.test_evaluation import write_mp4
+from test_evaluation import write_mp4
 
 PROMPT = "a large red circle and a blue square moving over sand"
 GOLDEN = Path(__file__).parent / "data" / "eval_golden.json"

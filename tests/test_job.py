@@ -10,7 +10,7 @@ from miga_ray.evaluation.job import evaluate_run
 from miga_ray.job import JobSpec, StoredJob, manifest_row
 from miga_ray.models.toy_world import parse_prompt, render_clip
 from miga_ray.storage import JobLayout, JobRecord, LocalStore, ManifestRow, read_manifest, update_manifest, write_job
-from tests.test_evaluation import write_mp4
+from test_evaluation import write_mp4
 
 PROMPT = "a red circle moving over sand"
 STORY = [{"at": 0, "prompt": PROMPT}, {"at": 6, "prompt": "a blue circle moving over sand"}]
