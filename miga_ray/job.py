@@ -130,7 +130,7 @@ class StoredJob:
         """A story job's entries (``{at, prompt}``), or None for one prompt."""
         story = self.settings.get("story")
         parts = story.get("parts") if isinstance(story, dict) else None
-        return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) and parts else None
+        return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list | tuple) and parts else None
 
     def extension(self) -> Extension | None:
         """The extension this job is, if its start says so."""

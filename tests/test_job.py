@@ -48,6 +48,7 @@ def test_eval_of_a_run_keeps_a_story_job_s_manifest_row(tmp_path):
     write_mp4(tmp_path / "v.mp4", render_clip(parse_prompt(PROMPT), 12, 64, 64, seed=1))
     store.put_file(JobLayout("story").mp4, tmp_path / "v.mp4")
     batch_row = manifest_row("story", StoredJob.read(spec.config_section()), "done", {}, {"cluster": {"attempts": 1}})
+    assert batch_row.story == cfg.story_json(), "a batch's row, from the spec itself, has the story too"
     update_manifest(store, [batch_row])
     assert [r.outcome for r in evaluate_run(store, EvaluationSettings())] == ["evaluated"]
     (row,) = read_manifest(store)
