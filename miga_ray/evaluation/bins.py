@@ -29,10 +29,9 @@ class RangeMeans:
             frames = first + np.arange(len(values))
             keep = np.isfinite(values) & (frames >= self.starts[0]) & (frames < self.stop)
             bins = np.searchsorted(self.starts, frames[keep], side="right") - 1
-            sums = self.sums.setdefault(name, np.zeros(len(self.starts)))
-            counts = self.counts.setdefault(name, np.zeros(len(self.starts), np.int64))
-            np.add.at(sums, bins, values[keep])
-            np.add.at(counts, bins, 1)
+            size = len(self.starts)
+            self.sums[name] = self.sums.get(name, 0) + np.bincount(bins, values[keep], minlength=size)
+            self.counts[name] = self.counts.get(name, 0) + np.bincount(bins, minlength=size)
 
     def means(self, name: str) -> list[float]:
         """The mean of each range (NaN where a range has no finite value)."""
