@@ -51,6 +51,7 @@ class JobSpec:
 
     @cached_property
     def identity_hash(self) -> str:
+        """sha256 of the identity: what job.json records, and what tells one job from another."""
         return identity_hash(self.identity)
 
     def default_id(self) -> str:
