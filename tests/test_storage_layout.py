@@ -56,7 +56,7 @@ def test_a_job_id_may_not_be_a_name_the_layout_reserves() -> None:
 def test_render_refuses_a_reserved_job_id_before_writing_anything(tmp_path: Path, name: str) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["render", "a red circle moving over sand", "--frames", "9", "--job-id", name, "--out", str(out)])
-    assert result.exit_code == 2 and f"--job-id: '{name}' is a reserved name" in " ".join(result.output.split()), result.output
+    assert result.exit_code == 2 and f"--job-id: a job id must not be '{name}', a reserved name" in " ".join(result.output.split()), result.output
     assert not out.exists()
 
 

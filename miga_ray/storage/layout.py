@@ -74,7 +74,7 @@ def check_job_id(job_id: str) -> str:
     if ".." in job_id:
         raise ValueError("a job id must not contain '..'")
     if job_id.lower() in RESERVED_JOB_IDS:
-        raise ValueError(f"{job_id!r} is a reserved name of a run's layout, not a job id (reserved: {', '.join(sorted(RESERVED_JOB_IDS))})")
+        raise ValueError(f"a job id must not be {job_id!r}, a reserved name of a run's layout (reserved: {', '.join(sorted(RESERVED_JOB_IDS))})")
     return job_id
 
 
