@@ -31,12 +31,11 @@ from toy_ablation import CONFIGS, interval, prompts
 
 from miga_ray.benchmarks.options import positive_int
 from miga_ray.config import load_config
-from miga_ray.engines import build_engine, load_for, seed_depth
+from miga_ray.engines import build_engine, decoded_video, load_for, seed_of
+from miga_ray.evaluation.toy_world import analyze
 from miga_ray.models.decode import latents_for_frames
-from miga_ray.models.toy_world import analyze
 from miga_ray.models.toy_world.render import render_clip
 from miga_ray.models.toy_world.world import parse_prompt
-from miga_ray.sampling import Seed
 from miga_ray.storage.clips import fit_frames
 
 RATES = ("color_rate", "background_rate", "shape_rate", "count_rate")
@@ -58,12 +57,11 @@ def render(sampler: str, texts: list[str], user: np.ndarray | None, frames: int,
         fitted = [fit_frames(clip, *model.default_resolution, model.encode_step) for clip in user]
         encoded = torch.cat([model.encode_video(torch.from_numpy(f)) for f in fitted])  # [B, C, K, h, w]
         known = list(encoded.unbind(dim=2))
-        seed_latents = Seed(known[-seed_depth(model, cfg) :], len(known))
+        seed_latents = seed_of(model, cfg, known)
     engine = build_engine(model, cfg, texts, latents_for_frames(frames, model.vae_scale[0]), seed=seed_latents)
-    decoder = model.decoder()
-    video = [decoder.push(x.unsqueeze(2)).cpu() for x in known] + [decoder.push(x.unsqueeze(2)).cpu() for _, x in engine]
+    video = decoded_video(model, engine, known)
     costs = {"model_calls": engine.counters.total_calls, "seconds": time.monotonic() - start, "seed_latents": len(known)}
-    return torch.cat(video, dim=1).numpy()[:, :frames], costs
+    return video.numpy()[:, :frames], costs
 
 
 def score(video: np.ndarray, prompt: str, bins: int | None) -> dict[str, Any]:

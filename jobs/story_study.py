@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from miga_ray.config import load_config
-from miga_ray.engines import build_engine, load_for
-from miga_ray.models.toy_world import analyze, parse_prompt
+from miga_ray.engines import build_engine, decoded_video, load_for
+from miga_ray.evaluation.toy_world import analyze
+from miga_ray.models.toy_world import parse_prompt
 
 STORIES: dict[str, list[tuple[float, str]]] = {  # (fraction of the video where the part starts, prompt)
     "colour": [(0, "a red circle moving over sand"), (0.5, "a blue circle moving over sand")],
@@ -66,8 +67,7 @@ def render(story: str, variant: str, seed: int, frames: int) -> tuple[np.ndarray
     model = load_for(cfg)
     start = time.monotonic()
     engine = build_engine(model, cfg, cfg.job_prompt(None), frames)  # the toy VAE: one latent per frame
-    decoder = model.decoder()
-    video = torch.cat([decoder.push(x.unsqueeze(2)).cpu() for _, x in engine], dim=1)[0].numpy()
+    video = decoded_video(model, engine)[0].numpy()
     return video, {"seconds": time.monotonic() - start, "model_calls": engine.counters.total_calls,
                    "reflections": dict(engine.counters.reflections)}
 

@@ -29,12 +29,13 @@ import torch
 
 from miga_ray.benchmarks.options import positive_int
 from miga_ray.config import load_config
-from miga_ray.engines import build_engine, load_for
+from miga_ray.engines import build_engine, decoded_video, load_for
 from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
+from miga_ray.evaluation.toy_world import analyze
 from miga_ray.evaluation.vbench import evaluate_frames
 from miga_ray.models import TOY_DIR
-from miga_ray.models.toy_world import WORLDS, World, analyze
+from miga_ray.models.toy_world import WORLDS, World
 from miga_ray.sampling import PRESETS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
@@ -92,10 +93,8 @@ def render_batch(model_name: str, preset: str, variant: str, texts: list[str], s
     model = load_for(cfg)
     start = time.monotonic()
     engine = build_engine(model, cfg, texts, latents)
-    decoder = model.decoder()
-    frames = [decoder.push(latent.unsqueeze(2)).cpu() for _, latent in engine]
+    video = decoded_video(model, engine).numpy()
     seconds = time.monotonic() - start
-    video = torch.cat(frames, dim=1).numpy()
     costs = {"model_calls": engine.counters.total_calls, "reflections": dict(engine.counters.reflections),
              "batch_seconds": seconds, "batch": len(texts), "device": str(model.device)}
     return video, costs

@@ -44,6 +44,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from miga_ray.benchmarks.options import at_least
+from miga_ray.evaluation.toy_world import ToyReport, analyze
 from miga_ray.models import TOY_DIR
 from miga_ray.models.decode import StreamingDecoder, frames_of_latents, latent_norm, to_uint8
 from miga_ray.models.registry import load_model as load_pipeline
@@ -55,9 +56,7 @@ from miga_ray.models.toy_world import (
     SIZES,
     WORLDS,
     Scene,
-    ToyReport,
     World,
-    analyze,
     parse_prompt,
     render_clip,
 )

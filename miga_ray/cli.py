@@ -125,17 +125,15 @@ def render_jobs(
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
-    from .config import job_id_for
     from .engines import load_for
-    from .evaluation.job import evaluate_job
-    from .render import JobRun, check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
-    from .storage.quality import EVALUATION
+    from .job import JobSpec, render_job
+    from .render import check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
 
-    origin = start.identity() if start else None
-    job_ids = [job_id or job_id_for(prompt, cfg, origin) for prompt, job_id in zip(prompts, job_ids)]
+    specs = [JobSpec(prompt, cfg, start) for prompt in prompts]
+    ids = [job_id or spec.default_id() for spec, job_id in zip(specs, job_ids)]
     if not restart:
-        for prompt, job_id in zip(prompts, job_ids):
-            check_identity(store, job_id, prompt, cfg, start)  # a job holding another render fails before the model loads
+        for spec, job_id in zip(specs, ids):
+            check_identity(store, job_id, spec)  # a job holding another render fails before the model loads
     model = load_for(cfg)
     at_once = min(len(prompts), usable_cpus()) if side_by_side else 1
     if model.device.type == "cpu":
@@ -148,18 +146,15 @@ def render_jobs(
     with ExitStack() as stack, _progress_bar() as bar:
         sink = stack.enter_context(trace.open("a", encoding="utf-8")) if trace else None
 
-        def one(prompt: str, job_id: str | None) -> str:
-            run = JobRun(store, prompt, cfg, model, job_id=job_id, restart=restart, trace=sink, start=start)
-            task = bar.add_task(run.job.job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
+        def one(spec: JobSpec, job_id: str) -> str:
+            task = bar.add_task(job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
 
             def show(p: RenderProgress) -> None:
                 if stop:
                     raise KeyboardInterrupt(stop[0])
                 bar.update(task, **_bar_fields(p.as_dict()))
 
-            result = run.run(show, tick_s=TICK_S)
-            if cfg.evaluation.enabled and result.record.status == "done" and EVALUATION not in result.record.metrics:
-                evaluate_job(store, result.job_id, cfg.evaluation)  # on the CPU, after the video is complete
+            result = render_job(store, spec, model, job_id, on_progress=show, tick_s=TICK_S, restart=restart, trace=sink)
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
             if result.skipped:
                 bar.update(task, total=1, completed=1, frames=f"{cfg.frames}/{cfg.frames}", eta="done")
@@ -168,7 +163,7 @@ def render_jobs(
             return path
 
         with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="render") as pool:
-            futures = [pool.submit(one, p, j) for p, j in zip(prompts, job_ids)]
+            futures = [pool.submit(one, s, j) for s, j in zip(specs, ids)]
             try:
                 return [f.result() for f in futures]
             except KeyboardInterrupt as exc:
@@ -205,7 +200,7 @@ def render(
     trace: Annotated[Optional[Path], typer.Option(help="write the sampler's call trace (JSON lines) here")] = None,
     job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: a slug of the prompt plus a hash of prompt, seed and settings")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard this job's output and checkpoints first")] = False,
-    init_video: Annotated[Optional[Path], typer.Option("--init-video", help="continue this video file or image: the output starts with its frames (through the model's VAE)")] = None,
+    init_video: Annotated[Optional[Path], typer.Option("--init-video", help="continue this video file or image: the output starts with its frames as they are (scaled to the render), the sampler continues them")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -260,6 +255,7 @@ def _extend(uri: str, frames: int, device: str | None) -> None:
     """``miga extend``: the job's prompt and settings at the new length, continuing its clean latents."""
     from .config import build_config
     from .continuation import Extension, check_length
+    from .job import StoredJob
     from .storage import open_store, read_job
 
     base, _, job_id = uri.rstrip("/").rpartition("/")
@@ -270,21 +266,20 @@ def _extend(uri: str, frames: int, device: str | None) -> None:
     if record is None:
         _fail(2, f"{uri}: no job there (no job.json)")
     assert record is not None
-    try:
-        prompt, settings, origin = record.config["prompt"], dict(record.config["render"]), record.config.get("start") or {}
-    except (KeyError, TypeError):
-        raise ConfigError(f"{uri}: its job.json records no prompt and settings this version can read") from None
-    if "extends" in origin and settings.get("frames") == frames:  # this very extension, interrupted or done
-        start = Extension(origin["extends"], origin["from_frames"])
+    stored = StoredJob.of(record)
+    if stored.prompt is None or not stored.settings or stored.identity is None or stored.frames is None:
+        raise ConfigError(f"{uri}: its job.json records no prompt and settings this version can read")
+    if (extension := stored.extension()) is not None and stored.frames == frames:  # this very extension, interrupted or done
+        start = extension
     elif record.status != "done":
         raise ConfigError(f"job {job_id} is {record.status}, not done: finish it (run its command again) before extending it")
     else:
-        start = Extension(record.config["identity"], settings["frames"])
+        start = Extension(stored.identity, stored.frames)
     check_length(start, frames)
-    settings["frames"] = frames
+    settings = stored.settings | {"frames": frames}
     if device is not None:
         settings["model"] = {**settings.get("model", {}), "device": device}
-    render_jobs([prompt], build_config(settings), out, [job_id], False, None, start=start)
+    render_jobs([stored.prompt], build_config(settings), out, [job_id], False, None, start=start)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,22 +17,25 @@ from .models.decode import latents_for_frames
 from .models.registry import LoadedModel
 from .storage import DamagedError, LatentWriter, ObjectNotFound, ObjectStore
 from .storage.clips import Clip, fit_frames
-
-LATENT_SUMS = "latents.sha256"  # sha256sum format, written when a job is done
+from .storage.layout import LATENT_SUMS
 
 
 @dataclass(frozen=True)
 class InitVideo:
-    """A user's video or image: its frames, fitted to the render, are encoded and begin the output."""
+    """A user's video or image: its frames, fitted to the render, begin the output as they are, and their
+    latents (through the model's VAE) are what the sampler continues."""
 
     clip: Clip
 
     def identity(self) -> dict[str, Any]:
         return {"init_video_sha256": self.clip.sha256}
 
-    def latents(self, model: LoadedModel, height: int, width: int, frames_total: int) -> list[Tensor]:
-        """The clip's clean latents ``[1, C, h, w]`` each; ConfigError when it is not shorter than the render."""
-        frames = fit_frames(self.clip.frames, height, width, model.encode_step)
+    def frames(self, model: LoadedModel, height: int, width: int) -> np.ndarray:
+        """The clip's frames as the video's head: scaled to the render and cut to what the VAE encodes whole."""
+        return fit_frames(self.clip.frames, height, width, model.encode_step)
+
+    def latents(self, model: LoadedModel, frames: np.ndarray, frames_total: int) -> list[Tensor]:
+        """The clean latents ``[1, C, h, w]`` each of the head ``frames``; ConfigError when it is not shorter than the render."""
         if len(frames) >= frames_total:
             raise ConfigError(f"frames: must exceed the {len(frames)} frames of --init-video {self.clip.path} it continues (got {frames_total})")
         return list(model.encode_video(torch.from_numpy(frames)).unbind(dim=2))

@@ -6,6 +6,7 @@ or a GPU machine without PyAV and boto3 builds engines exactly as ``miga render`
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -96,6 +97,20 @@ def seed_depth(model: LoadedModel, cfg: RenderConfig) -> int:
     if s.kind == "miga":
         return MigaEngine.seed_depth(s.miga_config(model.default_window), s.levels())
     return FifoEngine.seed_depth(s.fifo_config(model.default_window), s.levels())
+
+
+def seed_of(model: LoadedModel, cfg: RenderConfig, latents: Sequence[Tensor]) -> Seed:
+    """The seed an engine continues clean latents ``[B, C, h, w]`` with (a user's clip, a finished job's end):
+    the last of them it reads, and how many there are."""
+    return Seed(list(latents[-seed_depth(model, cfg) :]), len(latents))
+
+
+def decoded_video(model: LoadedModel, engine: StreamingEngine, head: Sequence[Tensor] = ()) -> Tensor:
+    """A whole stream decoded in memory, for studies: clean latents ``head`` (what the engine continues) then
+    every latent the engine yields, through one streaming decoder; uint8 ``[B, F, H, W, 3]`` on the CPU."""
+    decoder = model.decoder()
+    latents = itertools.chain(head, (latent for _, latent in engine))
+    return torch.cat([decoder.push(latent.unsqueeze(2)).cpu() for latent in latents], dim=1)
 
 
 def conditioning(model: LoadedModel, cfg: RenderConfig, prompts: list[str]) -> Conditioning | PromptSchedule:

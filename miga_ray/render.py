@@ -17,17 +17,10 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
-from .config import (
-    ConfigError,
-    RenderConfig,
-    build_config,
-    identity_differences,
-    identity_hash,
-    job_id_for,
-    job_identity,
-)
-from .continuation import LATENT_SUMS, Extension, InitVideo, Start, check_length
-from .engines import build_engine, seed_depth
+from .config import ConfigError, RenderConfig
+from .continuation import Extension, InitVideo, Start, check_length
+from .engines import build_engine, seed_depth, seed_of
+from .job import JobSpec, StoredJob
 from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
 from .sampling import CandidateRunner, Counters, Seed, StreamingEngine
@@ -48,7 +41,7 @@ from .storage import (
     write_job,
     write_png_frames,
 )
-from .storage.layout import latent_name
+from .storage.layout import LATENT_SUMS, latent_name
 from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
@@ -105,19 +98,13 @@ def checked_job_id(job_id: str) -> str:
         raise ConfigError(f"--job-id: {exc}") from None
 
 
-def check_identity(store: ObjectStore, job_id: str, prompt: str, cfg: RenderConfig, start: Start | None = None) -> JobRecord | None:
+def check_identity(store: ObjectStore, job_id: str, spec: JobSpec) -> JobRecord | None:
     """The job's stored record (None if new); ConfigError naming the differences if it holds another render
     (an extension accepts the finished job it extends)."""
     previous = read_job(store, job_id)
-    accepted = {identity_hash(job_identity(prompt, cfg, start.identity() if start else None))}
-    accepted |= {start.extends} if isinstance(start, Extension) else set()
-    if previous is None or previous.config.get("identity") in accepted:
+    if previous is None or spec.accepts(stored := StoredJob.of(previous)):
         return previous
-    try:
-        stored = job_identity(previous.config["prompt"], build_config(previous.config["render"]), previous.config.get("start"))
-        differences = identity_differences(stored, job_identity(prompt, cfg, start.identity() if start else None))
-    except (KeyError, TypeError, ConfigError):
-        differences = ["its job.json records no identity this version can read"]
+    differences = spec.differences(stored)
     raise ConfigError(
         f"job {job_id} holds another render ({'; '.join(differences[:6])}); "
         "pass --restart to replace it, or another --job-id"
@@ -189,9 +176,9 @@ class JobRun:
         start: Start | None = None,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model, self.start = store, prompt, cfg, model, start
-        origin = start.identity() if start else None
-        self.job = JobLayout(checked_job_id(job_id) if job_id else job_id_for(prompt, cfg, origin))
-        self.identity = identity_hash(job_identity(prompt, cfg, origin))
+        self.spec = JobSpec(prompt, cfg, start)
+        self.job = JobLayout(checked_job_id(job_id) if job_id else self.spec.default_id())
+        self.identity = self.spec.identity_hash
         check_length(start, cfg.frames)
         self.temporal = model.vae_scale[0]
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
@@ -225,8 +212,8 @@ class JobRun:
 
     def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:
         """``run`` once the lease is held."""
-        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg, self.start)
-        extending = isinstance(self.start, Extension) and previous is not None and previous.config.get("identity") == self.start.extends
+        previous = None if self.restart else check_identity(self.store, self.job.job_id, self.spec)
+        extending = isinstance(self.start, Extension) and previous is not None and StoredJob.of(previous).identity == self.start.extends
         if extending:  # a finished job's first run of this extension: its checkpoints belong to the job as it was
             self._drop_checkpoints()
         elif previous is not None and previous.status == "done":
@@ -241,7 +228,7 @@ class JobRun:
             self._wipe()
         self._clean_temp()
         uploader = Uploader(self.store)
-        record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
+        record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self.spec.config_section())
         record.frames_done = previous.frames_done if previous is not None else 0
         self._writer: SegmentWriter | None = None
         try:
@@ -266,14 +253,6 @@ class JobRun:
         uploader.close()
         return result
 
-    def _config_record(self) -> dict[str, Any]:
-        record = {"prompt": self.prompt, "render": self.cfg.model_dump(), "identity": self.identity}
-        if self.start is not None:
-            record["start"] = self.start.identity()
-        if isinstance(self.start, InitVideo):
-            record["init_video"] = self.start.clip.path
-        return record
-
     def _seed(self) -> Seed | None:
         """The clean latents the video begins with (ConfigError when an init video is not shorter than the render)."""
         if self.start is None:
@@ -281,8 +260,9 @@ class JobRun:
         if isinstance(self.start, InitVideo):
             height = self.cfg.video.height or self.model.default_resolution[0]
             width = self.cfg.video.width or self.model.default_resolution[1]
-            self._start_latents = self.start.latents(self.model, height, width, self.cfg.frames)
-            return Seed(self._start_latents[-seed_depth(self.model, self.cfg) :], len(self._start_latents))
+            self._head = self.start.frames(self.model, height, width)  # written as they are, not through the VAE
+            self._start_latents = self.start.latents(self.model, self._head, self.cfg.frames)
+            return seed_of(self.model, self.cfg, self._start_latents)
         latents = LatentWriter(self.store, self.job)
         latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
         like = torch.empty((), device=self.model.device, dtype=self.model.dtype)
@@ -306,7 +286,7 @@ class JobRun:
 
     def _wipe(self) -> None:
         for key in self.store.list(self.job.job_id + "/"):
-            if not key.startswith(self.job.key("lease/")):
+            if not key.startswith(self.job.lease + "/"):
                 self.store.delete(key)
 
     def _clean_temp(self) -> None:
@@ -362,7 +342,7 @@ class JobRun:
         record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
         timings["verify"] = time.perf_counter() - verify_start
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
-        uploader.submit(self.job.key(LATENT_SUMS), "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
+        uploader.submit(self.job.latent_sums, "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
         self._lease.check()
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
@@ -371,11 +351,13 @@ class JobRun:
         return RenderResult(self.job.job_id, record, resumed, timings)
 
     def _write_frames(self, writer: SegmentWriter, decoder, index: int, latent: Tensor) -> None:
-        frames = decoder.push(latent.unsqueeze(2))[0]
+        """Decode latent ``index`` into the video; an init video's own frames stand for its latents' decode."""
+        frames = decoder.push(latent.unsqueeze(2))[0]  # always: the decoder's context for the frames that follow
         first = frames_of_latents(index, self.temporal)
         keep = max(0, min(frames.shape[0], self.cfg.frames - first))
         if keep:
-            pixels = frames[:keep].cpu().numpy()
+            head = self._head[first : first + keep] if isinstance(self.start, InitVideo) else ()
+            pixels = head if len(head) == keep else frames[:keep].cpu().numpy()
             writer.write(pixels, start=first)
             self.sheet.offer(writer.sink, pixels, first)
             if self.cfg.video.png_frames:
@@ -385,7 +367,7 @@ class JobRun:
         """What is wrong with a job recorded done (a latent, a segment or the MP4), or None if it is intact."""
         latents = LatentWriter(self.store, self.job)
         try:
-            sums = self.store.get_bytes(self.job.key(LATENT_SUMS)).decode().splitlines()
+            sums = self.store.get_bytes(self.job.latent_sums).decode().splitlines()
             latents.digests = {i: line.split()[0] for i, line in enumerate(sums)}
         except (ObjectNotFound, UnicodeDecodeError, IndexError):
             return f"its {LATENT_SUMS} is missing or unreadable"

@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 from miga_ray.cli import app
 from miga_ray.evaluation.compare import LEGEND_HEIGHT, PALETTE, PANEL
 from miga_ray.evaluation.features import PixelFeatures
-from miga_ray.evaluation.report import decode_video, evaluate
+from miga_ray.evaluation.frames import video_source
+from miga_ray.evaluation.report import evaluate
+from miga_ray.evaluation.toy_world import drift_summary
 from miga_ray.evaluation.vbench import evaluate_frames, feature_consistency, motion_smoothness, temporal_flickering
-from miga_ray.models.toy_world import drift_summary, parse_prompt, render_clip
+from miga_ray.models.toy_world import parse_prompt, render_clip
 from miga_ray.storage import JobRecord, LocalStore, write_job
 
 PROMPT = "a red circle moving over sand"
@@ -74,7 +76,7 @@ def write_mp4(path, frames):
 def test_eval_reads_a_video_file_and_a_job(tmp_path):
     clip = render_clip(parse_prompt(PROMPT), 17, 64, 64, seed=2)
     write_mp4(tmp_path / "v.mp4", clip)
-    assert decode_video(tmp_path / "v.mp4").shape == clip.shape
+    assert np.concatenate(list(video_source(tmp_path / "v.mp4").chunks())).shape == clip.shape
     report = evaluate(str(tmp_path / "v.mp4"), prompt=PROMPT)
     assert report["frames"] == 17 and report["toy_world"]["color_rate"] > 0.9
     store = LocalStore(tmp_path / "out")

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from miga_ray.cli import app
 from miga_ray.storage import (
     JobLayout,
     JobRecord,
     LatentWriter,
     LocalStore,
     ObjectStore,
+    check_job_id,
     read_job,
     scrub_secrets,
     write_job,
 )
+from miga_ray.storage.layout import RESERVED_JOB_IDS
 
 
 def test_keys() -> None:
@@ -26,8 +32,32 @@ def test_keys() -> None:
     assert job.latent(7) == "corgi-0001/latents/000007.safetensors"
     assert job.segment(3) == "corgi-0001/segments/00003.ts"
     assert (job.playlist, job.mp4, job.state) == ("corgi-0001/video.m3u8", "corgi-0001/video.mp4", "corgi-0001/state")
+    assert (job.lease, job.frames, job.sheet) == ("corgi-0001/lease", "corgi-0001/frames", "corgi-0001/sheet")
+    assert (job.frame(4), job.sheet_frame(9)) == ("corgi-0001/frames/000004.png", "corgi-0001/sheet/000009.png")
+    assert (job.latent_sums, job.contact_sheet) == ("corgi-0001/latents.sha256", "corgi-0001/contact_sheet.png")
     with pytest.raises(ValueError):
         JobLayout("a/b")
+
+
+def test_a_job_id_may_not_be_a_name_the_layout_reserves() -> None:
+    """A run's own objects and every name inside a job: a job there would overwrite them or be mistaken for them."""
+    job = JobLayout("j")
+    inside = {k.removeprefix("j/") for k in (job.job_json, job.playlist, job.mp4, job.latent_sums, job.contact_sheet,
+                                             job.state, job.lease, job.frames, job.sheet)}  # fmt: skip
+    inside |= {job.latent(0).split("/")[1], job.segment(0).split("/")[1]}
+    for name in inside | {"index.html", "index.presigned.html", "manifest.parquet"}:
+        assert name in RESERVED_JOB_IDS
+        with pytest.raises(ValueError, match=re.escape(repr(name))):
+            check_job_id(name)
+    check_job_id("index.htm")
+
+
+@pytest.mark.parametrize("name", ["index.html", "manifest.parquet", "lease"])
+def test_render_refuses_a_reserved_job_id_before_writing_anything(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["render", "a red circle moving over sand", "--frames", "9", "--job-id", name, "--out", str(out)])
+    assert result.exit_code == 2 and f"--job-id: a job id must not be '{name}', a reserved name" in " ".join(result.output.split()), result.output
+    assert not out.exists()
 
 
 def test_scrub_secrets() -> None:

@@ -133,3 +133,14 @@ def test_local_objects_are_readable_as_the_umask_allows(local_store: LocalStore)
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE((local_store.root / "job/video.mp4").stat().st_mode) == 0o666 & ~mask != 0o600
+
+
+def test_local_copy_streams_an_object_to_a_file(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 4096
+    store.put_bytes("job/video.mp4", data)
+    with store.local_copy("job/video.mp4") as path:
+        assert path.read_bytes() == data and path.name == "video.mp4"
+    if isinstance(store, S3Store):
+        assert not path.exists(), "a downloaded copy is removed afterwards"
+    with pytest.raises(ObjectNotFound), store.local_copy("job/none.mp4"):
+        pass

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from miga_ray.evaluation.toy_world import analyze, drift_summary
 from miga_ray.models.toy_world import (
     BACKGROUNDS,
     COLOR_RGB,
@@ -16,8 +17,6 @@ from miga_ray.models.toy_world import (
     SIZES,
     Scene,
     Sprite,
-    analyze,
-    drift_summary,
     parse_prompt,
     render_background,
     render_clip,

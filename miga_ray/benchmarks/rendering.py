@@ -12,7 +12,7 @@ import torch
 
 from miga_ray.config import RenderConfig, load_config
 from miga_ray.engines import load_for
-from miga_ray.render import JobRun
+from miga_ray.job import JobSpec, render_job
 from miga_ray.storage import open_store
 
 from .measure import PROMPT, Cost, TimedModel, load_average, model_identity
@@ -60,13 +60,12 @@ def load(args: argparse.Namespace, cfg: RenderConfig) -> TimedModel:
 
 
 def render(model: TimedModel, cfg: RenderConfig) -> Cost:
-    """One whole ``JobRun`` (setup, sampling, decoding, segments, latents, checkpoints, final video) into a
-    fresh temporary directory; its wall time is that of ``run()``."""
+    """One whole job as ``miga render`` runs it (setup, sampling, decoding, segments, latents, checkpoints, final
+    video, and its evaluation when ``evaluation.enabled``) into a fresh temporary directory, timed."""
     model.reset()
     with tempfile.TemporaryDirectory(prefix="miga-bench-") as out:
-        run = JobRun(open_store(out), PROMPT, cfg, model)
         start = time.perf_counter()
-        result = run.run()
+        result = render_job(open_store(out), JobSpec(PROMPT, cfg), model)
         wall = time.perf_counter() - start
     calls = sum(result.record.metrics["model_calls"]["calls"].values())
     return Cost(cfg.sampler.kind, cfg.frames, calls, model.rows, wall, model.forward.seconds, model.decode.seconds)

@@ -18,7 +18,8 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
 
-from ..config import ConfigError, RenderConfig, identity_hash, job_id_for, job_identity
+from ..config import ConfigError, RenderConfig
+from ..job import JobSpec, StoredJob, needs_evaluation
 from ..storage import ObjectStore, read_job
 from ..storage.quality import EVALUATION
 from .jobs import BatchJob, JobOutcome
@@ -80,7 +81,7 @@ def plan_jobs(rows: Sequence[PromptRow], base: RenderConfig) -> list[BatchJob]:
         except ConfigError as exc:
             problems.append(f"row {row.row}: " + str(exc).replace("\n", " "))
             continue
-        job_id = row.id or job_id_for(prompt, cfg)
+        job_id = row.id or JobSpec(prompt, cfg).default_id()
         if job_id in first_seen:
             problems.append(f"row {row.row}: duplicate id {job_id!r} (first on row {first_seen[job_id]})")
             continue
@@ -94,7 +95,7 @@ def plan_jobs(rows: Sequence[PromptRow], base: RenderConfig) -> list[BatchJob]:
 def already_done(store: ObjectStore, job: BatchJob) -> JobOutcome | None:
     """The job's outcome if storage says it is done with this very configuration (no worker needed)."""
     record = read_job(store, job.id)
-    if record is None or record.status != "done" or record.config.get("identity") != identity_hash(job_identity(job.prompt, job.cfg)):
+    if record is None or record.status != "done" or StoredJob.of(record).identity != JobSpec(job.prompt, job.cfg).identity_hash:
         return None  # another identity is for the worker's JobRun to refuse, with its message
     return JobOutcome(job.id, "done", True, None, 0, 0.0, -1, "", dict(record.timings), dict(record.metrics))
 
@@ -215,7 +216,7 @@ class BatchDriver:
         state.outcome, state.overhead_s = outcome, time.perf_counter() - state.dispatched_at - outcome.run_s
         self.idle.append(w)
         self.on_event({"event": "done", "job_id": state.job.id, "worker": w, "skipped": outcome.skipped, "resumed_from": outcome.resumed_from})
-        if outcome.status == "done" and state.job.cfg.evaluation.enabled and EVALUATION not in outcome.metrics:
+        if needs_evaluation(outcome.status, outcome.metrics, state.job.cfg):
             self.evaluating[self.workers[w].evaluate.remote(state.job.id, self.out, state.job.cfg.evaluation)] = (w, state)
 
     def _evaluated(self, ref: ray.ObjectRef) -> None:

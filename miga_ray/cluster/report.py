@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..job import JobSpec, StoredJob
+from ..job import manifest_row as job_manifest_row
 from ..storage import JobRecord, ManifestRow, ObjectStore, read_job, read_manifest, update_manifest
 from .batch import BatchResult, JobState
 
@@ -18,16 +20,13 @@ def manifest_row(state: JobState) -> ManifestRow:
         cluster |= {"worker": o.worker, "node_id": o.node_id, "skipped": o.skipped, "resumed_from": o.resumed_from,
                     "run_s": o.run_s, "driver_overhead_s": state.overhead_s}  # fmt: skip
     metrics = (dict(o.metrics) if o is not None else {}) | {"cluster": cluster}
-    return ManifestRow(
-        id=job.id,
-        prompt=job.prompt,
-        seed=job.cfg.seed,
-        frames=job.cfg.frames,
-        status=o.status if o is not None else "failed",  # type: ignore[arg-type]
-        timings=dict(o.timings) if o is not None else {},
-        metrics=metrics,
+    return job_manifest_row(
+        job.id,
+        StoredJob.read(JobSpec(job.prompt, job.cfg).config_section()),
+        o.status if o is not None else "failed",  # type: ignore[arg-type]
+        dict(o.timings) if o is not None else {},
+        metrics,
         error=None if o is not None else (state.errors[-1] if state.errors else "not run"),
-        story=job.cfg.story_json(),
     )
 
 
@@ -70,8 +69,7 @@ class RunStatus:
 
 def story_of(record: JobRecord) -> list[dict] | None:
     """A job's story entries as its job.json records them, or None (one prompt, or a record without a config)."""
-    story = (record.config.get("render") or {}).get("story")
-    return list(story["parts"]) if isinstance(story, dict) and "parts" in story else None
+    return StoredJob.of(record).story
 
 
 def run_status(store: ObjectStore) -> list[RunStatus]:

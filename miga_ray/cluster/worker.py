@@ -25,8 +25,9 @@ from torch import Tensor
 from ..config import ConfigError, EvaluationSettings, RenderConfig
 from ..engines import build_engine, load_for
 from ..evaluation.job import evaluate_job
+from ..job import JobSpec, render_job
 from ..models.decode import latents_for_frames
-from ..render import JobRun, Progress
+from ..render import Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
 from ..storage import JobRecord, open_store
 from ..storage.lease import TTL_S
@@ -129,15 +130,16 @@ class RenderWorker:
     # -- render group ------------------------------------------------------------------------------
     @ray.method(concurrency_group="render")
     def render(self, job: BatchJob, out: str) -> JobOutcome:
-        """Render (or resume, or skip if done) one job into ``out`` through JobRun."""
+        """Render (or resume, or skip if done) one job into ``out`` through ``job.render_job`` (its evaluation runs
+        in the evaluate group, while this worker renders its next job)."""
         t0 = time.perf_counter()
         self._check_model(job.cfg)
         store = open_store(out)
         hook = FanoutCandidates(self._local_candidates(job.cfg, job.prompt), self._peer_call(job.cfg, job.prompt), self._peer_order(), self.stats)
-        run = JobRun(store, job.prompt, job.cfg, self.model, job_id=job.id, candidates=hook, lease_wait_s=LEASE_WAIT_S)
         self._progress = {"job_id": job.id, "frames_done": 0, "frames_total": job.cfg.frames, "fps": 0.0, "worker": self.index, "reflections": {}}
         try:
-            result = run.run(self._on_progress)
+            result = render_job(store, JobSpec(job.prompt, job.cfg), self.model, job.id, evaluate=False,
+                                on_progress=self._on_progress, candidates=hook, lease_wait_s=LEASE_WAIT_S)
         finally:
             self._progress = None
         self.stats["jobs"] += 1
@@ -147,7 +149,7 @@ class RenderWorker:
             status=record.status,
             skipped=result.skipped,
             resumed_from=result.resumed_from,
-            latents=0 if result.skipped else run.num_latents,
+            latents=0 if result.skipped else latents_for_frames(job.cfg.frames, self.model.vae_scale[0]),
             run_s=time.perf_counter() - t0,
             worker=self.index,
             node_id=self.node_id,

@@ -2,8 +2,8 @@
 (``metrics.evaluation``, its cost in ``timings.evaluate``), and ``evaluate_run`` fills in every job
 of an output directory that lacks one and rewrites the manifest, without re-rendering anything.
 
-Evaluation reads only the stored video (or PNG frames), so it runs on the CPU after the video is
-done, outside any model lock.
+Evaluation reads only the stored video (or PNG frames), streamed once in chunks, so it runs on the
+CPU after the video is done, outside any model lock, in memory that does not grow with the video.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import av
 
 from ..config import EvaluationSettings
+from ..job import StoredJob, manifest_row
 from ..storage import (
     JobProblem,
     JobRecord,
@@ -29,7 +30,8 @@ from ..storage import (
     write_job,
 )
 from ..storage.quality import EVALUATION
-from .report import frames_report, job_frames
+from .frames import job_source
+from .report import source_report
 
 Outcome = Literal["evaluated", "had", "not done", "problem"]
 
@@ -42,16 +44,12 @@ def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) 
         raise JobProblem(f"job is {record.status}, not done: nothing to evaluate")
     t0 = time.perf_counter()
     try:
-        frames, source = job_frames(store, job_id)
+        with job_source(store, job_id) as source:
+            report = source_report(source, StoredJob.of(record).prompt, settings.dino, settings.clip, settings.bins)
     except ObjectNotFound:
         raise JobProblem("video.mp4 is missing") from None
-    except (av.error.FFmpegError, ValueError, OSError) as exc:  # not a video FFmpeg (or PIL, for PNG frames) can read
+    except (av.error.FFmpegError, ValueError, OSError, IndexError) as exc:  # not a video FFmpeg (or PIL, for PNG frames) can read
         raise JobProblem(f"video is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if len(frames) < 3:
-        raise JobProblem(f"video holds {len(frames)} frames; evaluation needs at least 3")
-    report = frames_report(
-        frames, source, record.config.get("prompt"), settings.dino, settings.clip, min(settings.bins, len(frames))
-    )
     if isinstance(report.get("toy_world"), dict):  # its means and drift figures are in report["drift"] already
         del report["toy_world"]
     seconds = time.perf_counter() - t0
@@ -92,9 +90,7 @@ def evaluate_run(
         except JobProblem as exc:
             result = JobEvaluation(job_id, "problem", str(exc))
         if record is not None:
-            new_rows.append(
-                manifest_row_of(record, rows.get(job_id), result.detail if result.outcome == "problem" else None)
-            )
+            new_rows.append(manifest_row_of(record, rows.get(job_id), result.detail if result.outcome == "problem" else None))
         results.append(result)
         if on_job:
             on_job(result)
@@ -103,19 +99,10 @@ def evaluate_run(
 
 
 def manifest_row_of(record: JobRecord, row: ManifestRow | None, problem: str | None = None) -> ManifestRow:
-    """A job's manifest row from its job.json: the batch's row (if any) with the record's status, timings and
-    metrics, and ``problem`` as its error when the job has none of its own."""
-    render: dict[str, Any] = record.config.get("render", {})
-    metrics = record.metrics | (
-        {"cluster": row.metrics["cluster"]} if row is not None and "cluster" in row.metrics else {}
-    )
-    return ManifestRow(
-        id=record.job_id,
-        prompt=str(record.config.get("prompt", row.prompt if row else "")),
-        seed=int(render.get("seed", row.seed if row else 0)),
-        frames=int(record.frames_total or (row.frames if row else 0)),
-        status=record.status,
-        timings=dict(record.timings),
-        metrics=metrics,
-        error=record.error or problem,
+    """A job's manifest row from its job.json (``job.manifest_row``): the batch's row (if any) fills in what the
+    record lacks and keeps its cluster metrics; ``problem`` is its error when the job has none of its own."""
+    cluster = {"cluster": row.metrics["cluster"]} if row is not None and "cluster" in row.metrics else {}
+    return manifest_row(
+        record.job_id, StoredJob.of(record), record.status, record.timings, record.metrics | cluster,
+        error=record.error or problem, frames=record.frames_total, fallback=row,
     )

@@ -1,35 +1,21 @@
 """``miga eval``: a video file or a finished job -> VBench-form numbers (and, for toy prompts, the
-toy world's ground truth measured from pixels)."""
+toy world's ground truth measured from pixels), from frames streamed once in chunks."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
-from PIL import Image
 
 from ..config import ConfigError
-from ..storage import ObjectStore, open_store, read_job
+from ..job import StoredJob
+from ..models.toy_world import parse_prompt
+from ..storage import open_store, read_job
 from .features import feature_extractor
-from .vbench import evaluate_frames
-
-
-def decode_video(data: bytes | str | Path) -> np.ndarray:
-    """All frames of a video file (path or bytes) as uint8 ``[F, H, W, 3]``, via FFmpeg."""
-    source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-    with av.open(source) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-def job_frames(store: ObjectStore, job_id: str) -> tuple[np.ndarray, str]:
-    """A job's lossless PNG frames when it kept them, else its decoded video.mp4; and which it was."""
-    pngs = store.list(f"{job_id}/frames/")
-    if pngs:
-        return np.stack([np.asarray(Image.open(io.BytesIO(store.get_bytes(k))).convert("RGB")) for k in pngs]), "frames/*.png"
-    return decode_video(store.get_bytes(f"{job_id}/video.mp4")), "video.mp4"
+from .frames import FrameSource, job_source, video_source
+from .toy_world import ToyStream
+from .vbench import VBenchStream
 
 
 def evaluate(
@@ -43,43 +29,45 @@ def evaluate(
     path = Path(target)
     if path.is_file():
         try:
-            frames, source = decode_video(path), str(path)
-        except (av.error.FFmpegError, ValueError) as exc:  # not a video (or none FFmpeg can read): a usage error
+            return source_report(video_source(path), prompt, dino, clip, bins)
+        except (av.error.FFmpegError, ValueError, IndexError) as exc:  # not a video (or none FFmpeg can read): a usage error
             raise ConfigError(f"{target}: not a video FFmpeg can read ({getattr(exc, 'strerror', None) or exc})") from None
-    else:
-        base, _, job_id = target.rstrip("/").rpartition("/")
-        store = open_store(base or ".")
-        record = read_job(store, job_id)
-        if record is None:
-            raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
-        prompt = prompt or record.config.get("prompt")
-        frames, source = job_frames(store, job_id)
-        source = f"{target}/{source}"
-    return frames_report(frames, source, prompt, dino, clip, bins)
+    base, _, job_id = target.rstrip("/").rpartition("/")
+    store = open_store(base or ".")
+    record = read_job(store, job_id)
+    if record is None:
+        raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
+    with job_source(store, job_id) as source:
+        source.name = f"{target}/{source.name}"
+        return source_report(source, prompt or StoredJob.of(record).prompt, dino, clip, bins)
 
 
-def frames_report(
-    frames: np.ndarray, source: str, prompt: str | None, dino: str | None = None, clip: str | None = None, bins: int = 10
+def source_report(
+    source: FrameSource, prompt: str | None, dino: str | None = None, clip: str | None = None, bins: int = 10
 ) -> dict[str, Any]:
-    """The report of ``evaluate`` for decoded frames: VBench-form numbers, and the toy sections for a toy prompt."""
-    scores = evaluate_frames(frames, feature_extractor("dino", dino), feature_extractor("clip", clip))
-    report: dict[str, Any] = {"source": source, "frames": len(frames), "vbench": scores.to_dict()}
+    """The report of ``evaluate`` from one pass over the source's frames: VBench-form numbers, and the toy
+    sections for a toy prompt. ValueError when the frames are not the source's announced count."""
+    vbench = VBenchStream(feature_extractor("dino", dino), feature_extractor("clip", clip))
+    toy, note = None, None
     if prompt:
-        report.update(_toy_sections(frames, prompt, bins))
+        try:
+            parse_prompt(prompt)
+        except ValueError as exc:
+            note = f"toy-world numbers do not apply: the prompt is outside the toy grammar ({exc})"
+        else:
+            toy = ToyStream(prompt, source.count, min(bins, max(1, source.count)))
+    for chunk in source.chunks():
+        vbench.push(chunk)
+        if toy is not None:
+            try:
+                toy.push(chunk)
+            except ValueError as exc:  # frames the analyzer cannot judge, e.g. smaller than its MIN_SIDE
+                toy, note = None, f"toy-world numbers do not apply: {exc}"
+    if vbench.seen != source.count:
+        raise ValueError(f"{source.name}: {vbench.seen} frames decode, of the {source.count} it holds")
+    if vbench.seen < 3:
+        raise ValueError(f"{source.name} holds {vbench.seen} frames; evaluation needs at least 3")
+    report: dict[str, Any] = {"source": source.name, "frames": vbench.seen, "vbench": vbench.scores().to_dict()}
+    if prompt:
+        report.update(toy.finish() if toy is not None else {"toy_world": note})
     return report
-
-
-def _toy_sections(frames: np.ndarray, prompt: str, bins: int) -> dict[str, Any]:
-    """``toy_world`` (the analyzer's ground truth) and ``drift`` (its summary), or a ``toy_world`` line saying
-    why the toy numbers do not apply to this prompt."""
-    from ..models.toy_world import analyze, parse_prompt
-
-    try:
-        parse_prompt(prompt)
-    except ValueError as exc:
-        return {"toy_world": f"toy-world numbers do not apply: the prompt is outside the toy grammar ({exc})"}
-    try:
-        toy = analyze(frames, prompt)
-    except ValueError as exc:  # frames the analyzer cannot judge, e.g. smaller than its MIN_SIDE
-        return {"toy_world": f"toy-world numbers do not apply: {exc}"}
-    return {"toy_world": toy.to_dict(per_frame=False), "drift": toy.summary(min(bins, len(frames)))}

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .features import FeatureExtractor
@@ -25,9 +26,15 @@ Interpolator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Cosines = TypeVar("Cosines", np.ndarray, Tensor)
 
 
-def temporal_flickering(frames: np.ndarray) -> float:
+def pair_errors(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute difference of each pair of consecutive frames, float32 ``[F - 1]``."""
     diffs = np.abs(frames[1:].astype(np.float32) - frames[:-1].astype(np.float32))
-    return float((255.0 - diffs.reshape(len(diffs), -1).mean(axis=1).mean()) / 255.0)
+    return diffs.reshape(len(diffs), -1).mean(axis=1) if len(diffs) else np.zeros(0, np.float32)
+
+
+def temporal_flickering(frames: np.ndarray) -> float:
+    """VBench's temporal flickering of a whole video."""
+    return float((255.0 - pair_errors(frames).mean()) / 255.0)
 
 
 def frame_consistency(prev: Cosines, first: Cosines) -> Cosines:
@@ -47,12 +54,17 @@ def linear_interpolation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a.astype(np.uint16) + b.astype(np.uint16) + 1) // 2).astype(np.uint8)
 
 
+def interpolation_error(before: np.ndarray, middle: np.ndarray, after: np.ndarray, interpolate: Interpolator = linear_interpolation) -> float:
+    """Mean absolute error of ``middle`` interpolated back from its two neighbours."""
+    return float(np.abs(interpolate(before, after).astype(np.float32) - middle.astype(np.float32)).mean())
+
+
 def motion_smoothness(frames: np.ndarray, interpolate: Interpolator = linear_interpolation) -> float:
-    even, odd = frames[0::2], frames[1::2]
-    n = min(len(odd), len(even) - 1)
+    """VBench's motion smoothness of a whole video: the odd frames interpolated from the even ones."""
+    n = (len(frames) - 1) // 2
     if n < 1:
         raise ValueError("motion smoothness needs at least 3 frames")
-    errors = [np.abs(interpolate(even[i], even[i + 1]).astype(np.float32) - odd[i].astype(np.float32)).mean() for i in range(n)]
+    errors = [interpolation_error(frames[2 * i], frames[2 * i + 1], frames[2 * i + 2], interpolate) for i in range(n)]
     return float((255.0 - np.mean(errors)) / 255.0)
 
 
@@ -75,16 +87,65 @@ class VBenchScores:
         return asdict(self) | {"overall": self.overall, "overall_is": "plain mean of the four dimensions"}
 
 
+class VBenchStream:
+    """The four dimensions of a video that streams past in chunks, each frame seen once: it holds the first
+    frame's features, the last frame's, and the last two frames, never the video."""
+
+    def __init__(self, subject: FeatureExtractor, background: FeatureExtractor) -> None:
+        self.subject, self.background = subject, background
+        self.seen = 0
+        self._first: list[Tensor] = []  # subject and background features of frame 0
+        self._last: list[Tensor] = []  # ... of the last frame seen
+        self._tail = np.empty((0, 0, 0, 3), np.uint8)  # the last two frames seen
+        self._consistency = [0.0, 0.0]  # sums over frames t >= 1 of the subject and background scores
+        self._flicker = 0.0  # sum of the pair errors
+        self._motion: list[float] = [0.0, 0]  # sum and count of the interpolation errors
+
+    def push(self, frames: np.ndarray) -> None:
+        """Score the next frames, uint8 ``[n, H, W, 3]``."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames: expected uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
+        if len(frames) == 0:
+            return
+        features = [self.subject(frames), self.background(frames)]
+        if not self._first:
+            self._first = [f[0] for f in features]
+        for k, f in enumerate(features):
+            chained = torch.cat([self._last[k][None], f]) if self._last else f
+            prev = (chained[1:] * chained[:-1]).sum(dim=1)
+            first = chained[1:] @ self._first[k]
+            self._consistency[k] += float(frame_consistency(prev, first).double().sum())
+        self._last = [f[-1] for f in features]
+        window = np.concatenate([self._tail, frames]) if self.seen else frames
+        start = self.seen - (len(window) - len(frames))  # frame index of window[0]
+        self._flicker += float(pair_errors(window[-len(frames) - (self.seen > 0) :]).astype(np.float64).sum())
+        for j in range(max(2, len(window) - len(frames)), len(window)):
+            if (start + j) % 2 == 0:  # an even frame closes the triple (t - 2, t - 1, t)
+                self._motion[0] += interpolation_error(window[j - 2], window[j - 1], window[j])
+                self._motion[1] += 1
+        self._tail = window[-2:].copy()
+        self.seen += len(frames)
+
+    def scores(self) -> VBenchScores:
+        """The four dimensions of the frames seen (ValueError with fewer than 3)."""
+        if self.seen < 3:
+            raise ValueError(f"frames: VBench-form scores need at least 3 frames, got {self.seen}")
+        subject, background = (total / (self.seen - 1) for total in self._consistency)
+        return VBenchScores(
+            subject_consistency=subject,
+            background_consistency=background,
+            motion_smoothness=(255.0 - self._motion[0] / self._motion[1]) / 255.0,
+            temporal_flickering=(255.0 - self._flicker / (self.seen - 1)) / 255.0,
+            subject_features=self.subject.name,
+            background_features=self.background.name,
+            interpolator="linear (weight-free fallback for AMT)",
+        )
+
+
 def evaluate_frames(frames: np.ndarray, subject: FeatureExtractor, background: FeatureExtractor) -> VBenchScores:
-    """The four dimensions of one video."""
+    """The four dimensions of one video held in memory."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 3:
         raise ValueError(f"frames: expected uint8 [F>=3, H, W, 3], got {frames.dtype} {frames.shape}")
-    return VBenchScores(
-        subject_consistency=feature_consistency(subject(frames)),
-        background_consistency=feature_consistency(background(frames)),
-        motion_smoothness=motion_smoothness(frames),
-        temporal_flickering=temporal_flickering(frames),
-        subject_features=subject.name,
-        background_features=background.name,
-        interpolator="linear (weight-free fallback for AMT)",
-    )
+    stream = VBenchStream(subject, background)
+    stream.push(frames)
+    return stream.scores()

@@ -15,15 +15,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
 
+from ..job import StoredJob
 from ..storage import JobProblem, ManifestRow, ObjectStore, S3Store, load_job, read_manifest, run_job_ids
-from ..storage.layout import MP4, PLAYLIST
+from ..storage.layout import GALLERY, PRESIGNED_GALLERY, JobLayout
 from ..storage.quality import QUALITY_COLUMNS, quality_values
 
-GALLERY = "index.html"
-PRESIGNED_GALLERY = "index.presigned.html"
-SHEET = "contact_sheet.png"
 MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 
 
@@ -44,23 +41,21 @@ class Card:
     quality: dict[str, float | None] = field(default_factory=dict)
 
 
-def _story_text(config: dict[str, Any]) -> str:
+def _story_text(stored: StoredJob) -> str:
     """The prompt, or a story's parts as one line ("frame 0: ... | frame 40: ...")."""
-    render = config.get("render")
-    story = render.get("story") if isinstance(render, dict) else None
-    parts = story.get("parts") if isinstance(story, dict) else None
-    if isinstance(parts, list) and parts:
-        return " | ".join(f"frame {p.get('at', '?')}: {p.get('prompt', '')}" if isinstance(p, dict) else str(p) for p in parts)
-    return str(config.get("prompt", ""))
+    if stored.story:
+        return " | ".join(f"frame {p.get('at', '?')}: {p.get('prompt', '')}" for p in stored.story)
+    return stored.prompt or ""
 
 
 def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, str], row: ManifestRow | None) -> Card:
     """One job's card from its job.json and the objects it has; when job.json cannot be read, a card saying so
     (with what the manifest knows of the job)."""
-    sheets = sorted(k for k in keys if k.startswith(f"{job_id}/sheet/"))
-    card = Card(job_id, sheet=f"{job_id}/{SHEET}" if f"{job_id}/{SHEET}" in keys else (sheets[-1] if sheets else None))
-    card.video = f"{job_id}/{MP4}" if f"{job_id}/{MP4}" in keys else None
-    card.playlist = f"{job_id}/{PLAYLIST}" if f"{job_id}/{PLAYLIST}" in keys else None
+    job = JobLayout(job_id)
+    sheets = sorted(k for k in keys if k.startswith(job.sheet + "/"))
+    card = Card(job_id, sheet=job.contact_sheet if job.contact_sheet in keys else (sheets[-1] if sheets else None))
+    card.video = job.mp4 if job.mp4 in keys else None
+    card.playlist = job.playlist if job.playlist in keys else None
     try:
         record = load_job(store, job_id)
     except JobProblem as exc:
@@ -73,7 +68,7 @@ def _card(store: ObjectStore, job_id: str, keys: set[str], problems: dict[str, s
                 quality_values(row.metrics),
             )
         return card
-    card.prompt, card.status = _story_text(record.config), record.status
+    card.prompt, card.status = _story_text(StoredJob.of(record)), record.status
     card.frames_done, card.frames_total = record.frames_done, record.frames_total
     card.seconds = sum(v for k, v in record.timings.items() if k != "evaluate" and isinstance(v, int | float)) or None
     card.quality = quality_values(record.metrics)

@@ -1,15 +1,23 @@
-"""Object names of one job (DESIGN.md "Storage layout"), its ``job.json`` record, and its latent files.
+"""Object names of a run and of one job (DESIGN.md "Storage layout"), its ``job.json`` record, and its latent files.
+
+Every key a run or a job is stored under is named here, and nowhere else:
 
 ```
 <job_id>/job.json                    JobRecord: config (secrets scrubbed), status, progress
 <job_id>/latents/NNNNNN.safetensors  clean latents, the source of truth
+<job_id>/latents.sha256              their checksums (sha256sum format), written when the job is done
 <job_id>/segments/NNNNN.ts           H.264 segments listed by <job_id>/video.m3u8
 <job_id>/video.mp4                   written when the job completes
 <job_id>/state/                      checkpoints + LATEST.json
+<job_id>/lease/NNNNNNNNNN.json       the job's lease generations (storage.lease)
+<job_id>/frames/NNNNNN.png           lossless frames, when video.png_frames is on
+<job_id>/sheet/NNNNNN.png            frames sampled for the contact sheet, <job_id>/contact_sheet.png
 manifest.parquet                     one row per job of a batch
-index.html                           the gallery page of the run (miga_ray.gallery)
+index.html, index.presigned.html     the gallery page of the run (miga_ray.gallery)
 ```
-"""
+
+A job id may not be any name of the run's own objects, nor any name inside a job (a run directory
+and a job directory must never be mistaken for each other)."""
 
 from __future__ import annotations
 
@@ -29,14 +37,25 @@ from .uploader import Sink
 
 JobStatus = Literal["running", "done", "failed", "interrupted"]
 MANIFEST = "manifest.parquet"
+GALLERY = "index.html"
+PRESIGNED_GALLERY = "index.presigned.html"
+RUN_OBJECTS = (MANIFEST, GALLERY, PRESIGNED_GALLERY)  # a run's own objects, beside its job directories
+JOB_JSON = "job.json"
 PLAYLIST = "video.m3u8"
 MP4 = "video.mp4"
+LATENT_SUMS = "latents.sha256"
+CONTACT_SHEET = "contact_sheet.png"
 SEGMENTS_DIR = "segments"
 LATENTS_DIR = "latents"
+STATE_DIR = "state"
+LEASE_DIR = "lease"
+FRAMES_DIR = "frames"
+SHEET_DIR = "sheet"
+JOB_ENTRIES = (JOB_JSON, PLAYLIST, MP4, LATENT_SUMS, CONTACT_SHEET, SEGMENTS_DIR, LATENTS_DIR, STATE_DIR, LEASE_DIR, FRAMES_DIR, SHEET_DIR)
 
 JOB_ID_MAX = 128
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RESERVED_JOB_IDS = frozenset({MANIFEST, "state", "latents", "segments", "frames", "sheet"})
+RESERVED_JOB_IDS = frozenset(RUN_OBJECTS + JOB_ENTRIES)
 
 _SECRET_WORDS = {"secret", "key", "token", "password", "passwd", "credential", "credentials", "apikey"}
 
@@ -45,7 +64,8 @@ def check_job_id(job_id: str) -> str:
     """``job_id`` if it is a safe job id, else ValueError: the one rule for ``render --job-id`` and batch ids.
 
     The rule: 1 to 128 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit, no ``..``, not a
-    reserved name of the output layout. The message never repeats the id (it may be huge).
+    reserved name of the output layout (then the message names it; otherwise it never repeats the id,
+    which may be huge).
     """
     if not job_id or len(job_id) > JOB_ID_MAX:
         raise ValueError(f"a job id must be 1 to {JOB_ID_MAX} characters (got {len(job_id)})")
@@ -54,7 +74,7 @@ def check_job_id(job_id: str) -> str:
     if ".." in job_id:
         raise ValueError("a job id must not contain '..'")
     if job_id.lower() in RESERVED_JOB_IDS:
-        raise ValueError(f"a job id must not be a reserved name ({', '.join(sorted(RESERVED_JOB_IDS))})")
+        raise ValueError(f"a job id must not be {job_id!r}, a reserved name of a run's layout (reserved: {', '.join(sorted(RESERVED_JOB_IDS))})")
     return job_id
 
 
@@ -89,7 +109,7 @@ class JobLayout:
 
     @property
     def job_json(self) -> str:
-        return self.key("job.json")
+        return self.key(JOB_JSON)
 
     @property
     def playlist(self) -> str:
@@ -100,15 +120,47 @@ class JobLayout:
         return self.key(MP4)
 
     @property
+    def latent_sums(self) -> str:
+        """The checksums of every latent, written when the job is done."""
+        return self.key(LATENT_SUMS)
+
+    @property
+    def contact_sheet(self) -> str:
+        return self.key(CONTACT_SHEET)
+
+    @property
     def state(self) -> str:
         """Prefix of the job's checkpoints (for ``CheckpointStore``)."""
-        return self.key("state")
+        return self.key(STATE_DIR)
+
+    @property
+    def lease(self) -> str:
+        """Prefix of the job's lease generations (for ``storage.lease``)."""
+        return self.key(LEASE_DIR)
+
+    @property
+    def frames(self) -> str:
+        """Prefix of the job's lossless PNG frames."""
+        return self.key(FRAMES_DIR)
+
+    @property
+    def sheet(self) -> str:
+        """Prefix of the frames sampled for the contact sheet."""
+        return self.key(SHEET_DIR)
 
     def segment(self, index: int) -> str:
         return self.key(segment_name(index))
 
     def latent(self, index: int) -> str:
         return self.key(latent_name(index))
+
+    def frame(self, index: int) -> str:
+        """Lossless PNG of frame ``index``."""
+        return self.key(f"{FRAMES_DIR}/{index:06d}.png")
+
+    def sheet_frame(self, index: int) -> str:
+        """Frame ``index`` as sampled for the contact sheet."""
+        return self.key(f"{SHEET_DIR}/{index:06d}.png")
 
 
 def _words(name: str) -> list[str]:

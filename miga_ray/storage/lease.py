@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from .layout import join
+from .layout import LEASE_DIR, join
 from .objects import ObjectNotFound, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,10 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def _key(self, generation: int) -> str:
-        return join(self.prefix, f"lease/{generation:010d}.json")
+        return join(self.prefix, f"{LEASE_DIR}/{generation:010d}.json")
 
     def _generations(self) -> list[int]:
-        names = (k.rsplit("/", 1)[-1] for k in self.store.list(join(self.prefix, "lease/")))
+        names = (k.rsplit("/", 1)[-1] for k in self.store.list(join(self.prefix, LEASE_DIR + "/")))
         return sorted(int(m.group(1)) for n in names if (m := _NAME.match(n)))
 
     def _read(self, generation: int) -> LeaseRecord | None:

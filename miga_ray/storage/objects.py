@@ -16,7 +16,8 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +111,19 @@ class ObjectStore(ABC):
         """Remove temp objects left under ``prefix`` by killed writes; return how many (none on S3, whose writes leave none)."""
         return 0
 
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """A local file holding the object, for readers that stream from a file (PyAV), removed afterwards;
+        the object never sits in memory whole. ObjectNotFound if it does not exist."""
+        with tempfile.TemporaryDirectory(prefix="miga-object-") as folder:
+            path = Path(folder, key.rpartition("/")[2])
+            self._download(key, path)
+            yield path
+
+    def _download(self, key: str, path: Path) -> None:
+        """Write the object to ``path`` (the generic way: through memory)."""
+        path.write_bytes(self.get_bytes(key))
+
     def submit(self, key: str, data: bytes | os.PathLike[str]) -> None:
         """Write bytes or a local file now: the synchronous twin of ``Uploader.submit``."""
         if isinstance(data, bytes):
@@ -202,6 +216,13 @@ class LocalStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """The object's own file: no copy needed."""
+        if not self.exists(key):
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}")
+        yield self._path(key)
 
     def list(self, prefix: str = "") -> list[str]:
         folder = prefix.rpartition("/")[0]
@@ -388,6 +409,16 @@ class S3Store(ObjectStore):
             return self._retry(
                 f"get {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
             )
+        except bce.ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                raise ObjectNotFound(f"no object {key!r} in {self._where}") from e
+            raise
+
+    def _download(self, key: str, path: Path) -> None:
+        """Stream the object into ``path`` (ranged GETs), never whole in memory."""
+        full = self._full(key)
+        try:
+            self._retry(f"download {key}", lambda: self._client.download_file(self.bucket, full, str(path), Config=self._transfer))
         except bce.ClientError as e:
             if _error_code(e) in ("NoSuchKey", "404"):
                 raise ObjectNotFound(f"no object {key!r} in {self._where}") from e

@@ -23,7 +23,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from .layout import MP4, PLAYLIST, join, segment_name
+from .layout import MP4, PLAYLIST, JobLayout, join, segment_name
 from .lease import pid_alive
 from .objects import ObjectNotFound, ObjectStore
 from .uploader import Sink
@@ -256,9 +256,9 @@ class SegmentWriter:
                             out.mux(packet)
 
 
-def write_png_frames(sink: Sink, prefix: str, frames: np.ndarray, start: int) -> None:
-    """Write frames ``[n, H, W, 3]`` uint8 losslessly as ``frames/NNNNNN.png`` (``start`` first), for evaluation."""
+def write_png_frames(sink: Sink, job_id: str, frames: np.ndarray, start: int) -> None:
+    """Write frames ``[n, H, W, 3]`` uint8 losslessly as the job's ``frames/NNNNNN.png`` (``start`` first), for evaluation."""
     for i, frame in enumerate(np.asarray(frames)):
         buffer = io.BytesIO()
         Image.fromarray(frame).save(buffer, format="PNG")
-        sink.submit(join(prefix, f"frames/{start + i:06d}.png"), buffer.getvalue())
+        sink.submit(JobLayout(job_id).frame(start + i), buffer.getvalue())

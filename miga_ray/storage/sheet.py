@@ -1,6 +1,6 @@
 """A contact sheet: a PNG grid of frames sampled evenly along a video, because people would rather look.
 
-Sampled frames are stored as they stream past (``sheet/NNNNNN.png``), so a resumed job still has
+Sampled frames are stored as they stream past (the job's ``sheet/NNNNNN.png``), so a resumed job still has
 the early ones; the grid is composed from the store when the job completes.
 """
 
@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .layout import join
+from .layout import JobLayout
 from .objects import ObjectNotFound, ObjectStore
 from .uploader import Sink
 
@@ -25,12 +25,12 @@ def sheet_frames(total: int, count: int = 12) -> list[int]:
 class ContactSheet:
     """Collects the sampled frames of one job and writes ``contact_sheet.png`` at the end."""
 
-    def __init__(self, prefix: str, total: int, count: int = 12, columns: int = 4) -> None:
-        self.prefix, self.columns = prefix, columns
+    def __init__(self, job_id: str, total: int, count: int = 12, columns: int = 4) -> None:
+        self.job, self.columns = JobLayout(job_id), columns
         self.wanted = sheet_frames(total, count)
 
     def _key(self, index: int) -> str:
-        return join(self.prefix, f"sheet/{index:06d}.png")
+        return self.job.sheet_frame(index)
 
     def offer(self, sink: Sink, frames: np.ndarray, start: int) -> None:
         """Store the sampled frames among ``frames`` (uint8 ``[n, H, W, 3]`` starting at frame ``start``)."""
@@ -49,7 +49,7 @@ class ContactSheet:
             except ObjectNotFound:
                 continue
         if not tiles:
-            raise ValueError(f"contact sheet of {self.prefix}: no sampled frames stored")
+            raise ValueError(f"contact sheet of {self.job.job_id}: no sampled frames stored")
         w, h = tiles[0][1].size
         scale = max(1, 128 // max(w, h))
         tw, th = w * scale, h * scale + 14
@@ -62,6 +62,6 @@ class ContactSheet:
             draw.text((x + 2, y + 1), f"frame {index}", fill="white")
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
-        key = join(self.prefix, "contact_sheet.png")
+        key = self.job.contact_sheet
         sink.submit(key, buffer.getvalue())
         return key

@@ -21,9 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from ...evaluation.vbench import frame_consistency
-from .render import SHAPE_AREA, SHAPE_CENTROID_Y, SIZE_RADIUS, _background_float, shape_alpha, sprite_radius
-from .world import BACKGROUNDS, COLOR_RGB, COLORS, SHAPES, Scene, Sprite, parse_prompt
+from ..models.toy_world.render import (
+    SHAPE_AREA,
+    SHAPE_CENTROID_Y,
+    SIZE_RADIUS,
+    _background_float,
+    shape_alpha,
+    sprite_radius,
+)
+from ..models.toy_world.world import BACKGROUNDS, COLOR_RGB, COLORS, SHAPES, Scene, Sprite, parse_prompt
+from .bins import DriftAccumulator, RangeMeans, json_number
+from .vbench import frame_consistency
 
 MIN_AREA = 0.25  # a colour blob counts as present from this fraction of the prompted sprite's area
 BLEND_TUBE = 0.5  # sprite pixels lie within this fraction of |colour - background| of the blend line
@@ -47,8 +55,10 @@ def _series_mean(name: str, doc: str) -> property:
     """A ToyReport summary: the mean over frames of its series `name` (NaN where it is nowhere defined)."""
 
     def mean(report: ToyReport) -> float:
-        """The summary."""
-        return _nanmean(report.series[name])
+        """The summary, as its accumulated mean (the number every report of it shows)."""
+        means = RangeMeans([0], report.present.shape[0])
+        means.add(0, {name: report.series[name]})
+        return means.means(name)[0]
 
     return property(mean, doc=doc)
 
@@ -102,47 +112,42 @@ class ToyReport:
             "motion": self.motion_frames,
         }
 
+    def _accumulated(self, bins: int) -> DriftAccumulator:
+        """Its series in the accumulator that a streamed video fills (one definition of every summary)."""
+        acc = DriftAccumulator(self.present.shape[0], bins, self.chunk)
+        acc.add(0, self.series)
+        return acc
+
     @property
     def drift(self) -> dict[str, list[float]]:
         """Each series' mean per chunk of frames."""
-        starts = np.arange(0, self.present.shape[0], self.chunk)
-        return {name: _bin_means(values, starts) for name, values in self.series.items()}
+        acc = self._accumulated(1)
+        return {name: acc.chunk_means(name) for name in acc.names}
 
     def summary(self, bins: int) -> dict[str, Any]:
         """JSON-able drift summary: per series its mean, curve over `bins` equal bins of frames, and drift figure.
 
         The drift figure is the series' mean over the last quarter of the frames minus its mean over the first.
         """
-        num = self.present.shape[0]
-        if not 1 <= bins <= num:
-            raise ValueError(f"bins must be between 1 and the number of frames ({num}), got {bins}")
-        starts = np.arange(bins) * num // bins
-        quarter = max(1, num // 4)
-        series = self.series
-        return {
-            "prompt": self.prompt,
-            "num_frames": num,
-            "bin_starts": starts.tolist(),
-            "mean": {name: _json(_nanmean(values)) for name, values in series.items()},
-            "drift": {
-                name: _json(_nanmean(values[num - quarter :]) - _nanmean(values[:quarter]))
-                for name, values in series.items()
-            },
-            "curves": {name: _json(_bin_means(values, starts)) for name, values in series.items()},
-        }
+        return self._accumulated(bins).summary(self.prompt)
 
     def to_dict(self, per_frame: bool = True) -> dict[str, Any]:
         """JSON-able summary (NaN becomes None), with the per-frame arrays when per_frame is set."""
-        out: dict[str, Any] = {
-            "prompt": self.prompt,
-            "num_frames": int(self.present.shape[0]),
-            "chunk": self.chunk,
-            **{name: _json(_nanmean(values)) for name, values in self.series.items()},
-            "drift": {name: _json(values) for name, values in self.drift.items()},
-        }
+        out = overview(self.prompt, self._accumulated(1))
         if per_frame:
-            out["frames"] = {name: _json(getattr(self, name)) for name in _PER_FRAME}
+            out["frames"] = {name: json_number(getattr(self, name)) for name in _PER_FRAME}
         return out
+
+
+def overview(prompt: str, acc: DriftAccumulator) -> dict[str, Any]:
+    """``ToyReport.to_dict(per_frame=False)`` from accumulated series: every series' mean and its means per chunk."""
+    return {
+        "prompt": prompt,
+        "num_frames": acc.frames,
+        "chunk": acc.chunk,
+        **{name: json_number(acc.mean(name)) for name in acc.names},
+        "drift": {name: json_number(acc.chunk_means(name)) for name in acc.names},
+    }
 
 
 _PER_FRAME = (
@@ -151,31 +156,12 @@ _PER_FRAME = (
 )
 
 
-def _json(value: Any) -> Any:
-    """Numbers and arrays as plain Python values, NaN replaced by None."""
-    array = np.asarray(value)
-    if array.dtype == bool:
-        return array.tolist()
-    return np.where(np.isnan(array), None, array.astype(float)).tolist()
-
-
-def _nanmean(values: np.ndarray) -> float:
-    """Mean of the finite entries; NaN, without a warning, when there are none."""
-    finite = np.isfinite(values)
-    return float(values[finite].mean()) if finite.any() else math.nan
-
-
 def _row_nanmean(values: np.ndarray) -> np.ndarray:
     """Mean of the finite entries of each row of [F, S]; NaN, without a warning, where a row has none."""
     finite = np.isfinite(values)
     total = np.where(finite, values, 0).sum(axis=1)
     count = finite.sum(axis=1)
     return np.where(count > 0, total / np.maximum(count, 1), math.nan)
-
-
-def _bin_means(values: np.ndarray, starts: np.ndarray) -> list[float]:
-    """Mean of the finite values in each bin of frames; a bin runs from its start to the next one's."""
-    return [_nanmean(part) for part in np.split(np.asarray(values, np.float64), starts[1:])]
 
 
 def _working_frames(frames: np.ndarray) -> tuple[np.ndarray, int]:
@@ -534,3 +520,46 @@ def analyze(frames: np.ndarray, prompt: str | Scene, chunk: int = 16) -> ToyRepo
 def drift_summary(frames: np.ndarray, prompt: str | Scene, bins: int = 10) -> dict[str, Any]:
     """Measure a uint8 [F, H, W, 3] toy-world video and return ToyReport.summary(bins): means, curves, drift figures."""
     return analyze(frames, prompt).summary(bins)
+
+
+class ToyStream:
+    """``analyze`` over a video that streams past in chunks, into a DriftAccumulator: each frame is measured
+    once, and only the first frame and the last two are held between chunks.
+
+    Every per-frame measure looks back at most to the previous frame and the first (consistency, flicker,
+    motion) or one frame on each side (smoothness), so a chunk is analysed behind the frames it refers
+    to, and a chunk's last frame is added once the next frame has given it its smoothness.
+    """
+
+    def __init__(self, prompt: str | Scene, frames: int, bins: int, chunk: int = 16) -> None:
+        self.scene = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+        self.prompt = prompt if isinstance(prompt, str) else prompt.prompt
+        self.acc = DriftAccumulator(frames, bins, chunk)
+        self.seen = 0
+        self._context: dict[int, np.ndarray] = {}  # frame index -> frame: the first and the last two
+        self._held: dict[str, np.ndarray] = {}  # the series of the last frame seen, but for its smoothness
+
+    def push(self, frames: np.ndarray) -> None:
+        """Measure the next frames, uint8 ``[n, H, W, 3]``."""
+        if len(frames) == 0:
+            return
+        context = sorted(self._context.items())
+        report = analyze(np.concatenate([np.stack([f for _, f in context]), frames]) if context else frames, self.scene)
+        series, at = report.series, len(context)
+        if self._held:
+            self._held["smoothness"] = series["smoothness"][at - 1 : at]
+        rows = {name: np.concatenate([self._held.get(name, []), values[at : at + len(frames) - 1]]) for name, values in series.items()}
+        self.acc.add(self.seen - bool(self._held), rows)
+        self._held = {name: values[at + len(frames) - 1 :] for name, values in series.items()}
+        self.seen += len(frames)
+        arrived = zip(range(self.seen - len(frames), self.seen), frames)
+        self._context = {i: f.copy() for i, f in [*context, *arrived] if i == 0 or i >= self.seen - 2}  # copies: a view holds its chunk
+
+    def finish(self) -> dict[str, Any]:
+        """``toy_world`` (as ``ToyReport.to_dict(per_frame=False)``) and ``drift`` (as ``ToyReport.summary``) sections."""
+        if self.seen != self.acc.frames:
+            raise ValueError(f"the video holds {self.seen} frames, not the {self.acc.frames} announced")
+        if self._held:
+            self.acc.add(self.seen - 1, self._held)
+            self._held = {}
+        return {"toy_world": overview(self.prompt, self.acc), "drift": self.acc.summary(self.prompt)}
