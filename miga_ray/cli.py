@@ -438,22 +438,14 @@ def submit(
 
     Example: miga submit prompts.parquet --address http://head:8265 --out s3://bucket/runs --config configs/wan2.1-1.3b-miga.yaml
     """
-    from .cluster.submit import auth_token, follow, submit_batch
-    from .storage.layout import is_secret_name
+    from .cluster.submit import auth_token, follow, job_env, submit_batch
 
     cfg = _render_config(config, list(set_ or []))
-    pairs = [e.partition("=") for e in env or []]
-    if any(not name or not sep for name, sep, _ in pairs):
-        _fail(2, f"--env: expected NAME=VALUE, got {[e.partition('=')[0][:40] + '=...' for e in env or [] if '=' not in e or e.startswith('=')]}")
-    secrets = [name for name, _, _ in pairs if is_secret_name(name)]
-    if secrets:
-        _fail(2, f"--env {', '.join(secrets)}: looks like a secret, and a Ray job's environment is stored in its runtime_env "
-                 "and shown in Ray's logs and dashboard; give the cluster's nodes their own credentials (instance role, "
-                 "~/.aws on every node, or the environment Ray was started with)")
+    variables = _guard(job_env, env or [])
     args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
     args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
     token = _guard(auth_token, token_file)
-    client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, {n: v for n, _, v in pairs}, submission_id)
+    client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, variables, submission_id)
     print(job_id, flush=True)
     if not wait:
         return
