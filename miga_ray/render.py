@@ -225,6 +225,7 @@ class JobRun:
 
     def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:
         """``run`` once the lease is held."""
+        self._clean_temp()  # also when the job turns out to be done: a write killed after it (the evaluation's) leaves temp files
         previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg, self.start)
         extending = isinstance(self.start, Extension) and previous is not None and previous.config.get("identity") == self.start.extends
         if extending:  # a finished job's first run of this extension: its checkpoints belong to the job as it was
@@ -239,7 +240,6 @@ class JobRun:
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick, self._seed_latents)
         if self.restart:
             self._wipe()
-        self._clean_temp()
         uploader = Uploader(self.store)
         record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self._config_record())
         record.frames_done = previous.frames_done if previous is not None else 0

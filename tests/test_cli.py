@@ -289,3 +289,9 @@ def test_set_frames_with_frames_is_refused_naming_both(tmp_path):
     result = runner.invoke(app, ["render", "a red circle moving over sand", "--out", str(tmp_path / "o"), "--frames", "9", "--set", "frames=20"])
     assert result.exit_code == 2 and "--set frames=... and --frames: both set frames; give one of them" in " ".join(result.output.split())
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_of_a_missing_path_creates_nothing(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "missing" / "job")])
+    assert result.exit_code == 2 and "neither a video file nor a job" in " ".join(result.output.split()), result.output
+    assert list(tmp_path.iterdir()) == []

@@ -48,7 +48,7 @@ def evaluate(
             raise ConfigError(f"{target}: not a video FFmpeg can read ({getattr(exc, 'strerror', None) or exc})") from None
     else:
         base, _, job_id = target.rstrip("/").rpartition("/")
-        store = open_store(base or ".")
+        store = open_store(base or ".", check=False)  # read only: a missing path must not be created
         record = read_job(store, job_id)
         if record is None:
             raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
