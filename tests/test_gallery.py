@@ -125,8 +125,8 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
         and lines["blue"].startswith("evaluated")
         and lines["evil"] == "not done (running)"
     )
-    assert lines["nojson"] == "PROBLEM (job.json is missing)" and lines["corrupt"].startswith(
-        "PROBLEM (job.json is corrupt"
+    assert lines["nojson"] == "PROBLEM (nojson/job.json is missing)" and lines["corrupt"].startswith(
+        "PROBLEM (corrupt/job.json is corrupt"
     )
     assert lines["novideo"] == "PROBLEM (video.mp4 is missing)" and lines["badvideo"].startswith(
         "PROBLEM (video is corrupt"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..storage import JobRecord, ManifestRow, ObjectStore, read_job, read_manifest, update_manifest
+from ..storage import JobProblem, JobRecord, ManifestRow, ObjectStore, read_job, read_manifest, update_manifest
 from .batch import BatchResult, JobState
 
 
@@ -81,7 +81,11 @@ def run_status(store: ObjectStore) -> list[RunStatus]:
     ids = [*rows, *(i for i in listed if i not in rows)]
     out = []
     for job_id in ids:
-        record: JobRecord | None = read_job(store, job_id)
+        try:
+            record: JobRecord | None = read_job(store, job_id)
+        except JobProblem as exc:  # this job's problem, not the run's: the other jobs are still listed
+            out.append(RunStatus(job_id, "problem", 0, None, str(exc)))
+            continue
         if record is not None:
             out.append(RunStatus(job_id, record.status, record.frames_done, record.frames_total, record.error, story_of(record)))
         else:

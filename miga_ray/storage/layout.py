@@ -151,6 +151,12 @@ class JobRecord:
     def __post_init__(self) -> None:
         if self.status not in get_args(JobStatus):
             raise ValueError(f"job status {self.status!r} is not one of {get_args(JobStatus)}")
+        for name, kinds in _FIELD_TYPES.items():
+            if not isinstance(getattr(self, name), kinds) or isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} is {type(getattr(self, name)).__name__}, not {' or '.join(k.__name__ for k in kinds)}")
+        for name, kind in (("prompt", str), ("render", dict), ("start", dict)):
+            if self.config.get(name) is not None and not isinstance(self.config[name], kind):
+                raise TypeError(f"config.{name} is {type(self.config[name]).__name__}, not {kind.__name__}")
 
     def to_json(self) -> bytes:
         """Serialise with the config scrubbed of secrets."""
@@ -159,9 +165,18 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> JobRecord:
-        """Parse a record, ignoring fields this version does not know."""
+        """Parse a record, ignoring fields this version does not know; ValueError or TypeError saying what is wrong."""
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            raise TypeError(f"a JSON {type(value).__name__}, not an object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
+        return cls(**{k: v for k, v in value.items() if k in known})
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "job_id": (str,), "status": (str,), "frames_done": (int,), "frames_total": (int, type(None)), "config": (dict,),
+    "timings": (dict,), "metrics": (dict,), "error": (str, type(None)), "updated_at": (str,),
+}  # fmt: skip
 
 
 def write_job(sink: Sink, record: JobRecord) -> None:
@@ -170,26 +185,32 @@ def write_job(sink: Sink, record: JobRecord) -> None:
     sink.submit(JobLayout(record.job_id).job_json, record.to_json())
 
 
-def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
-    """The job's record, or None if the job has never been written."""
-    try:
-        return JobRecord.from_json(store.get_bytes(JobLayout(job_id).job_json))
-    except ObjectNotFound:
-        return None
-
-
 class JobProblem(RuntimeError):
     """What is wrong with a job directory as a whole (no or a corrupt job.json, no or a corrupt video)."""
 
 
+def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
+    """The job's record, or None if the job has never been written; JobProblem naming job.json and what to do when
+    it is not a record (not JSON, not an object, a field of the wrong type)."""
+    key = JobLayout(job_id).job_json
+    try:
+        data = store.get_bytes(key)
+    except ObjectNotFound:
+        return None
+    try:
+        return JobRecord.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise JobProblem(
+            f"{key} is corrupt ({type(exc).__name__}: {str(exc)[:200]}); restore it, or render the job anew "
+            "(its render command with --restart)"
+        ) from None
+
+
 def load_job(store: ObjectStore, job_id: str) -> JobRecord:
     """The job's record; JobProblem saying what is wrong when its job.json is missing or corrupt."""
-    try:
-        record = read_job(store, job_id)
-    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or fields of the wrong kind
-        raise JobProblem(f"job.json is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
+    record = read_job(store, job_id)
     if record is None:
-        raise JobProblem("job.json is missing")
+        raise JobProblem(f"{JobLayout(job_id).job_json} is missing")
     return record
 
 
