@@ -127,7 +127,7 @@ def render_jobs(
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
     from .config import job_id_for
     from .engines import load_for
-    from .evaluation.job import evaluate_job
+    from .evaluation.job import JobBusy, evaluate_job
     from .render import JobRun, check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
     from .storage.quality import EVALUATION
 
@@ -159,7 +159,10 @@ def render_jobs(
 
             result = run.run(show, tick_s=TICK_S)
             if cfg.evaluation.enabled and result.record.status == "done" and EVALUATION not in result.record.metrics:
-                evaluate_job(store, result.job_id, cfg.evaluation)  # on the CPU, after the video is complete
+                try:
+                    evaluate_job(store, result.job_id, cfg.evaluation)  # on the CPU, after the video is complete
+                except JobBusy as exc:  # another process took the job over at once: the video is done all the same
+                    bar.console.print(f"{result.job_id}: not evaluated: {exc}", highlight=False, markup=False)
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
             if result.skipped:
                 bar.update(task, total=1, completed=1, frames=f"{cfg.frames}/{cfg.frames}", eta="done")
@@ -467,7 +470,7 @@ def _eval_run(out: str, dino: Path | None, clip: Path | None, bins: int) -> None
     store = open_store(out, check=False)
     if store.exists("video.m3u8") or store.exists("video.mp4"):
         _fail(1, f"{out}: a job directory whose job.json is missing; nothing to evaluate it against")
-    said = {"evaluated": "evaluated", "had": "already evaluated", "not done": "not done", "problem": "PROBLEM"}
+    said = {"evaluated": "evaluated", "had": "already evaluated", "not done": "not done", "busy": "being written, skipped", "problem": "PROBLEM"}
     results = evaluate_run(store, settings, lambda r: print(f"{r.job_id}: {said[r.outcome]}" + (f" ({r.detail})" if r.detail else ""), flush=True))
     if not results:
         raise ConfigError(f"{out}: neither a video file, a job (<out>/<job_id> with a job.json), nor an output directory with jobs")

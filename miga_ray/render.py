@@ -203,8 +203,8 @@ class JobRun:
 
         ``on_progress`` hears after every clean latent and, with ``tick_s``, between them at most
         every ``tick_s`` seconds (a MIGA queue fills for minutes before its first clean latent).
-        Everything happens under the job's lease: a holder still live after ``lease_wait_s`` makes this a
-        ConfigError (exit 2)."""
+        Everything happens under the job's lease, every write fenced by it (``Lease.fenced``): a holder still
+        live after ``lease_wait_s`` makes this a ConfigError (exit 2), a lease lost on the way LeaseLost."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
         self._seed_latents = self._seed()  # bad input fails before anything is written
@@ -218,9 +218,11 @@ class JobRun:
                 if time.monotonic() >= give_up:
                     raise ConfigError(str(exc)) from None
                 time.sleep(min(5.0, self.lease_ttl_s / 4))
+        store, self.store = self.store, self._lease.fenced()  # every write of the job checks the lease first
         try:
             return self._run_leased(t0, on_progress, tick_s)
         finally:
+            self.store = store
             self._lease.release()
 
     def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:

@@ -79,3 +79,85 @@ def test_a_corrupt_job_json_is_that_jobs_problem_named_with_what_to_do(done_run,
     gallery = runner.invoke(app, ["gallery", str(out)])
     assert gallery.exit_code == 0 and "bad/job.json is corrupt" in (out / "index.html").read_text(), gallery.output
     assert read_job(LocalStore(out), "good").status == "done"
+
+
+STALE_WRITER = """
+import json, sys
+from miga_ray.config import load_config
+from miga_ray.engines import load_for
+from miga_ray.render import JobRun
+from miga_ray.storage import LocalStore
+cfg = load_config(None, json.loads(sys.argv[2]), frames=41)
+JobRun(LocalStore(sys.argv[1]), sys.argv[3], cfg, load_for(cfg), job_id="j", lease_ttl_s=2.0).run()
+"""
+
+
+def job_files(job: Path) -> dict[str, bytes]:
+    """Every object of a job but its lease (temp files of unfinished writes are not objects)."""
+    return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
+            if p.is_file() and "lease" not in p.parts and not p.name.startswith(".tmp-")}  # fmt: skip
+
+
+def test_a_render_stopped_past_its_lease_expiry_writes_nothing_after_a_takeover(tmp_path):
+    """SIGSTOP a render past its lease's expiry, take the job over, SIGCONT: the stale writer stops without a write."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from miga_ray.storage.lease import Lease
+
+    out = tmp_path / "out"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", STALE_WRITER, str(out), json.dumps(SETTINGS), PROMPT], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "j" / "latents" / "000003.safetensors").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGSTOP)
+        (lease_file,) = (out / "j" / "lease").glob("*.json")
+        time.sleep(max(0.0, json.loads(lease_file.read_text())["expires"] - time.time()) + 0.3)
+        takeover = Lease(LocalStore(out), "j")
+        takeover.acquire()  # stale by its expiry
+        before = job_files(out / "j")
+        proc.send_signal(signal.SIGCONT)
+        output = proc.communicate(timeout=120)[0].decode()
+        assert proc.returncode != 0 and "LeaseLost: job j: its lease" in output, output[-3000:]  # expired, or taken over: whichever it sees first
+        assert job_files(out / "j") == before, "the stopped writer wrote after losing its lease"
+        takeover.release()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_eval_of_a_run_never_overwrites_a_job_another_process_writes(done_run, tmp_path, monkeypatch):
+    """While another process holds the job's lease, or writes job.json during the evaluation, eval leaves it alone."""
+    from miga_ray.evaluation import job as evaluation
+    from miga_ray.storage.lease import Lease
+
+    out = tmp_path / "out"
+    shutil.copytree(done_run, out)
+    record = (out / "good" / "job.json").read_bytes()
+    holder = Lease(LocalStore(out), "good")
+    holder.acquire()
+    try:
+        result = runner.invoke(app, ["eval", str(out)])
+        assert result.exit_code == 0 and "good: being written, skipped (job good is being written by" in text_of(result), result.output
+        assert (out / "good" / "job.json").read_bytes() == record
+    finally:
+        holder.release()
+
+    concurrent = json.loads(record) | {"status": "running", "frames_done": 21}  # an extension began meanwhile
+    real_report = evaluation.frames_report
+
+    def report_while_another_writes(*args, **kwargs):
+        (out / "good" / "job.json").write_text(json.dumps(concurrent))
+        return real_report(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "frames_report", report_while_another_writes)
+    result = runner.invoke(app, ["eval", str(out)])
+    assert "good: being written, skipped (its job.json changed while it was evaluated" in text_of(result), result.output
+    assert json.loads((out / "good" / "job.json").read_text()) == concurrent
