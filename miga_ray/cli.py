@@ -315,24 +315,28 @@ def status(
 
     Example: miga status out/a-red-circle-moving-over-sand-7978b9cceb34 --json
     """
-    from .storage import open_store, read_job
+    from .storage import JobLayout, open_store, read_job, video_problem
 
     text = uri.rstrip("/")
     base, _, job = text.rpartition("/")
     if not job:
         _fail(2, f"{uri}: expected <out>/<job_id>")
     bucket_root = text.startswith("s3://") and "/" not in text.removeprefix("s3://")
-    record = None if bucket_root else _guard(lambda: read_job(open_store(base or ".", check=False), job))
+    store = None if bucket_root else _guard(open_store, base or ".", False)
+    record = None if store is None else _guard(lambda: read_job(store, job))
     if record is None:
         _print_run_status(uri, as_json)  # not a job: maybe a run directory (manifest and/or jobs)
         return
+    damage = _guard(video_problem, store, JobLayout(job)) if record.status == "done" else None
     if as_json:
-        print(record.to_json().decode())
+        print(json.dumps(json.loads(record.to_json()) | ({"damage": damage} if damage else {}), indent=2, sort_keys=True))
     else:
         from .cluster.report import story_of
 
         print(f"{record.job_id}: {record.status}, {record.frames_done}/{record.frames_total} frames" + (f" ({record.error})" if record.error else ""))
         _print_story(story_of(record))
+    if damage:
+        _fail(1, f"job {job} is done but damaged: {damage}; run its render command again to rebuild it from the stored latents")
 
 
 def _print_story(story: list[dict] | None) -> None:
@@ -351,10 +355,12 @@ def _print_run_status(uri: str, as_json: bool) -> None:
         _fail(1, f"{uri}: no job.json there, and no manifest.parquet or job directories")
     if as_json:
         print(json.dumps([vars(j) for j in jobs], indent=2))
-        return
-    for j in jobs:
-        print(f"{j.job_id}: {j.status}, {j.frames_done}/{j.frames_total} frames" + (f" ({j.error})" if j.error else ""))
-        _print_story(j.story)
+    else:
+        for j in jobs:
+            print(f"{j.job_id}: {j.status}, {j.frames_done}/{j.frames_total} frames" + (f" ({j.error})" if j.error else ""))
+            _print_story(j.story)
+    if problems := [j.job_id for j in jobs if j.status == "problem"]:
+        _fail(1, f"{len(problems)} job(s) with a problem: {', '.join(problems)}")
 
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="worker actors (default: one per GPU in the cluster, else 1)")]

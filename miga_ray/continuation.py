@@ -14,10 +14,8 @@ from torch import Tensor
 from .config import ConfigError
 from .models.decode import latents_for_frames
 from .models.registry import LoadedModel
-from .storage import DamagedError, LatentWriter, ObjectNotFound, ObjectStore
+from .storage import DamagedError, LatentWriter
 from .storage.clips import Clip, fit_frames
-
-LATENT_SUMS = "latents.sha256"  # sha256sum format, written when a job is done
 
 
 @dataclass(frozen=True)
@@ -51,17 +49,11 @@ class Extension:
         """Stored latents the extension continues."""
         return latents_for_frames(self.from_frames, temporal)
 
-    def digests(self, store: ObjectStore, latents: LatentWriter, temporal: int) -> dict[int, str]:
+    def digests(self, latents: LatentWriter, temporal: int) -> dict[int, str]:
         """The recorded sha256 of every latent it continues (from the finished job's ``latents.sha256``)."""
-        count = self.count(temporal)
-        try:
-            lines = store.get_bytes(latents.job.key(LATENT_SUMS)).decode().splitlines()[:count]
-            sums = {i: line.split()[0] for i, line in enumerate(lines)}
-        except (ObjectNotFound, UnicodeDecodeError, IndexError):
-            sums = {}
-        if len(sums) != count:
-            raise DamagedError(f"job {latents.job.job_id}: its {LATENT_SUMS} does not list the {count} latents to extend")
-        return sums
+        if (problem := latents.load_sums(self.count(temporal))) is not None:
+            raise DamagedError(f"job {latents.job.job_id}: {problem} to extend")
+        return dict(latents.digests)
 
     def latents(self, latents: LatentWriter, depth: int, temporal: int, like: Tensor) -> list[Tensor]:
         """The last ``depth`` stored latents it continues, checked against their digests, as ``[1, C, h, w]`` like ``like``."""

@@ -26,7 +26,7 @@ from .config import (
     job_id_for,
     job_identity,
 )
-from .continuation import LATENT_SUMS, Extension, InitVideo, Start, check_length
+from .continuation import Extension, InitVideo, Start, check_length
 from .engines import build_engine, seed_depth
 from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
@@ -38,17 +38,17 @@ from .storage import (
     JobLayout,
     JobRecord,
     LatentWriter,
-    ObjectNotFound,
     ObjectStore,
     SegmentWriter,
     Uploader,
     check_job_id,
     read_job,
     remove_stale_mp4_dirs,
+    video_problem,
     write_job,
     write_png_frames,
 )
-from .storage.layout import latent_name
+from .storage.layout import latent_name, sums_text
 from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
@@ -286,7 +286,7 @@ class JobRun:
             self._start_latents = self.start.latents(self.model, height, width, self.cfg.frames)
             return Seed(self._start_latents[-seed_depth(self.model, self.cfg) :], len(self._start_latents))
         latents = LatentWriter(self.store, self.job)
-        latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
+        latents.digests = self._start_digests = self.start.digests(latents, self.temporal)
         like = torch.empty((), device=self.model.device, dtype=self.model.dtype)
         held = self.start.latents(latents, seed_depth(self.model, self.cfg), self.temporal, like)
         return Seed(held, self.start.count(self.temporal))
@@ -364,7 +364,8 @@ class JobRun:
         record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
         timings["verify"] = time.perf_counter() - verify_start
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
-        uploader.submit(self.job.key(LATENT_SUMS), "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
+        uploader.submit(self.job.latent_sums, sums_text({latent_name(i): latents.digests[i] for i in range(self.num_latents)}))
+        uploader.submit(self.job.video_sums, sums_text(writer.sums()))
         self._lease.check()
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
@@ -384,34 +385,23 @@ class JobRun:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
     def _damage_of_done_job(self) -> str | None:
-        """What is wrong with a job recorded done (a latent, a segment or the MP4), or None if it is intact."""
+        """What is wrong with a job recorded done (a latent, a segment, the playlist or the MP4 not the bytes
+        written, by their recorded sha256), or None if it is intact."""
         latents = LatentWriter(self.store, self.job)
-        try:
-            sums = self.store.get_bytes(self.job.key(LATENT_SUMS)).decode().splitlines()
-            latents.digests = {i: line.split()[0] for i, line in enumerate(sums)}
-        except (ObjectNotFound, UnicodeDecodeError, IndexError):
-            return f"its {LATENT_SUMS} is missing or unreadable"
+        if (problem := latents.load_sums(self.num_latents)) is not None:
+            return problem
         if (problem := next((p for i in range(self.num_latents) if (p := latents.problem(i))), None)) is not None:
             return problem
-        height = self.cfg.video.height or self.model.default_resolution[0]
-        width = self.cfg.video.width or self.model.default_resolution[1]
-        try:
-            writer = SegmentWriter(self.store, self.job.job_id, self.cfg.video.fps, width, height)
-        except ValueError as exc:
-            return f"its playlist is unreadable ({exc})"
-        if (segment := writer.first_damaged_segment()) is not None:
-            return f"segment {segment} is damaged"
-        if writer.frames_written != self.cfg.frames or writer.mp4_frames() != self.cfg.frames:
-            return f"its video does not hold {self.cfg.frames} frames"
-        return None
+        return video_problem(self.store, self.job)
 
     def _verify(self, writer: SegmentWriter, latents: LatentWriter, uploader: Uploader) -> int | None:
         """Check every stored piece the video depends on before the job may be called done.
 
         Latents: present and equal (sha256) to what was written, else DamagedError naming them (no
-        stored checkpoint covers an earlier latent). Segments: each decodes to its listed frame count;
-        from the first damaged one the video is decoded again from the stored latents. The MP4: as many
-        frames as the job's, else remuxed once. Returns the segment repaired from, if any.
+        stored checkpoint covers an earlier latent). Segments: each equal (sha256) to what was written, or, from
+        an earlier run of a resumed job, decoding to its listed frame count; from the first damaged one the video
+        is decoded again from the stored latents. The MP4: the bytes written and as many frames as the job's,
+        else remuxed once. Returns the segment repaired from, if any.
         """
         problems = [p for i in range(self.num_latents) if (p := latents.problem(i))]
         if problems:
@@ -425,12 +415,13 @@ class JobRun:
             uploader.flush()
             if (again := writer.first_damaged_segment()) is not None:
                 raise DamagedError(f"job {self.job.job_id}: segment {again} is still damaged after decoding it again")
-        if writer.mp4_frames() != self.cfg.frames:
+        if (problem := writer.mp4_problem(self.cfg.frames)) is not None:
+            log.warning("job %s: %s; writing it again", self.job.job_id, problem)
             writer.reopen()
             writer.finish()
             uploader.flush()
-            if (frames := writer.mp4_frames()) != self.cfg.frames:
-                raise DamagedError(f"job {self.job.job_id}: video.mp4 decodes to {frames} frames, not {self.cfg.frames}")
+            if (problem := writer.mp4_problem(self.cfg.frames)) is not None:
+                raise DamagedError(f"job {self.job.job_id}: {problem}")
         return damaged
 
     def _redecode(self, writer: SegmentWriter, latents: LatentWriter, decoder, frame: int, end: int) -> None:

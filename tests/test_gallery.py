@@ -128,8 +128,8 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
     assert lines["nojson"] == "PROBLEM (nojson/job.json is missing)" and lines["corrupt"].startswith(
         "PROBLEM (corrupt/job.json is corrupt"
     )
-    assert lines["novideo"] == "PROBLEM (video.mp4 is missing)" and lines["badvideo"].startswith(
-        "PROBLEM (video is corrupt"
+    assert lines["novideo"].startswith("PROBLEM (video.mp4 is missing; run its render command again") and lines["badvideo"].startswith(
+        "PROBLEM (video.mp4 differs from the one written (sha256 mismatch)"
     )
     assert "4 job(s) could not be evaluated" in result.output
     assert _mtimes(run) == before | {str(run / "manifest.parquet"): _mtimes(run)[str(run / "manifest.parquet")],
@@ -148,7 +148,7 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
             i: page.text_content(f'.card[data-id="{i}"] .wrong') for i in ("nojson", "corrupt", "novideo", "badvideo")
         }
         assert "job.json is missing" in problem["nojson"] and "job.json is corrupt" in problem["corrupt"]
-        assert "video.mp4 is missing" in problem["novideo"] and "video is corrupt" in problem["badvideo"]
+        assert "video.mp4 is missing" in problem["novideo"] and "video.mp4 differs from the one written" in problem["badvideo"]
         assert page.query_selector('.card[data-id="red"] .wrong') is None
         assert page.text_content('.card[data-id="evil"] .prompt') == EVIL and page.title() != "pwned"
         assert page.query_selector(".prompt img") is None

@@ -14,7 +14,8 @@ from miga_ray.cli import app
 from miga_ray.config import load_config
 from miga_ray.engines import load_for
 from miga_ray.render import JobRun
-from miga_ray.storage import LocalStore, read_job, read_manifest
+from miga_ray.storage import JobLayout, LocalStore, read_job, read_manifest, video_problem
+from miga_ray.storage.segments import count_frames
 from toy_model import TOY
 
 runner = CliRunner()
@@ -72,7 +73,7 @@ def test_a_corrupt_job_json_is_that_jobs_problem_named_with_what_to_do(done_run,
         assert result.exit_code == 1 and "bad/job.json is corrupt" in text_of(result) and "--restart" in text_of(result), (args[0], result.output)
         assert no_traceback(result), result.output
     listing = runner.invoke(app, ["status", str(out)])
-    assert listing.exit_code == 0 and "good: done" in listing.output and "bad: problem" in listing.output, listing.output
+    assert listing.exit_code == 1 and "good: done" in listing.output and "bad: problem" in listing.output, listing.output
     evaluated = runner.invoke(app, ["eval", str(out)])
     assert evaluated.exit_code == 1 and "bad: PROBLEM (bad/job.json is corrupt" in evaluated.output and no_traceback(evaluated), evaluated.output
     assert [row.id for row in read_manifest(LocalStore(out))] == ["good"] and (out / "index.html").exists()
@@ -161,3 +162,44 @@ def test_eval_of_a_run_never_overwrites_a_job_another_process_writes(done_run, t
     result = runner.invoke(app, ["eval", str(out)])
     assert "good: being written, skipped (its job.json changed while it was evaluated" in text_of(result), result.output
     assert json.loads((out / "good" / "job.json").read_text()) == concurrent
+
+
+def flip(path: Path, count: int = 64) -> None:
+    """Invert ``count`` bytes in the middle of a file: its length and, for these videos, its frame count stay."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("target", ["segments/00001.ts", "video.mp4"])
+def test_flipped_bytes_that_keep_the_frame_count_are_found_by_status_eval_and_rebuilt_by_render(done_run, tmp_path, toy, target):
+    from test_render import decoded_frames
+
+    out = tmp_path / "out"
+    shutil.copytree(done_run, out)
+    reference = decoded_frames(out / "good" / "video.mp4")
+    frames_before = count_frames((out / "good" / target).read_bytes())
+    flip(out / "good" / target)
+    assert count_frames((out / "good" / target).read_bytes()) == frames_before, "the damage keeps the frame count"
+    named = f"{target} differs from the one written (sha256 mismatch)"
+    for args in (["status", str(out / "good")], ["status", str(out)], ["eval", str(out / "good")], ["eval", str(out)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and named in text_of(result), (args, result.output)
+    again = JobRun(LocalStore(out), PROMPT, config(21), toy, job_id="good").run()
+    assert not again.skipped and again.record.status == "done"
+    assert video_problem(LocalStore(out), JobLayout("good")) is None
+    video = decoded_frames(out / "good" / "video.mp4")
+    assert video.shape == reference.shape and abs(video.astype(int) - reference.astype(int)).mean() < 1.0
+    assert runner.invoke(app, ["status", str(out / "good")]).exit_code == 0
+
+
+def test_eval_of_a_run_names_a_done_job_whose_video_mp4_is_missing(done_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(done_run, out)
+    record = json.loads((out / "good" / "job.json").read_text())
+    record["metrics"]["evaluation"] = {"vbench": {"overall": 0.9}}  # evaluated when it was rendered
+    (out / "good" / "job.json").write_text(json.dumps(record))
+    (out / "good" / "video.mp4").unlink()
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 1 and "good: PROBLEM (video.mp4 is missing" in text_of(result), result.output

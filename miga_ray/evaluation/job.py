@@ -22,6 +22,7 @@ from ..storage import (
     ManifestRow,
     ObjectNotFound,
     ObjectStore,
+    check_video,
     load_job,
     read_manifest,
     run_job_ids,
@@ -48,6 +49,7 @@ def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) 
     record = load_job(store, job_id)
     if record.status != "done":
         raise JobProblem(f"job is {record.status}, not done: nothing to evaluate")
+    check_video(store, job_id)
     t0 = time.perf_counter()
     try:
         frames, source = job_frames(store, job_id)
@@ -100,6 +102,7 @@ def evaluate_run(
             if record.status != "done":
                 result = JobEvaluation(job_id, "not done", record.status)
             elif EVALUATION in record.metrics:
+                check_video(store, job_id)  # numbers of a video that is no longer the one written are not "had"
                 result = JobEvaluation(job_id, "had")
             else:
                 record = evaluate_job(store, job_id, settings)

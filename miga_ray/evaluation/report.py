@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import ConfigError
-from ..storage import ObjectStore, open_store, read_job
+from ..storage import ObjectStore, check_video, open_store, read_job
 from .features import feature_extractor
 from .vbench import evaluate_frames
 
@@ -52,6 +52,8 @@ def evaluate(
         record = read_job(store, job_id)
         if record is None:
             raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
+        if record.status == "done":
+            check_video(store, job_id)
         prompt = prompt or record.config.get("prompt")
         frames, source = job_frames(store, job_id)
         source = f"{target}/{source}"

@@ -5,6 +5,8 @@
 <job_id>/latents/NNNNNN.safetensors  clean latents, the source of truth
 <job_id>/segments/NNNNN.ts           H.264 segments listed by <job_id>/video.m3u8
 <job_id>/video.mp4                   written when the job completes
+<job_id>/latents.sha256              sha256 of every latent as written, once the job is done
+<job_id>/video.sha256                sha256 of every segment, the playlist and the MP4 as written, once done
 <job_id>/state/                      checkpoints + LATEST.json
 manifest.parquet                     one row per job of a batch
 index.html                           the gallery page of the run (miga_ray.gallery)
@@ -33,6 +35,9 @@ PLAYLIST = "video.m3u8"
 MP4 = "video.mp4"
 SEGMENTS_DIR = "segments"
 LATENTS_DIR = "latents"
+LATENT_SUMS = "latents.sha256"  # sha256sum format: "<hex>  latents/NNNNNN.safetensors" per line
+VIDEO_SUMS = "video.sha256"  # the same for segments/NNNNN.ts, video.m3u8 and video.mp4
+_SUM_LINE = re.compile(r"([0-9a-f]{64})  (\S+)")
 
 JOB_ID_MAX = 128
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -104,11 +109,45 @@ class JobLayout:
         """Prefix of the job's checkpoints (for ``CheckpointStore``)."""
         return self.key("state")
 
+    @property
+    def latent_sums(self) -> str:
+        return self.key(LATENT_SUMS)
+
+    @property
+    def video_sums(self) -> str:
+        return self.key(VIDEO_SUMS)
+
     def segment(self, index: int) -> str:
         return self.key(segment_name(index))
 
     def latent(self, index: int) -> str:
         return self.key(latent_name(index))
+
+
+def sums_text(digests: dict[str, str]) -> bytes:
+    """``name -> sha256`` as a sha256sum file (``sha256sum -c`` checks it in the job directory), sorted by name."""
+    return "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)).encode()
+
+
+def read_sums(store: ObjectStore, key: str) -> dict[str, str]:
+    """``name -> sha256`` of a sha256sum file; ObjectNotFound if there is none, ValueError if it is malformed."""
+    sums = {}
+    for line in store.get_bytes(key).decode().splitlines():
+        if not (match := _SUM_LINE.fullmatch(line)):
+            raise ValueError(f"{key}: not a sha256sum line: {line[:80]!r}")
+        sums[match.group(2)] = match.group(1)
+    return sums
+
+
+def sha256_problem(store: ObjectStore, job: JobLayout, name: str, digest: str) -> str | None:
+    """What is wrong with the job's object ``name`` against its recorded sha256 (missing, other bytes), or None."""
+    try:
+        data = store.get_bytes(job.key(name))
+    except ObjectNotFound:
+        return f"{name} is missing"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return f"{name} differs from the one written (sha256 mismatch)"
+    return None
 
 
 def _words(name: str) -> list[str]:
@@ -236,6 +275,15 @@ class LatentWriter:
         data = save_safetensors({"latent": latent.detach().cpu().contiguous()}, metadata={"index": str(index)})
         self.digests[index] = hashlib.sha256(data).hexdigest()
         self.sink.submit(self.job.latent(index), data)
+
+    def load_sums(self, count: int) -> str | None:
+        """Take the digests of latents ``0..count-1`` from the job's latents.sha256; what is wrong with it, or None."""
+        try:
+            sums = read_sums(self.store, self.job.latent_sums)
+        except (ObjectNotFound, ValueError):
+            return f"its {LATENT_SUMS} is missing or unreadable"
+        self.digests = {i: sums[latent_name(i)] for i in range(count) if latent_name(i) in sums}
+        return None if len(self.digests) == count else f"its {LATENT_SUMS} does not list its {count} latents"
 
     def problem(self, index: int) -> str | None:
         """What is wrong with stored latent ``index`` (missing, or not the bytes written), or None."""
