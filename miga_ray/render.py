@@ -231,9 +231,12 @@ class JobRun:
         previous = None if self.restart else check_identity(self.store, self.job.job_id, self.prompt, self.cfg, self.start)
         extending = isinstance(self.start, Extension) and previous is not None and previous.config.get("identity") == self.start.extends
         if extending:  # a finished job's first run of this extension: its checkpoints belong to the job as it was
+            assert isinstance(self.start, Extension)
+            if (damage := self._damage_of_done_job(self.start.count(self.temporal))) is not None:  # before any write
+                raise DamagedError(f"job {self.job.job_id}: {damage}; not extended, the job is left as it was")
             self._drop_checkpoints()
         elif previous is not None and previous.status == "done":
-            damage = self._damage_of_done_job()
+            damage = self._damage_of_done_job(self.num_latents)
             if damage is None:
                 return RenderResult(self.job.job_id, previous, skipped=True)
             log.warning("job %s is recorded done but %s; rendering it again from its last checkpoint", self.job.job_id, damage)
@@ -288,7 +291,10 @@ class JobRun:
         latents = LatentWriter(self.store, self.job)
         latents.digests = self._start_digests = self.start.digests(latents, self.temporal)
         like = torch.empty((), device=self.model.device, dtype=self.model.dtype)
-        held = self.start.latents(latents, seed_depth(self.model, self.cfg), self.temporal, like)
+        try:
+            held = self.start.latents(latents, seed_depth(self.model, self.cfg), self.temporal, like)
+        except DamagedError as exc:
+            raise DamagedError(f"job {self.job.job_id}: {exc}; not extended, the job is left as it was") from None
         return Seed(held, self.start.count(self.temporal))
 
     def _store_start(self, latents: LatentWriter, writer: SegmentWriter, decoder) -> None:
@@ -384,13 +390,13 @@ class JobRun:
             if self.cfg.video.png_frames:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
-    def _damage_of_done_job(self) -> str | None:
-        """What is wrong with a job recorded done (a latent, a segment, the playlist or the MP4 not the bytes
-        written, by their recorded sha256), or None if it is intact."""
+    def _damage_of_done_job(self, count: int) -> str | None:
+        """What is wrong with a job recorded done with ``count`` latents (a latent, a segment, the playlist or the
+        MP4 not the bytes written, by their recorded sha256), or None if it is intact."""
         latents = LatentWriter(self.store, self.job)
-        if (problem := latents.load_sums(self.num_latents)) is not None:
+        if (problem := latents.load_sums(count)) is not None:
             return problem
-        if (problem := next((p for i in range(self.num_latents) if (p := latents.problem(i))), None)) is not None:
+        if (problem := next((p for i in range(count) if (p := latents.problem(i))), None)) is not None:
             return problem
         return video_problem(self.store, self.job)
 

@@ -203,3 +203,15 @@ def test_eval_of_a_run_names_a_done_job_whose_video_mp4_is_missing(done_run, tmp
     (out / "good" / "video.mp4").unlink()
     result = runner.invoke(app, ["eval", str(out)])
     assert result.exit_code == 1 and "good: PROBLEM (video.mp4 is missing" in text_of(result), result.output
+
+
+@pytest.mark.parametrize("target, named", [("latents/000010.safetensors", "latent 10 (good/latents/000010.safetensors) differs"),
+                                           ("segments/00000.ts", "segments/00000.ts differs")])  # fmt: skip
+def test_extend_of_a_damaged_job_writes_nothing_and_names_the_damage(done_run, tmp_path, target, named):
+    out = tmp_path / "out"
+    shutil.copytree(done_run, out)
+    flip(out / "good" / target)
+    before = job_files(out / "good")
+    result = runner.invoke(app, ["extend", str(out / "good"), "--frames", "29"])
+    assert result.exit_code == 1 and named in text_of(result) and "not extended" in text_of(result), result.output
+    assert job_files(out / "good") == before and read_job(LocalStore(out), "good").status == "done"
