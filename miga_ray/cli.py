@@ -235,13 +235,13 @@ def render(
     start = None
     if init_video is not None:
         from .continuation import InitVideo
-        from .storage.clips import read_clip
+        from .storage.clips import probe_clip
 
         try:
-            start = InitVideo(read_clip(init_video, max_frames=cfg.frames))
+            start = InitVideo(probe_clip(init_video, max_frames=cfg.frames))
         except ValueError as exc:
             _fail(2, f"--init-video {exc}")
-        if len(start.clip.frames) >= cfg.frames:
+        if start.clip.count >= cfg.frames:
             _fail(2, f"--frames: must exceed the frames of --init-video {init_video} (it has {cfg.frames} or more; got {cfg.frames})")
     _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start)
 

@@ -15,7 +15,7 @@ from .config import ConfigError
 from .models.decode import latents_for_frames
 from .models.registry import LoadedModel
 from .storage import DamagedError, LatentWriter
-from .storage.clips import Clip, fit_frames
+from .storage.clips import Clip, decode_clip
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,12 @@ class InitVideo:
         return {"init_video_sha256": self.clip.sha256}
 
     def latents(self, model: LoadedModel, height: int, width: int, frames_total: int) -> list[Tensor]:
-        """The clip's clean latents ``[1, C, h, w]`` each; ConfigError when it is not shorter than the render."""
-        frames = fit_frames(self.clip.frames, height, width, model.encode_step)
+        """The clip's clean latents ``[1, C, h, w]`` each; ConfigError when it cannot be decoded or is not shorter
+        than the render."""
+        try:
+            frames = decode_clip(self.clip, height, width, model.encode_step)
+        except ValueError as exc:
+            raise ConfigError(f"--init-video {exc}") from None
         if len(frames) >= frames_total:
             raise ConfigError(f"frames: must exceed the {len(frames)} frames of --init-video {self.clip.path} it continues (got {frames_total})")
         return list(model.encode_video(torch.from_numpy(frames)).unbind(dim=2))
