@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 import numpy as np
 
-from miga_ray.config import load_config
+from miga_ray.config import RenderConfig, load_config
 from miga_ray.engines import load_for
+from miga_ray.models.registry import LoadedModel
 from miga_ray.render import JobRun
 from miga_ray.storage import JobLayout, ObjectStore, open_store, video_problem
 from miga_ray.storage.lease import Lease
@@ -55,14 +57,25 @@ def lease_seconds(store: ObjectStore, rounds: int = 10) -> tuple[float, float, f
     return tuple(statistics.median(s[k] for s in samples) for k in range(3))  # type: ignore[return-value]
 
 
-def median_seconds(fn, rounds: int = 5) -> float:
-    """Median wall seconds of ``rounds`` calls of ``fn``."""
+def median_seconds(fn: Callable[..., object], *args: object, rounds: int = 5) -> float:
+    """Median wall seconds of ``rounds`` calls of ``fn(*args)``; exits if one returns something false."""
     samples = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        fn()
+        if not fn(*args):
+            sys.exit(f"{fn.__name__} failed")
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def rerun_skips(store: ObjectStore, cfg: RenderConfig, model: LoadedModel) -> bool:
+    """The same render again: the done job is verified, then skipped."""
+    return JobRun(store, PROMPT, cfg, model).run().skipped
+
+
+def video_intact(store: ObjectStore, job_id: str) -> bool:
+    """The check ``miga status`` and ``miga eval`` make of a done job's video."""
+    return video_problem(store, JobLayout(job_id)) is None
 
 
 def renders(stores: list[str], frames: int, tmp: Path) -> None:
@@ -80,8 +93,8 @@ def renders(stores: list[str], frames: int, tmp: Path) -> None:
             t0 = time.perf_counter()
             result = JobRun(store, PROMPT, cfg, model).run()
             wall = time.perf_counter() - t0
-            rerun = median_seconds(lambda: JobRun(store, PROMPT, cfg, model).run().skipped or sys.exit("not skipped"))
-            check = median_seconds(lambda: video_problem(store, JobLayout(result.job_id)) is None or sys.exit("damaged"))
+            rerun = median_seconds(rerun_skips, store, cfg, model)
+            check = median_seconds(video_intact, store, result.job_id)
             acquire, renew, release = lease_seconds(store)
             lease = acquire + release + wall / 20.0 * renew  # one renewal every TTL_S / 3 = 20 s
             verify = result.timings["verify"]
@@ -110,7 +123,8 @@ def large_clip(path: Path, frames: int, side: int = 2048) -> Path:
 def peak_rss_mib(args: list[str]) -> tuple[int, float]:
     """Peak RSS (MiB) and wall seconds of ``miga ARGS`` in a fresh process."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, check=False,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
     if done.returncode != 0:
         sys.exit(done.stderr[-2000:])
     return int(done.stderr.rsplit("peak_rss_mib ", 1)[1].split()[0]), time.perf_counter() - t0

@@ -258,7 +258,7 @@ def test_a_large_clip_is_decoded_frame_by_frame_within_its_memory_bound(tmp_path
     import sys
 
     done = subprocess.run([sys.executable, "-c", LARGE_CLIP, str(tmp_path / "large.mp4")], capture_output=True, text=True,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
+                          check=False, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     count, frames, grown_mib = map(int, done.stdout.split())
     assert (count, frames) == (200, 197) and grown_mib < 200, done.stdout  # 1 + 4k frames for a step of 4

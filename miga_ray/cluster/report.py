@@ -6,7 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..storage import JobProblem, JobRecord, ManifestRow, ObjectStore, check_video, read_job, read_manifest, update_manifest
+from ..storage import (
+    JobProblem,
+    JobRecord,
+    ManifestRow,
+    ObjectStore,
+    check_video,
+    read_job,
+    read_manifest,
+    update_manifest,
+)
 from .batch import BatchResult, JobState
 
 

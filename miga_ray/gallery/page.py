@@ -12,10 +12,10 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
