@@ -194,7 +194,10 @@ def test_manifest_summary_and_run_status(tmp_path):
     assert set(status) == {"a", "b", "c", "extra"}
     assert (status["a"].frames_done, status["extra"].status, status["c"].status) == (9, "running", "failed")
     result = runner.invoke(app, ["status", str(tmp_path)])
-    assert result.exit_code == 0 and "extra: running, 3/9 frames" in result.output, result.output
+    text = " ".join(result.output.split())
+    assert "extra: running, 3/9 frames" in text and "b: done, 0/9 frames" in text, result.output
+    # "a" says done but has no video (nor its video.sha256): a problem, exit 1
+    assert result.exit_code == 1 and "a: problem, 9/9 frames (video.sha256 is missing" in text, result.output
     result = runner.invoke(app, ["status", str(tmp_path / "empty-dir")])
     assert result.exit_code == 1
 
