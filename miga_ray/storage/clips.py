@@ -3,9 +3,9 @@
 ``probe_clip`` reads only what it needs before any pixel is decoded: the file's sha256 (in chunks), the frame
 size from the header, and the frame count (video packets, up to the render's length). A frame larger than
 ``MAX_PIXELS`` is refused, naming the limit. ``decode_clip`` then decodes one frame at a time and scales each to
-the render's size as it reads it (the aspect ratio is not kept), so memory holds one source frame and the fitted
-frames at the render's size, never the clip at its own size: at most ``MAX_PIXELS`` x 4.5 bytes for the source
-frame (its YUV planes and their RGB conversion) plus frames x height x width x 3 for the fitted clip. The frames
+the render's size as it reads it (the aspect ratio is not kept), so memory holds one source frame at its own size
+(at most ``MAX_PIXELS``, a few copies while it is converted) and the fitted frames at the render's size (frames x
+height x width x 3 bytes), never the clip at its own size. The frames
 are cut to the longest prefix the model's VAE encodes whole (1 + k x its ``encode_step``: 4 for the Wan family,
 1 for VideoCrafter2's 2-D VAE). Videos are read with PyAV, images (``IMAGE_SUFFIXES``) with Pillow.
 """
