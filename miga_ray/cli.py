@@ -155,6 +155,8 @@ def render_jobs(
                 bar.update(task, **_bar_fields(p.as_dict()))
 
             result = render_job(store, spec, model, job_id, on_progress=show, tick_s=TICK_S, restart=restart, trace=sink)
+            if result.not_evaluated:  # another process took the job over at once: the video is done all the same
+                bar.console.print(f"{result.job_id}: not evaluated: {result.not_evaluated}", highlight=False, markup=False)
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
             if result.skipped:
                 bar.update(task, total=1, completed=1, frames=f"{cfg.frames}/{cfg.frames}", eta="done")
@@ -227,13 +229,13 @@ def render(
     start = None
     if init_video is not None:
         from .continuation import InitVideo
-        from .storage.clips import read_clip
+        from .storage.clips import probe_clip
 
         try:
-            start = InitVideo(read_clip(init_video, max_frames=cfg.frames))
+            start = InitVideo(probe_clip(init_video, max_frames=cfg.frames))
         except ValueError as exc:
             _fail(2, f"--init-video {exc}")
-        if len(start.clip.frames) >= cfg.frames:
+        if start.clip.count >= cfg.frames:
             _fail(2, f"--frames: must exceed the frames of --init-video {init_video} (it has {cfg.frames} or more; got {cfg.frames})")
     _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start)
 
@@ -307,24 +309,28 @@ def status(
 
     Example: miga status out/a-red-circle-moving-over-sand-7978b9cceb34 --json
     """
-    from .storage import open_store, read_job
+    from .storage import JobLayout, open_store, read_job, video_problem
 
     text = uri.rstrip("/")
     base, _, job = text.rpartition("/")
     if not job:
         _fail(2, f"{uri}: expected <out>/<job_id>")
     bucket_root = text.startswith("s3://") and "/" not in text.removeprefix("s3://")
-    record = None if bucket_root else _guard(lambda: read_job(open_store(base or ".", check=False), job))
+    store = None if bucket_root else _guard(open_store, base or ".", False)
+    record = None if store is None else _guard(lambda: read_job(store, job))
     if record is None:
         _print_run_status(uri, as_json)  # not a job: maybe a run directory (manifest and/or jobs)
         return
+    damage = _guard(video_problem, store, JobLayout(job)) if record.status == "done" else None
     if as_json:
-        print(record.to_json().decode())
+        print(json.dumps(json.loads(record.to_json()) | ({"damage": damage} if damage else {}), indent=2, sort_keys=True))
     else:
         from .cluster.report import story_of
 
         print(f"{record.job_id}: {record.status}, {record.frames_done}/{record.frames_total} frames" + (f" ({record.error})" if record.error else ""))
         _print_story(story_of(record))
+    if damage:
+        _fail(1, f"job {job} is done but damaged: {damage}; run its render command again to rebuild it from the stored latents")
 
 
 def _print_story(story: list[dict] | None) -> None:
@@ -343,10 +349,12 @@ def _print_run_status(uri: str, as_json: bool) -> None:
         _fail(1, f"{uri}: no job.json there, and no manifest.parquet or job directories")
     if as_json:
         print(json.dumps([vars(j) for j in jobs], indent=2))
-        return
-    for j in jobs:
-        print(f"{j.job_id}: {j.status}, {j.frames_done}/{j.frames_total} frames" + (f" ({j.error})" if j.error else ""))
-        _print_story(j.story)
+    else:
+        for j in jobs:
+            print(f"{j.job_id}: {j.status}, {j.frames_done}/{j.frames_total} frames" + (f" ({j.error})" if j.error else ""))
+            _print_story(j.story)
+    if problems := [j.job_id for j in jobs if j.status == "problem"]:
+        _fail(1, f"{len(problems)} job(s) with a problem: {', '.join(problems)}")
 
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="worker actors (default: one per GPU in the cluster, else 1)")]
@@ -433,22 +441,14 @@ def submit(
 
     Example: miga submit prompts.parquet --address http://head:8265 --out s3://bucket/runs --config configs/wan2.1-1.3b-miga.yaml
     """
-    from .cluster.submit import auth_token, follow, submit_batch
-    from .storage.layout import is_secret_name
+    from .cluster.submit import auth_token, follow, job_env, submit_batch
 
     cfg = _render_config(config, list(set_ or []))
-    pairs = [e.partition("=") for e in env or []]
-    if any(not name or not sep for name, sep, _ in pairs):
-        _fail(2, f"--env: expected NAME=VALUE, got {[e.partition('=')[0][:40] + '=...' for e in env or [] if '=' not in e or e.startswith('=')]}")
-    secrets = [name for name, _, _ in pairs if is_secret_name(name)]
-    if secrets:
-        _fail(2, f"--env {', '.join(secrets)}: looks like a secret, and a Ray job's environment is stored in its runtime_env "
-                 "and shown in Ray's logs and dashboard; give the cluster's nodes their own credentials (instance role, "
-                 "~/.aws on every node, or the environment Ray was started with)")
+    variables = _guard(job_env, env or [])
     args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
     args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
     token = _guard(auth_token, token_file)
-    client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, {n: v for n, _, v in pairs}, submission_id)
+    client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, variables, submission_id)
     print(job_id, flush=True)
     if not wait:
         return
@@ -470,7 +470,7 @@ def _eval_run(out: str, dino: Path | None, clip: Path | None, bins: int) -> None
     store = open_store(out, check=False)
     if store.exists("video.m3u8") or store.exists("video.mp4"):
         _fail(1, f"{out}: a job directory whose job.json is missing; nothing to evaluate it against")
-    said = {"evaluated": "evaluated", "had": "already evaluated", "not done": "not done", "problem": "PROBLEM"}
+    said = {"evaluated": "evaluated", "had": "already evaluated", "not done": "not done", "busy": "being written, skipped", "problem": "PROBLEM"}
     results = evaluate_run(store, settings, lambda r: print(f"{r.job_id}: {said[r.outcome]}" + (f" ({r.detail})" if r.detail else ""), flush=True))
     if not results:
         raise ConfigError(f"{out}: neither a video file, a job (<out>/<job_id> with a job.json), nor an output directory with jobs")

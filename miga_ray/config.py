@@ -368,6 +368,8 @@ def load_config(
             raise ConfigError(f"--config {p}: the top level must be a mapping")
     for text in overrides:
         keys, value = parse_override(text)
+        if len(keys) == 1 and fields.get(keys[0]) is not None:
+            raise ConfigError(f"--set {keys[0]}=... and --{keys[0].replace('_', '-')}: both set {keys[0]}; give one of them")
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})

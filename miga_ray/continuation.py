@@ -15,9 +15,8 @@ from torch import Tensor
 from .config import ConfigError
 from .models.decode import latents_for_frames
 from .models.registry import LoadedModel
-from .storage import DamagedError, LatentWriter, ObjectNotFound, ObjectStore
-from .storage.clips import Clip, fit_frames
-from .storage.layout import LATENT_SUMS
+from .storage import DamagedError, LatentWriter
+from .storage.clips import Clip, decode_clip
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,13 @@ class InitVideo:
         return {"init_video_sha256": self.clip.sha256}
 
     def frames(self, model: LoadedModel, height: int, width: int) -> np.ndarray:
-        """The clip's frames as the video's head: scaled to the render and cut to what the VAE encodes whole."""
-        return fit_frames(self.clip.frames, height, width, model.encode_step)
+        """The clip's frames as the video's head: decoded one at a time, each scaled to the render as it is read
+        (``decode_clip``: memory holds the fitted frames, never the clip at its own size), and cut to what the VAE
+        encodes whole; ConfigError when it cannot be decoded."""
+        try:
+            return decode_clip(self.clip, height, width, model.encode_step)
+        except ValueError as exc:
+            raise ConfigError(f"--init-video {exc}") from None
 
     def latents(self, model: LoadedModel, frames: np.ndarray, frames_total: int) -> list[Tensor]:
         """The clean latents ``[1, C, h, w]`` each of the head ``frames``; ConfigError when it is not shorter than the render."""
@@ -55,17 +59,11 @@ class Extension:
         """Stored latents the extension continues."""
         return latents_for_frames(self.from_frames, temporal)
 
-    def digests(self, store: ObjectStore, latents: LatentWriter, temporal: int) -> dict[int, str]:
+    def digests(self, latents: LatentWriter, temporal: int) -> dict[int, str]:
         """The recorded sha256 of every latent it continues (from the finished job's ``latents.sha256``)."""
-        count = self.count(temporal)
-        try:
-            lines = store.get_bytes(latents.job.key(LATENT_SUMS)).decode().splitlines()[:count]
-            sums = {i: line.split()[0] for i, line in enumerate(lines)}
-        except (ObjectNotFound, UnicodeDecodeError, IndexError):
-            sums = {}
-        if len(sums) != count:
-            raise DamagedError(f"job {latents.job.job_id}: its {LATENT_SUMS} does not list the {count} latents to extend")
-        return sums
+        if (problem := latents.load_sums(self.count(temporal))) is not None:
+            raise DamagedError(f"job {latents.job.job_id}: {problem} to extend")
+        return dict(latents.digests)
 
     def latents(self, latents: LatentWriter, depth: int, temporal: int, like: Tensor) -> list[Tensor]:
         """The last ``depth`` stored latents it continues, checked against their digests, as ``[1, C, h, w]`` like ``like``."""

@@ -173,11 +173,16 @@ def render_job(
     on_progress: Callable[[Progress], None] | None = None, tick_s: float | None = None, **run_options: Any,
 ) -> RenderResult:
     """Render (or resume, or find done) one job, then, with ``evaluate``, record its quality numbers when they
-    are due (a batch worker evaluates on another thread instead, by ``needs_evaluation``)."""
-    from .evaluation.job import evaluate_job
+    are due (a batch worker evaluates on another thread instead, by ``needs_evaluation``). When another process
+    takes the job over before the evaluation is recorded (JobBusy), the video is done all the same: the result
+    says why in ``not_evaluated``."""
+    from .evaluation.job import JobBusy, evaluate_job
     from .render import JobRun
 
     result = JobRun(store, spec.prompt, spec.cfg, model, job_id=job_id, start=spec.start, **run_options).run(on_progress, tick_s)
     if evaluate and needs_evaluation(result.record.status, result.record.metrics, spec.cfg):
-        result.record = evaluate_job(store, result.job_id, spec.cfg.evaluation)  # on the CPU, after the video is complete
+        try:
+            result.record = evaluate_job(store, result.job_id, spec.cfg.evaluation)  # on the CPU, after the video is complete
+        except JobBusy as exc:
+            result.not_evaluated = str(exc)
     return result

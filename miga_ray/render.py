@@ -31,17 +31,17 @@ from .storage import (
     JobLayout,
     JobRecord,
     LatentWriter,
-    ObjectNotFound,
     ObjectStore,
     SegmentWriter,
     Uploader,
     check_job_id,
     read_job,
     remove_stale_mp4_dirs,
+    video_problem,
     write_job,
     write_png_frames,
 )
-from .storage.layout import LATENT_SUMS, latent_name
+from .storage.layout import latent_name, sums_text
 from .storage.lease import TTL_S, Lease, LeaseHeld, LeaseLost
 from .storage.sheet import ContactSheet
 
@@ -88,6 +88,7 @@ class RenderResult:
     resumed_from: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     skipped: bool = False  # already done with this configuration: nothing rendered
+    not_evaluated: str | None = None  # why a due evaluation was not recorded (another process took the job over)
 
 
 def checked_job_id(job_id: str) -> str:
@@ -190,8 +191,8 @@ class JobRun:
 
         ``on_progress`` hears after every clean latent and, with ``tick_s``, between them at most
         every ``tick_s`` seconds (a MIGA queue fills for minutes before its first clean latent).
-        Everything happens under the job's lease: a holder still live after ``lease_wait_s`` makes this a
-        ConfigError (exit 2)."""
+        Everything happens under the job's lease, every write fenced by it (``Lease.fenced``): a holder still
+        live after ``lease_wait_s`` makes this a ConfigError (exit 2), a lease lost on the way LeaseLost."""
         t0 = time.perf_counter()
         fix_mmap_threshold()
         self._seed_latents = self._seed()  # bad input fails before anything is written
@@ -205,19 +206,25 @@ class JobRun:
                 if time.monotonic() >= give_up:
                     raise ConfigError(str(exc)) from None
                 time.sleep(min(5.0, self.lease_ttl_s / 4))
+        store, self.store = self.store, self._lease.fenced()  # every write of the job checks the lease first
         try:
             return self._run_leased(t0, on_progress, tick_s)
         finally:
+            self.store = store
             self._lease.release()
 
     def _run_leased(self, t0: float, on_progress: Callable[[Progress], None] | None, tick_s: float | None) -> RenderResult:
         """``run`` once the lease is held."""
+        self._clean_temp()  # also when the job turns out to be done: a write killed after it (the evaluation's) leaves temp files
         previous = None if self.restart else check_identity(self.store, self.job.job_id, self.spec)
         extending = isinstance(self.start, Extension) and previous is not None and StoredJob.of(previous).identity == self.start.extends
         if extending:  # a finished job's first run of this extension: its checkpoints belong to the job as it was
+            assert isinstance(self.start, Extension)
+            if (damage := self._damage_of_done_job(self.start.count(self.temporal))) is not None:  # before any write
+                raise DamagedError(f"job {self.job.job_id}: {damage}; not extended, the job is left as it was")
             self._drop_checkpoints()
         elif previous is not None and previous.status == "done":
-            damage = self._damage_of_done_job()
+            damage = self._damage_of_done_job(self.num_latents)
             if damage is None:
                 return RenderResult(self.job.job_id, previous, skipped=True)
             log.warning("job %s is recorded done but %s; rendering it again from its last checkpoint", self.job.job_id, damage)
@@ -226,7 +233,6 @@ class JobRun:
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick, self._seed_latents)
         if self.restart:
             self._wipe()
-        self._clean_temp()
         uploader = Uploader(self.store)
         record = JobRecord(self.job.job_id, frames_total=self.cfg.frames, config=self.spec.config_section())
         record.frames_done = previous.frames_done if previous is not None else 0
@@ -264,9 +270,12 @@ class JobRun:
             self._start_latents = self.start.latents(self.model, self._head, self.cfg.frames)
             return seed_of(self.model, self.cfg, self._start_latents)
         latents = LatentWriter(self.store, self.job)
-        latents.digests = self._start_digests = self.start.digests(self.store, latents, self.temporal)
+        latents.digests = self._start_digests = self.start.digests(latents, self.temporal)
         like = torch.empty((), device=self.model.device, dtype=self.model.dtype)
-        held = self.start.latents(latents, seed_depth(self.model, self.cfg), self.temporal, like)
+        try:
+            held = self.start.latents(latents, seed_depth(self.model, self.cfg), self.temporal, like)
+        except DamagedError as exc:
+            raise DamagedError(f"job {self.job.job_id}: {exc}; not extended, the job is left as it was") from None
         return Seed(held, self.start.count(self.temporal))
 
     def _store_start(self, latents: LatentWriter, writer: SegmentWriter, decoder) -> None:
@@ -342,7 +351,8 @@ class JobRun:
         record.metrics["repaired_from_segment"] = self._verify(writer, latents, uploader)
         timings["verify"] = time.perf_counter() - verify_start
         record.metrics["contact_sheet"] = self.sheet.compose(self.store, uploader)
-        uploader.submit(self.job.latent_sums, "".join(f"{latents.digests[i]}  {latent_name(i)}\n" for i in range(self.num_latents)).encode())
+        uploader.submit(self.job.latent_sums, sums_text({latent_name(i): latents.digests[i] for i in range(self.num_latents)}))
+        uploader.submit(self.job.video_sums, sums_text(writer.sums()))
         self._lease.check()
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
@@ -363,35 +373,24 @@ class JobRun:
             if self.cfg.video.png_frames:
                 write_png_frames(writer.sink, self.job.job_id, pixels, first)
 
-    def _damage_of_done_job(self) -> str | None:
-        """What is wrong with a job recorded done (a latent, a segment or the MP4), or None if it is intact."""
+    def _damage_of_done_job(self, count: int) -> str | None:
+        """What is wrong with a job recorded done with ``count`` latents (a latent, a segment, the playlist or the
+        MP4 not the bytes written, by their recorded sha256), or None if it is intact."""
         latents = LatentWriter(self.store, self.job)
-        try:
-            sums = self.store.get_bytes(self.job.latent_sums).decode().splitlines()
-            latents.digests = {i: line.split()[0] for i, line in enumerate(sums)}
-        except (ObjectNotFound, UnicodeDecodeError, IndexError):
-            return f"its {LATENT_SUMS} is missing or unreadable"
-        if (problem := next((p for i in range(self.num_latents) if (p := latents.problem(i))), None)) is not None:
+        if (problem := latents.load_sums(count)) is not None:
             return problem
-        height = self.cfg.video.height or self.model.default_resolution[0]
-        width = self.cfg.video.width or self.model.default_resolution[1]
-        try:
-            writer = SegmentWriter(self.store, self.job.job_id, self.cfg.video.fps, width, height)
-        except ValueError as exc:
-            return f"its playlist is unreadable ({exc})"
-        if (segment := writer.first_damaged_segment()) is not None:
-            return f"segment {segment} is damaged"
-        if writer.frames_written != self.cfg.frames or writer.mp4_frames() != self.cfg.frames:
-            return f"its video does not hold {self.cfg.frames} frames"
-        return None
+        if (problem := next((p for i in range(count) if (p := latents.problem(i))), None)) is not None:
+            return problem
+        return video_problem(self.store, self.job)
 
     def _verify(self, writer: SegmentWriter, latents: LatentWriter, uploader: Uploader) -> int | None:
         """Check every stored piece the video depends on before the job may be called done.
 
         Latents: present and equal (sha256) to what was written, else DamagedError naming them (no
-        stored checkpoint covers an earlier latent). Segments: each decodes to its listed frame count;
-        from the first damaged one the video is decoded again from the stored latents. The MP4: as many
-        frames as the job's, else remuxed once. Returns the segment repaired from, if any.
+        stored checkpoint covers an earlier latent). Segments: each equal (sha256) to what was written, or, from
+        an earlier run of a resumed job, decoding to its listed frame count; from the first damaged one the video
+        is decoded again from the stored latents. The MP4: the bytes written and as many frames as the job's,
+        else remuxed once. Returns the segment repaired from, if any.
         """
         problems = [p for i in range(self.num_latents) if (p := latents.problem(i))]
         if problems:
@@ -405,12 +404,13 @@ class JobRun:
             uploader.flush()
             if (again := writer.first_damaged_segment()) is not None:
                 raise DamagedError(f"job {self.job.job_id}: segment {again} is still damaged after decoding it again")
-        if writer.mp4_frames() != self.cfg.frames:
+        if (problem := writer.mp4_problem(self.cfg.frames)) is not None:
+            log.warning("job %s: %s; writing it again", self.job.job_id, problem)
             writer.reopen()
             writer.finish()
             uploader.flush()
-            if (frames := writer.mp4_frames()) != self.cfg.frames:
-                raise DamagedError(f"job {self.job.job_id}: video.mp4 decodes to {frames} frames, not {self.cfg.frames}")
+            if (problem := writer.mp4_problem(self.cfg.frames)) is not None:
+                raise DamagedError(f"job {self.job.job_id}: {problem}")
         return damaged
 
     def _redecode(self, writer: SegmentWriter, latents: LatentWriter, decoder, frame: int, end: int) -> None:

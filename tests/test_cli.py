@@ -266,3 +266,32 @@ def test_submit_refuses_secrets_in_env_without_echoing_them(tmp_path):
                                  "--env", "AWS_ENDPOINT_URL=http://s3", "--env", "AWS_SECRET_ACCESS_KEY=hunter2-secret-value"])  # fmt: skip
     assert result.exit_code == 2 and "--env AWS_SECRET_ACCESS_KEY: looks like a secret" in result.output.replace("\n", " "), result.output
     assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ("DB_PASS=x", "--env DB_PASS: looks like a secret"),
+    ("AWS_SECRETACCESSKEY=x", "--env AWS_SECRETACCESSKEY: looks like a secret"),
+    ("github.token=x", "--env github.token: looks like a secret"),
+    ("myCredentialFile=x", "--env myCredentialFile: looks like a secret"),
+    ("DATABASE_URL=postgres://u:hunter2@h/db", "--env DATABASE_URL: its value is a URL with credentials"),
+])  # fmt: skip
+def test_submit_refuses_secret_names_and_credentials_in_urls_saying_what_to_do(tmp_path, entry, needle):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "x"}\n')
+    result = runner.invoke(app, ["submit", str(prompts), "--address", "http://127.0.0.1:9", "--out", str(tmp_path / "o"),
+                                 "--env", "AWS_ENDPOINT_URL=http://s3:8333", "--env", entry])  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and needle in text and "give the cluster's nodes their own credentials" in text, result.output
+    assert "hunter2" not in result.output
+
+
+def test_set_frames_with_frames_is_refused_naming_both(tmp_path):
+    result = runner.invoke(app, ["render", "a red circle moving over sand", "--out", str(tmp_path / "o"), "--frames", "9", "--set", "frames=20"])
+    assert result.exit_code == 2 and "--set frames=... and --frames: both set frames; give one of them" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_of_a_missing_path_creates_nothing(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "missing" / "job")])
+    assert result.exit_code == 2 and "neither a video file nor a job" in " ".join(result.output.split()), result.output
+    assert list(tmp_path.iterdir()) == []

@@ -194,7 +194,10 @@ def test_manifest_summary_and_run_status(tmp_path):
     assert set(status) == {"a", "b", "c", "extra"}
     assert (status["a"].frames_done, status["extra"].status, status["c"].status) == (9, "running", "failed")
     result = runner.invoke(app, ["status", str(tmp_path)])
-    assert result.exit_code == 0 and "extra: running, 3/9 frames" in result.output, result.output
+    text = " ".join(result.output.split())
+    assert "extra: running, 3/9 frames" in text and "b: done, 0/9 frames" in text, result.output
+    # "a" says done but has no video (nor its video.sha256): a problem, exit 1
+    assert result.exit_code == 1 and "a: problem, 9/9 frames (video.sha256 is missing" in text, result.output
     result = runner.invoke(app, ["status", str(tmp_path / "empty-dir")])
     assert result.exit_code == 1
 
@@ -217,3 +220,18 @@ def test_an_undecodable_prompt_file_exits_2_with_its_line(tmp_path, suffix):
     result = runner.invoke(app, ["batch", str(path), "--out", str(tmp_path / "o"), "--set", "model.device=cpu"])
     line = 2 if suffix == ".jsonl" else 3  # the CSV header is line 1
     assert result.exit_code == 2 and f"line {line}: not UTF-8 text (byte 0xe9)" in result.output.replace("\n", ""), result.output
+
+
+def test_non_finite_and_fractional_frames_and_seeds_name_their_rows(tmp_path):
+    """JSON lines carry NaN and Infinity as numbers: neither is an empty cell (NaN used to render the default length)."""
+    lines = ['{"id": "a", "prompt": "x", "frames": NaN}', '{"id": "b", "prompt": "x", "seed": Infinity}',
+             '{"id": "c", "prompt": "x", "frames": 1.5}', '{"id": "d", "prompt": "x", "seed": -Infinity}']  # fmt: skip
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["batch", str(prompts), "--out", str(tmp_path / "out"), "--set", "model.device=cpu"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    for needle in ["row 1: frames must be an integer, got nan", "row 2: seed must be an integer, got inf",
+                   "row 3: frames must be an integer, got 1.5", "row 4: seed must be an integer, got -inf"]:  # fmt: skip
+        assert needle in text, (needle, text)
+    assert not (tmp_path / "out").exists()

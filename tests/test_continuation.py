@@ -22,7 +22,7 @@ from miga_ray.models.toy_world.render import render_clip
 from miga_ray.models.toy_world.world import parse_prompt
 from miga_ray.render import JobRun
 from miga_ray.storage import LocalStore, read_job
-from miga_ray.storage.clips import fit_frames, read_clip
+from miga_ray.storage.clips import decode_clip, fit_frames, probe_clip
 from test_render import PROMPT, Stop, decoded_frames, small_config, stop_after
 from toy_model import TOY
 
@@ -58,33 +58,35 @@ def pngs(job: Path) -> list[bytes]:
 
 
 def test_reading_a_clip_fits_it_to_the_render(clip_file, tmp_path):
-    clip = read_clip(clip_file, max_frames=100)
-    assert clip.frames.shape == (11, 80, 96, 3) and clip.sha256 == hashlib.sha256(clip_file.read_bytes()).hexdigest()
-    assert read_clip(clip_file, max_frames=4).frames.shape[0] == 4
-    fitted = fit_frames(clip.frames, 64, 64, 4)
-    assert fitted.shape == (9, 64, 64, 3)  # 1 + 4k frames, scaled
-    assert np.array_equal(fit_frames(clip.frames, 80, 96, 1), clip.frames)  # the render's size, a step of 1: as it is
-    Image.fromarray(clip.frames[0]).save(tmp_path / "still.png")
-    still = read_clip(tmp_path / "still.png", max_frames=100)
-    assert still.frames.shape == (1, 80, 96, 3) and np.abs(still.frames[0].astype(int) - clip.frames[0]).max() == 0
+    clip = probe_clip(clip_file, max_frames=100)
+    assert (clip.count, clip.height, clip.width) == (11, 80, 96) and clip.sha256 == hashlib.sha256(clip_file.read_bytes()).hexdigest()
+    assert probe_clip(clip_file, max_frames=4).count == 4
+    whole = decode_clip(clip, 80, 96, 1)  # the render's size, a step of 1: as it is
+    assert whole.shape == (11, 80, 96, 3)
+    fitted = decode_clip(clip, 64, 64, 4)
+    assert fitted.shape == (9, 64, 64, 3)  # 1 + 4k frames, scaled while decoded
+    assert np.abs(fitted.astype(int) - fit_frames(whole, 64, 64, 4)).mean() < 3  # as scaling the decoded frames would
+    Image.fromarray(whole[0]).save(tmp_path / "still.png")
+    still = probe_clip(tmp_path / "still.png", max_frames=100)
+    assert still.count == 1 and np.array_equal(decode_clip(still, 80, 96, 4), whole[:1])
     (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
     with pytest.raises(ValueError, match="must be a video PyAV decodes or an image"):
-        read_clip(tmp_path / "bad.mp4", 10)
+        probe_clip(tmp_path / "bad.mp4", 10)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="must be a video PyAV decodes or an image"):
-        read_clip(tmp_path / "bad.png", 10)
+        probe_clip(tmp_path / "bad.png", 10)
     with pytest.raises(ValueError, match="no such file"):
-        read_clip(tmp_path / "missing.mp4", 10)
+        probe_clip(tmp_path / "missing.mp4", 10)
 
 
 @pytest.mark.parametrize("sampler", ["miga", "fifo"])
 def test_an_init_video_begins_the_output_and_the_render_continues_it(tmp_path, toy, clip_file, sampler):
     cfg = small_config(**{"sampler.kind": sampler, "frames": 21, "video.png_frames": "true"})
-    start = InitVideo(read_clip(clip_file, cfg.frames))
+    start = InitVideo(probe_clip(clip_file, cfg.frames))
     store = LocalStore(tmp_path / "out")
     result = JobRun(store, PROMPT, cfg, toy, start=start).run()
     job = tmp_path / "out" / result.job_id
-    fitted = fit_frames(start.clip.frames, 64, 64, toy.encode_step)
+    fitted = decode_clip(start.clip, 64, 64, toy.encode_step)
     encoded = toy.encode_video(torch.from_numpy(fitted))
     frames = np.stack([np.asarray(Image.open(job / "frames" / f"{i:06d}.png")) for i in range(21)])
     assert np.array_equal(frames[: len(fitted)], fitted), "the video begins with the user's own frames"
@@ -205,3 +207,60 @@ def test_extend_a_job_on_s3(s3_store, s3_env, monkeypatch, toy):
     record = read_job(s3_store, "job")
     assert record.status == "done" and record.frames_total == 15 and record.config["start"]["from_frames"] == 9
     assert len(s3_store.get_bytes("job/latents.sha256").decode().splitlines()) == 15
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says ``width`` x ``height`` (its pixel data is a few bytes: only a decoder would notice)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("size", [(30000, 30000), (5000, 4000)])
+def test_an_init_image_too_large_exits_2_naming_the_limit_and_writes_nothing(tmp_path, size):
+    out = tmp_path / "out"
+    big = png_header(tmp_path / "big.png", *size)
+    result = runner.invoke(app, ["render", PROMPT, "--out", str(out), "--frames", "30", *SMALL, "--init-video", str(big)])
+    assert result.exit_code == 2 and "its frames must hold at most 16,777,216 pixels per frame (4096x4096)" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not out.exists()
+
+
+LARGE_CLIP = """
+import resource, sys
+import av, numpy as np
+from miga_ray.storage.clips import decode_clip, probe_clip
+with av.open(sys.argv[1], "w") as container:  # 200 frames of 2048x2048 (2.4 GiB as RGB)
+    stream = container.add_stream("libx264", rate=8, options={"preset": "ultrafast", "crf": "40"})
+    stream.width = stream.height = 2048
+    stream.pix_fmt = "yuv420p"
+    frame = av.VideoFrame.from_ndarray(np.full((2048, 2048, 3), 90, np.uint8), format="rgb24").reformat(format="yuv420p")
+    for i in range(200):
+        frame.pts = i
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+clip = probe_clip(sys.argv[1], 201)
+frames = decode_clip(clip, 64, 64, 4)
+assert frames.shape[1:] == (64, 64, 3)
+print(clip.count, len(frames), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_large_clip_is_decoded_frame_by_frame_within_its_memory_bound(tmp_path):
+    """200 frames of 2048x2048: probed, then decoded and scaled one frame at a time; peak memory grows by far
+    less than the clip's 2.4 GiB at its own size (the bound: one source frame and the fitted frames)."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LARGE_CLIP, str(tmp_path / "large.mp4")], capture_output=True, text=True,
+                          check=False, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    count, frames, grown_mib = map(int, done.stdout.split())
+    assert (count, frames) == (200, 197) and grown_mib < 200, done.stdout  # 1 + 4k frames for a step of 4

@@ -20,7 +20,8 @@ from miga_ray.evaluation.report import evaluate
 from miga_ray.evaluation.toy_world import drift_summary
 from miga_ray.evaluation.vbench import evaluate_frames, feature_consistency, motion_smoothness, temporal_flickering
 from miga_ray.models.toy_world import parse_prompt, render_clip
-from miga_ray.storage import JobRecord, LocalStore, write_job
+from miga_ray.storage import JobLayout, JobRecord, LocalStore, SegmentWriter, write_job
+from miga_ray.storage.layout import sums_text
 
 PROMPT = "a red circle moving over sand"
 
@@ -81,6 +82,10 @@ def test_eval_reads_a_video_file_and_a_job(tmp_path):
     assert report["frames"] == 17 and report["toy_world"]["color_rate"] > 0.9
     store = LocalStore(tmp_path / "out")
     write_job(store, JobRecord("job", status="done", config={"prompt": PROMPT}))
+    video = SegmentWriter(store, "job", 8, 64, 64)  # a done job's video and its checksums, which eval checks
+    video.write(clip)
+    video.finish()
+    store.put_bytes(JobLayout("job").video_sums, sums_text(video.sums()))
     for i, frame in enumerate(clip):
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="PNG")

@@ -125,11 +125,11 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
         and lines["blue"].startswith("evaluated")
         and lines["evil"] == "not done (running)"
     )
-    assert lines["nojson"] == "PROBLEM (job.json is missing)" and lines["corrupt"].startswith(
-        "PROBLEM (job.json is corrupt"
+    assert lines["nojson"] == "PROBLEM (nojson/job.json is missing)" and lines["corrupt"].startswith(
+        "PROBLEM (corrupt/job.json is corrupt"
     )
-    assert lines["novideo"] == "PROBLEM (video.mp4 is missing)" and lines["badvideo"].startswith(
-        "PROBLEM (video is corrupt"
+    assert lines["novideo"].startswith("PROBLEM (video.mp4 is missing; run its render command again") and lines["badvideo"].startswith(
+        "PROBLEM (video.mp4 differs from the one written (sha256 mismatch)"
     )
     assert "4 job(s) could not be evaluated" in result.output
     assert _mtimes(run) == before | {str(run / "manifest.parquet"): _mtimes(run)[str(run / "manifest.parquet")],
@@ -148,7 +148,7 @@ def test_miga_eval_on_an_output_directory_then_the_gallery_in_chromium(rendered,
             i: page.text_content(f'.card[data-id="{i}"] .wrong') for i in ("nojson", "corrupt", "novideo", "badvideo")
         }
         assert "job.json is missing" in problem["nojson"] and "job.json is corrupt" in problem["corrupt"]
-        assert "video.mp4 is missing" in problem["novideo"] and "video is corrupt" in problem["badvideo"]
+        assert "video.mp4 is missing" in problem["novideo"] and "video.mp4 differs from the one written" in problem["badvideo"]
         assert page.query_selector('.card[data-id="red"] .wrong') is None
         assert page.text_content('.card[data-id="evil"] .prompt') == EVIL and page.title() != "pwned"
         assert page.query_selector(".prompt img") is None
@@ -274,3 +274,20 @@ def test_a_story_jobs_card_lists_its_parts_with_their_frames(tmp_path):
     assert result.exit_code == 0, result.output
     (card,) = gallery_cards(LocalStore(out))
     assert card.prompt == "frame 0: a red circle moving over sand | frame 7: a blue circle moving over grass"
+
+
+def test_gallery_links_never_take_a_scheme_from_a_directory_name(tmp_path):
+    """Links are relative keys, percent-encoded: a job directory named ``javascript:...`` is a path, not a script."""
+    out = tmp_path / "out"
+    for name in ("javascript:alert(1)", "data:text", "ok"):
+        (out / name).mkdir(parents=True)
+        (out / name / "video.mp4").write_bytes(b"not really a video")
+        (out / name / "video.m3u8").write_text("#EXTM3U\n")
+    from miga_ray.gallery import write_gallery
+
+    write_gallery(LocalStore(out))
+    page = (out / GALLERY).read_text()
+    data = json.loads(page.split('id="gallery-data">', 1)[1].split("</script>", 1)[0])
+    links = {job["id"]: (job["video"], job["playlist"]) for job in data["jobs"]}
+    assert links == {"javascript:alert(1)": ("javascript%3Aalert%281%29/video.mp4", "javascript%3Aalert%281%29/video.m3u8"),
+                     "data:text": ("data%3Atext/video.mp4", "data%3Atext/video.m3u8"), "ok": ("ok/video.mp4", "ok/video.m3u8")}  # fmt: skip

@@ -372,3 +372,12 @@ def test_a_run_may_wait_out_a_live_lease(tmp_path, toy):
     started = time.monotonic()
     result = JobRun(store, PROMPT, cfg, toy, job_id="j", lease_ttl_s=2.0, lease_wait_s=30.0).run()
     assert result.record.status == "done" and time.monotonic() - started >= 0.5
+
+
+def test_a_done_job_loses_the_temp_files_of_a_write_killed_after_it(tmp_path, toy):
+    """A kill during the evaluation's job.json write leaves a temp file; the "already done" rerun removes it too."""
+    store, cfg = LocalStore(tmp_path), small_config(frames=5)
+    JobRun(store, PROMPT, cfg, toy, job_id="j").run()
+    (tmp_path / "j" / ".tmp-killed-evaluation").write_bytes(b'{"job_id": "j", "metr')
+    assert JobRun(store, PROMPT, cfg, toy, job_id="j").run().skipped
+    assert not list((tmp_path / "j").rglob(".tmp-*"))

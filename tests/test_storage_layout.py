@@ -35,6 +35,7 @@ def test_keys() -> None:
     assert (job.lease, job.frames, job.sheet) == ("corgi-0001/lease", "corgi-0001/frames", "corgi-0001/sheet")
     assert (job.frame(4), job.sheet_frame(9)) == ("corgi-0001/frames/000004.png", "corgi-0001/sheet/000009.png")
     assert (job.latent_sums, job.contact_sheet) == ("corgi-0001/latents.sha256", "corgi-0001/contact_sheet.png")
+    assert job.video_sums == "corgi-0001/video.sha256"
     with pytest.raises(ValueError):
         JobLayout("a/b")
 
@@ -42,8 +43,8 @@ def test_keys() -> None:
 def test_a_job_id_may_not_be_a_name_the_layout_reserves() -> None:
     """A run's own objects and every name inside a job: a job there would overwrite them or be mistaken for them."""
     job = JobLayout("j")
-    inside = {k.removeprefix("j/") for k in (job.job_json, job.playlist, job.mp4, job.latent_sums, job.contact_sheet,
-                                             job.state, job.lease, job.frames, job.sheet)}  # fmt: skip
+    inside = {k.removeprefix("j/") for k in (job.job_json, job.playlist, job.mp4, job.latent_sums, job.video_sums,
+                                             job.contact_sheet, job.state, job.lease, job.frames, job.sheet)}  # fmt: skip
     inside |= {job.latent(0).split("/")[1], job.segment(0).split("/")[1]}
     for name in inside | {"index.html", "index.presigned.html", "manifest.parquet"}:
         assert name in RESERVED_JOB_IDS

@@ -122,3 +122,27 @@ def test_renewal_extends_the_expiry(store: ObjectStore) -> None:
     assert json.loads(store.get_bytes("job/lease/0000000000.json"))["expires"] > first + 0.5
     lease.check()
     lease.release()
+
+
+def test_a_holder_past_its_expiry_is_fenced_by_the_clock_before_its_renewal_notices(store: ObjectStore) -> None:
+    """A stopped process's renewal thread notices nothing; its next write checks the clock and is refused, also
+    through an uploader, which stops at once instead of retrying."""
+    from miga_ray.storage import Uploader
+
+    lease = Lease(store, "job", ttl_s=1.0)
+    lease.acquire()
+    fenced = lease.fenced()
+    fenced.put_bytes("job/a", b"1")
+    lease._stop.set()  # as if the process were stopped: no renewal
+    lease._thread.join()
+    time.sleep(1.1)
+    assert lease.lost is None
+    with pytest.raises(LeaseLost, match="its lease expired at"):
+        fenced.put_bytes("job/b", b"2")
+    uploader = Uploader(fenced, deadline_s=60)
+    t0 = time.monotonic()
+    with pytest.raises(LeaseLost):
+        uploader.submit("job/c", b"3")
+        uploader.flush()
+    assert time.monotonic() - t0 < 5 and not store.exists("job/b") and not store.exists("job/c")
+    lease.release()

@@ -67,11 +67,11 @@ class ReadTimer(ObjectStore):
     def check(self) -> None:
         self.inner.check()
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.inner.put_bytes(key, data)
+    def put_bytes(self, key: str, data: bytes, commit_check: Callable[[], None] | None = None) -> None:
+        self.inner.put_bytes(key, data, commit_check)
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        self.inner.put_file(key, path)
+    def put_file(self, key: str, path: str | os.PathLike[str], commit_check: Callable[[], None] | None = None) -> None:
+        self.inner.put_file(key, path, commit_check)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

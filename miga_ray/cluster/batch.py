@@ -20,7 +20,7 @@ from ray.exceptions import ActorUnavailableError, RayError, RayTaskError
 
 from ..config import ConfigError, RenderConfig
 from ..job import JobSpec, StoredJob, needs_evaluation
-from ..storage import ObjectStore, read_job
+from ..storage import JobProblem, ObjectStore, read_job
 from ..storage.quality import EVALUATION
 from .jobs import BatchJob, JobOutcome
 from .prompts import PromptFileError, PromptRow
@@ -94,7 +94,10 @@ def plan_jobs(rows: Sequence[PromptRow], base: RenderConfig) -> list[BatchJob]:
 
 def already_done(store: ObjectStore, job: BatchJob) -> JobOutcome | None:
     """The job's outcome if storage says it is done with this very configuration (no worker needed)."""
-    record = read_job(store, job.id)
+    try:
+        record = read_job(store, job.id)
+    except JobProblem:  # the worker's JobRun reports it, as this job's failure
+        return None
     if record is None or record.status != "done" or StoredJob.of(record).identity != JobSpec(job.prompt, job.cfg).identity_hash:
         return None  # another identity is for the worker's JobRun to refuse, with its message
     return JobOutcome(job.id, "done", True, None, 0, 0.0, -1, "", dict(record.timings), dict(record.metrics))

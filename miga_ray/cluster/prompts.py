@@ -87,8 +87,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+def _blank(value: Any, nan: bool = True) -> bool:
+    """An empty cell: None, blank text, or (unless ``nan`` is False: a number column, where NaN is a bad value) NaN."""
+    return value is None or (nan and isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
 def _integer(value: Any) -> int | None:
@@ -120,7 +121,7 @@ def _check_row(n: int, record: dict[str, Any], problems: list[str]) -> PromptRow
     values: dict[str, int | None] = {}
     for name, low, high in (("frames", 1, 1_000_000), ("seed", 0, 2**63 - 1)):
         raw = record.get(name)
-        if _blank(raw):
+        if _blank(raw, nan=False):
             values[name] = None
             continue
         value = _integer(raw)

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 
 from ..job import JobSpec, StoredJob
 from ..job import manifest_row as job_manifest_row
-from ..storage import JobRecord, ManifestRow, ObjectStore, read_job, read_manifest, update_manifest
+from ..storage import (
+    JobProblem,
+    JobRecord,
+    ManifestRow,
+    ObjectStore,
+    check_video,
+    read_job,
+    read_manifest,
+    update_manifest,
+)
 from .batch import BatchResult, JobState
 
 
@@ -73,13 +82,21 @@ def story_of(record: JobRecord) -> list[dict] | None:
 
 
 def run_status(store: ObjectStore) -> list[RunStatus]:
-    """Status of every job under ``store``: the manifest's jobs plus any job directory with a job.json."""
+    """Status of every job under ``store``: the manifest's jobs plus any job directory with a job.json; ``problem``
+    (its error says what) for a job whose job.json is corrupt or whose finished video is damaged."""
     rows = {row.id: row for row in read_manifest(store)}
     listed = sorted({k.split("/")[0] for k in store.list("") if k.count("/") == 1 and k.endswith("/job.json")})
     ids = [*rows, *(i for i in listed if i not in rows)]
     out = []
     for job_id in ids:
-        record: JobRecord | None = read_job(store, job_id)
+        record: JobRecord | None = None
+        try:
+            record = read_job(store, job_id)
+            if record is not None and record.status == "done":
+                check_video(store, job_id)
+        except JobProblem as exc:  # this job's problem, not the run's: the other jobs are still listed
+            out.append(RunStatus(job_id, "problem", record.frames_done if record else 0, record.frames_total if record else None, str(exc)))
+            continue
         if record is not None:
             out.append(RunStatus(job_id, record.status, record.frames_done, record.frames_total, record.error, story_of(record)))
         else:

@@ -10,6 +10,7 @@ job's runtime env or metadata.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -24,6 +25,29 @@ from ..config import ConfigError, RenderConfig
 from .prompts import read_prompts
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+SECRET_PARTS = ("PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL")  # in a variable's name, whatever the case and separators
+_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+@")  # scheme://user[:password]@host
+CREDENTIALS_HOWTO = (
+    "a Ray job's environment is stored in its runtime_env and shown in Ray's logs and dashboard; give the cluster's "
+    "nodes their own credentials instead (an instance role or a Kubernetes Secret as in infra/, ~/.aws on every node, "
+    "or the environment `ray start` ran with)"
+)
+
+
+def job_env(entries: Sequence[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` entries as a dict; ConfigError (exit 2) for a malformed entry, a name that looks like a
+    secret or a URL value carrying credentials, naming the variables but never echoing a value."""
+    pairs = [e.partition("=") for e in entries]
+    malformed = [name[:40] + "=..." for name, sep, _ in pairs if not name or not sep]
+    if malformed:
+        raise ConfigError(f"--env: expected NAME=VALUE, got {malformed}")
+    named = [n for n, _, _ in pairs if any(p in re.sub(r"[^A-Z0-9]", "", n.upper()) for p in SECRET_PARTS)]
+    if named:
+        raise ConfigError(f"--env {', '.join(named)}: looks like a secret (a name with {', '.join(SECRET_PARTS)}); {CREDENTIALS_HOWTO}")
+    in_urls = [n for n, _, v in pairs if _URL_USERINFO.search(v)]
+    if in_urls:
+        raise ConfigError(f"--env {', '.join(in_urls)}: its value is a URL with credentials (user:password@); {CREDENTIALS_HOWTO}")
+    return {n: v for n, _, v in pairs}
 
 
 def auth_token(token_file: Path | None = None) -> str | None:

@@ -23,25 +23,35 @@ from ..storage import (
     ManifestRow,
     ObjectNotFound,
     ObjectStore,
+    check_video,
     load_job,
     read_manifest,
     run_job_ids,
     update_manifest,
     write_job,
 )
+from ..storage.lease import LeaseHeld, held
 from ..storage.quality import EVALUATION
 from .frames import job_source
 from .report import source_report
 
-Outcome = Literal["evaluated", "had", "not done", "problem"]
+Outcome = Literal["evaluated", "had", "not done", "busy", "problem"]
+
+
+class JobBusy(JobProblem):
+    """Another process writes the job (holds its lease, or wrote its job.json while it was evaluated): not evaluated."""
 
 
 def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) -> JobRecord:
     """Evaluate a done job's video and record the report in its job.json; JobProblem if it has no usable
-    job.json or video, or is not done."""
+    job.json or video, or is not done; JobBusy if another process writes it meanwhile.
+
+    The record is written under the job's lease and only if it is still the one evaluated (a compare and swap:
+    the lease is taken by a conditional create), so a concurrent render or extension is never overwritten."""
     record = load_job(store, job_id)
     if record.status != "done":
         raise JobProblem(f"job is {record.status}, not done: nothing to evaluate")
+    check_video(store, job_id)
     t0 = time.perf_counter()
     try:
         with job_source(store, job_id) as source:
@@ -53,9 +63,16 @@ def evaluate_job(store: ObjectStore, job_id: str, settings: EvaluationSettings) 
     if isinstance(report.get("toy_world"), dict):  # its means and drift figures are in report["drift"] already
         del report["toy_world"]
     seconds = time.perf_counter() - t0
-    record.metrics[EVALUATION] = report
-    record.timings["evaluate"] = seconds
-    write_job(store, record)
+    try:
+        with held(store, job_id) as fenced:
+            fenced.remove_temp(job_id)  # the one writer now: what killed writes left goes
+            if load_job(fenced, job_id) != record:
+                raise JobBusy("its job.json changed while it was evaluated (a render or extension wrote it); evaluate it again")
+            record.metrics[EVALUATION] = report
+            record.timings["evaluate"] = seconds
+            write_job(fenced, record)
+    except LeaseHeld as exc:
+        raise JobBusy(f"{exc}; not evaluated") from None
     return record
 
 
@@ -83,10 +100,13 @@ def evaluate_run(
             if record.status != "done":
                 result = JobEvaluation(job_id, "not done", record.status)
             elif EVALUATION in record.metrics:
+                check_video(store, job_id)  # numbers of a video that is no longer the one written are not "had"
                 result = JobEvaluation(job_id, "had")
             else:
                 record = evaluate_job(store, job_id, settings)
                 result = JobEvaluation(job_id, "evaluated", f"{record.timings['evaluate']:.2f} s")
+        except JobBusy as exc:
+            result = JobEvaluation(job_id, "busy", str(exc))
         except JobProblem as exc:
             result = JobEvaluation(job_id, "problem", str(exc))
         if record is not None:

@@ -11,7 +11,7 @@ import av
 from ..config import ConfigError
 from ..job import StoredJob
 from ..models.toy_world import parse_prompt
-from ..storage import open_store, read_job
+from ..storage import check_video, open_store, read_job
 from .features import feature_extractor
 from .frames import FrameSource, job_source, video_source
 from .toy_world import ToyStream
@@ -33,10 +33,12 @@ def evaluate(
         except (av.error.FFmpegError, ValueError, IndexError) as exc:  # not a video (or none FFmpeg can read): a usage error
             raise ConfigError(f"{target}: not a video FFmpeg can read ({getattr(exc, 'strerror', None) or exc})") from None
     base, _, job_id = target.rstrip("/").rpartition("/")
-    store = open_store(base or ".")
+    store = open_store(base or ".", check=False)  # read only: a missing path must not be created
     record = read_job(store, job_id)
     if record is None:
         raise ConfigError(f"{target}: neither a video file nor a job (<out>/<job_id> with a job.json)")
+    if record.status == "done":
+        check_video(store, job_id)
     with job_source(store, job_id) as source:
         source.name = f"{target}/{source.name}"
         return source_report(source, prompt or StoredJob.of(record).prompt, dino, clip, bins)

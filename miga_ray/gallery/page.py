@@ -12,9 +12,11 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
+from urllib.parse import quote
 
 from ..job import StoredJob
 from ..storage import JobProblem, ManifestRow, ObjectStore, S3Store, load_job, read_manifest, run_job_ids
@@ -95,12 +97,21 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath("assets", name).read_text(encoding="utf-8")
 
 
-def render_page(cards: list[Card], title: str) -> str:
-    """The whole page: cards as JSON data, the columns to sort and filter by, inlined style and script."""
+LINKS = ("sheet", "video", "playlist")
+
+
+def relative_link(key: str) -> str:
+    """A key as a relative URL: percent-encoded, so a directory name never becomes a scheme (``javascript:``), query or fragment."""
+    return quote(key, safe="/")
+
+
+def render_page(cards: list[Card], title: str, link: Callable[[str], str] = relative_link) -> str:
+    """The whole page: cards as JSON data (each key turned into a URL by ``link``), the columns to sort and filter
+    by, inlined style and script."""
     columns = {"id": "job id", "prompt": "prompt", "status": "status", "progress": "progress", "frames": "frames",
                "seconds": "seconds"} | {c: description for c, (_, description) in QUALITY_COLUMNS.items()}  # fmt: skip
     data = {"generated": datetime.now(UTC).isoformat(timespec="seconds"), "columns": columns, "quality": list(QUALITY_COLUMNS),
-            "default_sort": "overall", "jobs": [asdict(c) for c in cards]}  # fmt: skip
+            "default_sort": "overall", "jobs": [asdict(c) | {n: link(k) for n in LINKS if (k := getattr(c, n))} for c in cards]}  # fmt: skip
     payload = json.dumps(data, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     parts = {
         "title": html.escape(title),
@@ -111,16 +122,6 @@ def render_page(cards: list[Card], title: str) -> str:
     return re.sub(
         r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _asset("gallery.html")
     )  # one pass: inserted text is never re-read
-
-
-def _presigned(store: S3Store, card: Card, seconds: int) -> Card:
-    """The card with every link replaced by a presigned URL valid for ``seconds``."""
-    links = {
-        name: store.presigned_url(key, seconds)
-        for name in ("sheet", "video", "playlist")
-        if (key := getattr(card, name))
-    }
-    return Card(**(asdict(card) | links))
 
 
 def write_gallery(store: ObjectStore, problems: dict[str, str] | None = None, presign_s: int | None = None) -> str:
@@ -135,5 +136,5 @@ def write_gallery(store: ObjectStore, problems: dict[str, str] | None = None, pr
         raise ValueError("presigned links need an s3:// output; a local directory's gallery uses relative links")
     if not 1 <= presign_s <= MAX_PRESIGN_S:
         raise ValueError(f"presigned links must live 1 s to {MAX_PRESIGN_S // 3600} hours (got {presign_s} s)")
-    store.put_bytes(PRESIGNED_GALLERY, render_page([_presigned(store, c, presign_s) for c in cards], title).encode())
+    store.put_bytes(PRESIGNED_GALLERY, render_page(cards, title, lambda key: store.presigned_url(key, presign_s)).encode())
     return PRESIGNED_GALLERY

@@ -15,7 +15,7 @@ from .layout import (
 )
 from .manifest import ManifestRow, read_manifest, run_job_ids, update_manifest
 from .objects import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreError, open_store
-from .segments import SegmentWriter, remove_stale_mp4_dirs, write_png_frames
+from .segments import SegmentWriter, check_video, remove_stale_mp4_dirs, video_problem, write_png_frames
 from .uploader import Sink, Uploader, UploadError
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "UploadError",
     "Uploader",
     "check_job_id",
+    "check_video",
     "load_job",
     "open_store",
     "read_job",
@@ -45,6 +46,7 @@ __all__ = [
     "run_job_ids",
     "scrub_secrets",
     "update_manifest",
+    "video_problem",
     "write_job",
     "write_png_frames",
 ]

@@ -5,9 +5,10 @@ Every key a run or a job is stored under is named here, and nowhere else:
 ```
 <job_id>/job.json                    JobRecord: config (secrets scrubbed), status, progress
 <job_id>/latents/NNNNNN.safetensors  clean latents, the source of truth
-<job_id>/latents.sha256              their checksums (sha256sum format), written when the job is done
 <job_id>/segments/NNNNN.ts           H.264 segments listed by <job_id>/video.m3u8
 <job_id>/video.mp4                   written when the job completes
+<job_id>/latents.sha256              sha256 of every latent as written, once the job is done
+<job_id>/video.sha256                sha256 of every segment, the playlist and the MP4 as written, once done
 <job_id>/state/                      checkpoints + LATEST.json
 <job_id>/lease/NNNNNNNNNN.json       the job's lease generations (storage.lease)
 <job_id>/frames/NNNNNN.png           lossless frames, when video.png_frames is on
@@ -43,7 +44,8 @@ RUN_OBJECTS = (MANIFEST, GALLERY, PRESIGNED_GALLERY)  # a run's own objects, bes
 JOB_JSON = "job.json"
 PLAYLIST = "video.m3u8"
 MP4 = "video.mp4"
-LATENT_SUMS = "latents.sha256"
+LATENT_SUMS = "latents.sha256"  # sha256sum format: "<hex>  latents/NNNNNN.safetensors" per line
+VIDEO_SUMS = "video.sha256"  # the same for segments/NNNNN.ts, video.m3u8 and video.mp4
 CONTACT_SHEET = "contact_sheet.png"
 SEGMENTS_DIR = "segments"
 LATENTS_DIR = "latents"
@@ -51,7 +53,8 @@ STATE_DIR = "state"
 LEASE_DIR = "lease"
 FRAMES_DIR = "frames"
 SHEET_DIR = "sheet"
-JOB_ENTRIES = (JOB_JSON, PLAYLIST, MP4, LATENT_SUMS, CONTACT_SHEET, SEGMENTS_DIR, LATENTS_DIR, STATE_DIR, LEASE_DIR, FRAMES_DIR, SHEET_DIR)
+JOB_ENTRIES = (JOB_JSON, PLAYLIST, MP4, LATENT_SUMS, VIDEO_SUMS, CONTACT_SHEET, SEGMENTS_DIR, LATENTS_DIR, STATE_DIR, LEASE_DIR, FRAMES_DIR, SHEET_DIR)
+_SUM_LINE = re.compile(r"([0-9a-f]{64})  (\S+)")
 
 JOB_ID_MAX = 128
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -148,6 +151,11 @@ class JobLayout:
         """Prefix of the frames sampled for the contact sheet."""
         return self.key(SHEET_DIR)
 
+    @property
+    def video_sums(self) -> str:
+        """The checksums of every segment, the playlist and the MP4, written when the job is done."""
+        return self.key(VIDEO_SUMS)
+
     def segment(self, index: int) -> str:
         return self.key(segment_name(index))
 
@@ -161,6 +169,32 @@ class JobLayout:
     def sheet_frame(self, index: int) -> str:
         """Frame ``index`` as sampled for the contact sheet."""
         return self.key(f"{SHEET_DIR}/{index:06d}.png")
+
+
+def sums_text(digests: dict[str, str]) -> bytes:
+    """``name -> sha256`` as a sha256sum file (``sha256sum -c`` checks it in the job directory), sorted by name."""
+    return "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)).encode()
+
+
+def read_sums(store: ObjectStore, key: str) -> dict[str, str]:
+    """``name -> sha256`` of a sha256sum file; ObjectNotFound if there is none, ValueError if it is malformed."""
+    sums = {}
+    for line in store.get_bytes(key).decode().splitlines():
+        if not (match := _SUM_LINE.fullmatch(line)):
+            raise ValueError(f"{key}: not a sha256sum line: {line[:80]!r}")
+        sums[match.group(2)] = match.group(1)
+    return sums
+
+
+def sha256_problem(store: ObjectStore, job: JobLayout, name: str, digest: str) -> str | None:
+    """What is wrong with the job's object ``name`` against its recorded sha256 (missing, other bytes), or None."""
+    try:
+        data = store.get_bytes(job.key(name))
+    except ObjectNotFound:
+        return f"{name} is missing"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return f"{name} differs from the one written (sha256 mismatch)"
+    return None
 
 
 def _words(name: str) -> list[str]:
@@ -203,6 +237,12 @@ class JobRecord:
     def __post_init__(self) -> None:
         if self.status not in get_args(JobStatus):
             raise ValueError(f"job status {self.status!r} is not one of {get_args(JobStatus)}")
+        for name, kinds in _FIELD_TYPES.items():
+            if not isinstance(getattr(self, name), kinds) or isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} is {type(getattr(self, name)).__name__}, not {' or '.join(k.__name__ for k in kinds)}")
+        for name, kind in (("prompt", str), ("render", dict), ("start", dict)):
+            if self.config.get(name) is not None and not isinstance(self.config[name], kind):
+                raise TypeError(f"config.{name} is {type(self.config[name]).__name__}, not {kind.__name__}")
 
     def to_json(self) -> bytes:
         """Serialise with the config scrubbed of secrets."""
@@ -211,9 +251,18 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> JobRecord:
-        """Parse a record, ignoring fields this version does not know."""
+        """Parse a record, ignoring fields this version does not know; ValueError or TypeError saying what is wrong."""
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            raise TypeError(f"a JSON {type(value).__name__}, not an object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
+        return cls(**{k: v for k, v in value.items() if k in known})
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "job_id": (str,), "status": (str,), "frames_done": (int,), "frames_total": (int, type(None)), "config": (dict,),
+    "timings": (dict,), "metrics": (dict,), "error": (str, type(None)), "updated_at": (str,),
+}  # fmt: skip
 
 
 def write_job(sink: Sink, record: JobRecord) -> None:
@@ -222,26 +271,32 @@ def write_job(sink: Sink, record: JobRecord) -> None:
     sink.submit(JobLayout(record.job_id).job_json, record.to_json())
 
 
-def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
-    """The job's record, or None if the job has never been written."""
-    try:
-        return JobRecord.from_json(store.get_bytes(JobLayout(job_id).job_json))
-    except ObjectNotFound:
-        return None
-
-
 class JobProblem(RuntimeError):
     """What is wrong with a job directory as a whole (no or a corrupt job.json, no or a corrupt video)."""
 
 
+def read_job(store: ObjectStore, job_id: str) -> JobRecord | None:
+    """The job's record, or None if the job has never been written; JobProblem naming job.json and what to do when
+    it is not a record (not JSON, not an object, a field of the wrong type)."""
+    key = JobLayout(job_id).job_json
+    try:
+        data = store.get_bytes(key)
+    except ObjectNotFound:
+        return None
+    try:
+        return JobRecord.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise JobProblem(
+            f"{key} is corrupt ({type(exc).__name__}: {str(exc)[:200]}); restore it, or render the job anew "
+            "(its render command with --restart)"
+        ) from None
+
+
 def load_job(store: ObjectStore, job_id: str) -> JobRecord:
     """The job's record; JobProblem saying what is wrong when its job.json is missing or corrupt."""
-    try:
-        record = read_job(store, job_id)
-    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or fields of the wrong kind
-        raise JobProblem(f"job.json is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from None
+    record = read_job(store, job_id)
     if record is None:
-        raise JobProblem("job.json is missing")
+        raise JobProblem(f"{JobLayout(job_id).job_json} is missing")
     return record
 
 
@@ -267,6 +322,15 @@ class LatentWriter:
         data = save_safetensors({"latent": latent.detach().cpu().contiguous()}, metadata={"index": str(index)})
         self.digests[index] = hashlib.sha256(data).hexdigest()
         self.sink.submit(self.job.latent(index), data)
+
+    def load_sums(self, count: int) -> str | None:
+        """Take the digests of latents ``0..count-1`` from the job's latents.sha256; what is wrong with it, or None."""
+        try:
+            sums = read_sums(self.store, self.job.latent_sums)
+        except (ObjectNotFound, ValueError):
+            return f"its {LATENT_SUMS} is missing or unreadable"
+        self.digests = {i: sums[latent_name(i)] for i in range(count) if latent_name(i) in sums}
+        return None if len(self.digests) == count else f"its {LATENT_SUMS} does not list its {count} latents"
 
     def problem(self, index: int) -> str | None:
         """What is wrong with stored latent ``index`` (missing, or not the bytes written), or None."""

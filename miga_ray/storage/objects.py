@@ -58,6 +58,10 @@ class ObjectNotFound(StoreError, LookupError):
     """The key names no object."""
 
 
+class WriteRefused(StoreError):
+    """This process may no longer write here (its job's lease is lost): retrying cannot help."""
+
+
 def check_key(key: str) -> str:
     """Reject keys that could escape the store root or collide with temp files; return the key."""
     parts = key.split("/")
@@ -76,12 +80,14 @@ class ObjectStore(ABC):
         """Fail now with a StoreError naming the location and the cause if the store is unusable."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Write an object atomically, replacing any previous one."""
+    def put_bytes(self, key: str, data: bytes, commit_check: Callable[[], None] | None = None) -> None:
+        """Write an object atomically, replacing any previous one; ``commit_check`` may refuse it (raise) at the last
+        moment before the object becomes visible (a writer's lease, see ``lease.FencedStore``)."""
 
     @abstractmethod
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        """Upload a local file atomically (multipart on S3 when large) without reading it into memory."""
+    def put_file(self, key: str, path: str | os.PathLike[str], commit_check: Callable[[], None] | None = None) -> None:
+        """Upload a local file atomically (multipart on S3 when large) without reading it into memory (``commit_check``
+        as for ``put_bytes``)."""
 
     @abstractmethod
     def create_if_absent(self, key: str, data: bytes) -> bool:
@@ -160,8 +166,8 @@ class LocalStore(ObjectStore):
         except OSError as e:
             raise StoreError(f"local store {self.root} is not a writable directory: {e}") from e
 
-    def _write_atomic(self, key: str, fill: Callable[[int], None]) -> None:
-        """Write through a temp file in the target directory, fsync it, then rename it into place."""
+    def _write_atomic(self, key: str, fill: Callable[[int], None], commit_check: Callable[[], None] | None) -> None:
+        """Write through a temp file in the target directory, fsync it, ``commit_check``, then rename it into place."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
@@ -171,6 +177,8 @@ class LocalStore(ObjectStore):
             os.fsync(fd)
             os.close(fd)
             fd = -1
+            if commit_check is not None:
+                commit_check()
             os.replace(tmp, path)
         except BaseException:
             if fd >= 0:
@@ -178,19 +186,19 @@ class LocalStore(ObjectStore):
             os.unlink(tmp)
             raise
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, commit_check: Callable[[], None] | None = None) -> None:
         def fill(fd: int) -> None:
             with open(fd, "wb", closefd=False) as f:
                 f.write(data)
 
-        self._write_atomic(key, fill)
+        self._write_atomic(key, fill, commit_check)
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+    def put_file(self, key: str, path: str | os.PathLike[str], commit_check: Callable[[], None] | None = None) -> None:
         def fill(fd: int) -> None:
             with open(path, "rb") as src, open(fd, "wb", closefd=False) as dst:
                 shutil.copyfileobj(src, dst, 4 * MiB)
 
-        self._write_atomic(key, fill)
+        self._write_atomic(key, fill, commit_check)
 
     def create_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -365,19 +373,25 @@ class S3Store(ObjectStore):
         except bce.BotoCoreError as e:
             raise StoreError(f"{where} is not usable: {e}") from e
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, commit_check: Callable[[], None] | None = None) -> None:
         full = self._full(key)
-        self._retry(
-            f"put {key}",
-            lambda: self._client.upload_fileobj(BytesIO(data), self.bucket, full, ExtraArgs=_content_type(key), Config=self._transfer),
-        )
 
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        def put() -> None:
+            if commit_check is not None:  # before every attempt: a retry may come after the writer lost its right to write
+                commit_check()
+            self._client.upload_fileobj(BytesIO(data), self.bucket, full, ExtraArgs=_content_type(key), Config=self._transfer)
+
+        self._retry(f"put {key}", put)
+
+    def put_file(self, key: str, path: str | os.PathLike[str], commit_check: Callable[[], None] | None = None) -> None:
         full = self._full(key)
-        self._retry(
-            f"put {key}",
-            lambda: self._client.upload_file(os.fspath(path), self.bucket, full, ExtraArgs=_content_type(key), Config=self._transfer),
-        )
+
+        def put() -> None:
+            if commit_check is not None:
+                commit_check()
+            self._client.upload_file(os.fspath(path), self.bucket, full, ExtraArgs=_content_type(key), Config=self._transfer)
+
+        self._retry(f"put {key}", put)
 
     def presigned_url(self, key: str, expires_s: int) -> str:
         """A URL that reads ``key`` without credentials for ``expires_s`` seconds (SigV4 allows at most 7 days)."""

@@ -10,6 +10,7 @@ preserves order), so a player can open it while the job runs.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -23,7 +24,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from .layout import MP4, PLAYLIST, JobLayout, join, segment_name
+from .layout import MP4, PLAYLIST, VIDEO_SUMS, JobLayout, JobProblem, join, read_sums, segment_name, sha256_problem
 from .lease import pid_alive
 from .objects import ObjectNotFound, ObjectStore
 from .uploader import Sink
@@ -41,6 +42,35 @@ def remove_stale_mp4_dirs() -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def video_problem(store: ObjectStore, job: JobLayout) -> str | None:
+    """What is wrong with a finished job's video against its ``video.sha256`` (a segment, the playlist or the MP4
+    missing or not the bytes written, or no record), or None: hashing only, nothing is decoded."""
+    try:
+        sums = read_sums(store, job.video_sums)
+    except ObjectNotFound:
+        return f"{VIDEO_SUMS} is missing"
+    except ValueError:
+        return f"{VIDEO_SUMS} is unreadable"
+    if MP4 not in sums or PLAYLIST not in sums:
+        return f"{VIDEO_SUMS} does not list {MP4} and {PLAYLIST}"
+    return next((p for name, digest in sums.items() if (p := sha256_problem(store, job, name, digest))), None)
+
+
+def check_video(store: ObjectStore, job_id: str) -> None:
+    """JobProblem naming what of a done job's video is damaged (``video_problem``) and how to rebuild it."""
+    if (problem := video_problem(store, JobLayout(job_id))) is not None:
+        raise JobProblem(f"{problem}; run its render command again to rebuild it from the stored latents")
 
 
 def count_frames(data: bytes) -> int:
@@ -84,6 +114,10 @@ class SegmentWriter:
     Restartable: an existing playlist under ``prefix`` is read back and numbering continues after
     its last full segment; feed frames again from ``frames_written`` (``write(..., start=i)``
     skips frames the store already has).
+
+    ``digests`` holds the sha256 of every object it wrote (segments, the ended playlist, the MP4), by name
+    relative to ``prefix``, and of a finished video's objects as its ``video.sha256`` records them: the
+    record ``sums`` returns and ``first_damaged_segment`` and ``mp4_problem`` check.
     """
 
     def __init__(
@@ -110,6 +144,7 @@ class SegmentWriter:
         self.options = {"crf": str(crf), "preset": preset, "bf": "0", "threads": "2"}
         self.target_duration = math.ceil(self.segment_frames / self.fps)
         self.segments, self.finished = self._read_playlist()
+        self.digests: dict[str, str] = self._read_sums() if self.finished else {}
         self._open: _SegmentEncoder | None = None
 
     @property
@@ -147,9 +182,23 @@ class SegmentWriter:
             counts.pop()
         return counts, finished
 
+    def _read_sums(self) -> dict[str, str]:
+        """The digests a finished video's ``video.sha256`` records (none when it is missing or unreadable)."""
+        try:
+            return read_sums(self.store, self._key(VIDEO_SUMS))
+        except (ObjectNotFound, ValueError):
+            return {}
+
+    def sums(self) -> dict[str, str]:
+        """``name -> sha256`` of every object of the finished video (what ``video.sha256`` records)."""
+        names = [segment_name(i) for i in range(len(self.segments))] + [PLAYLIST, MP4]
+        return {name: self.digests[name] for name in names}
+
     def reopen(self) -> None:
         """Treat a finished video as unfinished (its job was never recorded done): ``finish`` remuxes it again."""
         self.finished = False
+        for name in (PLAYLIST, MP4):
+            self.digests.pop(name, None)
 
     def extend(self) -> None:
         """Continue a finished video with more frames: reopen it, and drop a trailing partial segment, which is
@@ -160,25 +209,41 @@ class SegmentWriter:
 
     def rewind(self, index: int) -> None:
         """Forget segments ``index`` and later (they are damaged): frames are written again from there."""
-        self.segments, self.finished, self._open = self.segments[:index], False, None
+        for i in range(index, len(self.segments)):
+            self.digests.pop(segment_name(i), None)
+        self.reopen()
+        self.segments, self._open = self.segments[:index], None
 
     def first_damaged_segment(self) -> int | None:
-        """Index of the first listed segment that is missing or does not decode to its listed frame count."""
+        """Index of the first listed segment that is missing or not the bytes written (sha256), or, written by an
+        earlier run whose digest is not known, does not decode to its listed frame count (then its digest is taken)."""
         for index, frames in enumerate(self.segments):
+            name = segment_name(index)
             try:
-                data = self.store.get_bytes(self._key(segment_name(index)))
+                data = self.store.get_bytes(self._key(name))
             except ObjectNotFound:
                 return index
-            if count_frames(data) != frames:
+            digest = hashlib.sha256(data).hexdigest()
+            if name in self.digests:
+                if digest != self.digests[name]:
+                    return index
+            elif count_frames(data) != frames:
                 return index
+            else:
+                self.digests[name] = digest
         return None
 
-    def mp4_frames(self) -> int:
-        """Frames the stored ``video.mp4`` decodes to (-1: missing or undecodable)."""
+    def mp4_problem(self, frames: int) -> str | None:
+        """What is wrong with the stored ``video.mp4``: missing, not the bytes written, or not ``frames`` frames; or None."""
         try:
-            return count_frames(self.store.get_bytes(self._key(MP4)))
+            data = self.store.get_bytes(self._key(MP4))
         except ObjectNotFound:
-            return -1
+            return "video.mp4 is missing"
+        if MP4 in self.digests and hashlib.sha256(data).hexdigest() != self.digests[MP4]:
+            return "video.mp4 differs from the one written (sha256 mismatch)"
+        if (decoded := count_frames(data)) != frames:
+            return f"video.mp4 decodes to {decoded} frames, not {frames}"
+        return None
 
     def playlist(self, ended: bool = False) -> str:
         """HLS (EVENT) playlist of the written segments; ``ended`` adds EXT-X-ENDLIST."""
@@ -220,6 +285,7 @@ class SegmentWriter:
         assert self._open is not None
         data, n = self._open.close(), self._open.frames
         self._open = None
+        self.digests[segment_name(len(self.segments))] = hashlib.sha256(data).hexdigest()
         self.sink.submit(self._key(segment_name(len(self.segments))), data)
         self.segments.append(n)
         self.sink.submit(self._key(PLAYLIST), self.playlist().encode())
@@ -236,8 +302,11 @@ class SegmentWriter:
         with tempfile.TemporaryDirectory(prefix=f"{MP4_TMP_PREFIX}{os.getpid()}-") as tmp:
             path = Path(tmp, MP4)
             self._remux(path)
+            playlist = self.playlist(ended=True).encode()
+            self.digests[MP4] = file_sha256(path)
+            self.digests[PLAYLIST] = hashlib.sha256(playlist).hexdigest()
             self.sink.submit(self._key(MP4), path)
-            self.sink.submit(self._key(PLAYLIST), self.playlist(ended=True).encode())
+            self.sink.submit(self._key(PLAYLIST), playlist)
             self.sink.flush()
         self.finished = True
 

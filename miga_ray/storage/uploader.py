@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from .objects import ObjectStore, StoreError, check_key
+from .objects import ObjectStore, StoreError, WriteRefused, check_key
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Uploader:
         self.max_backoff_s = max_backoff_s
         self._queue: deque[_Op] = deque()
         self._queued_bytes = 0
-        self._error: UploadError | None = None
+        self._error: StoreError | None = None
         self._closing = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="miga-uploader", daemon=True)
@@ -163,6 +163,11 @@ class Uploader:
                 op = self._queue[0]
             try:
                 self._apply_with_retry(op)
+            except WriteRefused as e:  # raised as it is: the producer must stop, not report a storage failure
+                with self._cond:
+                    self._error = e
+                    self._cond.notify_all()
+                return
             except Exception as e:
                 with self._cond:
                     self._error = UploadError(
@@ -187,7 +192,7 @@ class Uploader:
                 op.apply(self.store)
                 return
             except Exception as e:
-                if _permanent(e) or time.monotonic() + delay > give_up:
+                if _permanent(e) or isinstance(e, WriteRefused) or time.monotonic() + delay > give_up:
                     raise
                 log.warning("upload of %r failed (%s); retrying in %.1fs", op.key, e, delay)
                 time.sleep(delay)
