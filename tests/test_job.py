@@ -9,8 +9,17 @@ from miga_ray.config import EvaluationSettings, load_config
 from miga_ray.evaluation.job import evaluate_run
 from miga_ray.job import JobSpec, StoredJob, manifest_row
 from miga_ray.models.toy_world import parse_prompt, render_clip
-from miga_ray.storage import JobLayout, JobRecord, LocalStore, ManifestRow, read_manifest, update_manifest, write_job
-from test_evaluation import write_mp4
+from miga_ray.storage import (
+    JobLayout,
+    JobRecord,
+    LocalStore,
+    ManifestRow,
+    SegmentWriter,
+    read_manifest,
+    update_manifest,
+    write_job,
+)
+from miga_ray.storage.layout import sums_text
 
 PROMPT = "a red circle moving over sand"
 STORY = [{"at": 0, "prompt": PROMPT}, {"at": 6, "prompt": "a blue circle moving over sand"}]
@@ -45,8 +54,10 @@ def test_eval_of_a_run_keeps_a_story_job_s_manifest_row(tmp_path):
     spec = JobSpec(cfg.job_prompt(None), cfg)
     store = LocalStore(tmp_path / "run")
     write_job(store, JobRecord("story", "done", 12, 12, spec.config_section()))
-    write_mp4(tmp_path / "v.mp4", render_clip(parse_prompt(PROMPT), 12, 64, 64, seed=1))
-    store.put_file(JobLayout("story").mp4, tmp_path / "v.mp4")
+    video = SegmentWriter(store, "story", 8, 64, 64)  # a done job's video and its checksums, which eval checks
+    video.write(render_clip(parse_prompt(PROMPT), 12, 64, 64, seed=1))
+    video.finish()
+    store.put_bytes(JobLayout("story").video_sums, sums_text(video.sums()))
     batch_row = manifest_row("story", StoredJob.read(spec.config_section()), "done", {}, {"cluster": {"attempts": 1}})
     assert batch_row.story == cfg.story_json(), "a batch's row, from the spec itself, has the story too"
     update_manifest(store, [batch_row])
