@@ -129,13 +129,13 @@ def test_a_holder_past_its_expiry_is_fenced_by_the_clock_before_its_renewal_noti
     through an uploader, which stops at once instead of retrying."""
     from miga_ray.storage import Uploader
 
-    lease = Lease(store, "job", ttl_s=1.0)
+    lease = Lease(store, "job", ttl_s=3.0)
     lease.acquire()
     fenced = lease.fenced()
     fenced.put_bytes("job/a", b"1")
     lease._stop.set()  # as if the process were stopped: no renewal
     lease._thread.join()
-    time.sleep(1.1)
+    time.sleep(max(0.0, lease.expires - time.time()) + 0.1)
     assert lease.lost is None
     with pytest.raises(LeaseLost, match="its lease expired at"):
         fenced.put_bytes("job/b", b"2")
