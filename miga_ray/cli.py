@@ -112,15 +112,30 @@ def _print_path(bar: Progress, path: str) -> None:
 
 def render_jobs(
     prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool = False,
-    start: Start | None = None,
+    start: Start | None = None, workers: int | None = None,
 ) -> list[str]:
     """Render prompts into ``out`` (``side_by_side``: as many at once as there are CPUs) with a progress bar;
     print each video's path on stdout the moment it is finished and return them all. ``start``: what the
-    videos continue (an init video, or the finished job an extension continues)."""
-    from .storage import StoreError, open_store
-
+    videos continue (an init video, or the finished job an extension continues). ``workers``: each render's
+    model calls split over that many Ray workers (the same video)."""
     for prompt in prompts:
         cfg.check_prompt(prompt)
+    with ExitStack() as cluster:
+        split = None
+        if workers is not None:
+            from .cluster.split import split_workers  # Ray: joined or started before anything is written
+
+            split = cluster.enter_context(split_workers(workers, cfg))
+        return _render_jobs(prompts, cfg, out, job_ids, restart, trace, side_by_side, start, split)
+
+
+def _render_jobs(
+    prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool,
+    start: Start | None, split: list | None,
+) -> list[str]:
+    """``render_jobs`` once its workers (if any) have started."""
+    from .storage import StoreError, open_store
+
     try:
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
@@ -149,7 +164,14 @@ def render_jobs(
         sink = stack.enter_context(trace.open("a", encoding="utf-8")) if trace else None
 
         def one(prompt: str, job_id: str | None) -> str:
-            run = JobRun(store, prompt, cfg, model, job_id=job_id, restart=restart, trace=sink, start=start)
+            splitting = None
+            if split:
+                import ray
+
+                from .cluster.split import splitter
+
+                splitting = splitter(split, ray.put((cfg, prompt)))
+            run = JobRun(store, prompt, cfg, model, job_id=job_id, restart=restart, trace=sink, start=start, split=splitting)
             task = bar.add_task(run.job.job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
 
             def show(p: RenderProgress) -> None:
@@ -206,13 +228,16 @@ def render(
     job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: a slug of the prompt plus a hash of prompt, seed and settings")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard this job's output and checkpoints first")] = False,
     init_video: Annotated[Optional[Path], typer.Option("--init-video", help="continue this video file or image: the output starts with its frames (through the model's VAE)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="split the render's model calls over N Ray workers, each a model replica (a local Ray, or the cluster at RAY_ADDRESS; one GPU each where it has GPUs): the same video, faster")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Render one long video; running the same command again resumes it.
+    """Render one long video; running the same command again resumes it (on any number of --workers).
 
     Example: miga render "a red circle moving over sand" --frames 600 --out out
     """
+    if workers is not None and workers < 1:
+        _fail(2, f"--workers: must be at least 1 (got {workers})")
     overrides = list(set_ or [])
     overrides += [f"sampler.kind={sampler}"] if sampler else []
     overrides += [f"model.name={model}"] if model else []
@@ -240,7 +265,7 @@ def render(
             _fail(2, f"--init-video {exc}")
         if len(start.clip.frames) >= cfg.frames:
             _fail(2, f"--frames: must exceed the frames of --init-video {init_video} (it has {cfg.frames} or more; got {cfg.frames})")
-    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start)
+    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start, workers=workers)
 
 
 @app.command()

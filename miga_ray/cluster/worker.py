@@ -28,6 +28,7 @@ from ..evaluation.job import evaluate_job
 from ..models.decode import latents_for_frames
 from ..render import JobRun, Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
+from ..sampling.deferred import Call, materialize
 from ..storage import JobRecord, open_store
 from ..storage.lease import TTL_S
 from .fanout import FanoutCandidates
@@ -103,7 +104,7 @@ class RenderWorker:
         self._runners_lock = threading.Lock()
         self._progress: dict[str, Any] | None = None
         self.stats = {"jobs": 0, "served_requests": 0, "sent_requests": 0, "local_requests": 0, "fallbacks": 0,
-                      "served_while_rendering": 0, "reflections": 0, "reflect_ms": 0}  # fmt: skip
+                      "served_while_rendering": 0, "reflections": 0, "reflect_ms": 0, "split_calls": 0}  # fmt: skip
 
     # -- info group --------------------------------------------------------------------------------
     @ray.method(concurrency_group="info")
@@ -154,6 +155,21 @@ class RenderWorker:
             timings=dict(record.timings),
             metrics=dict(record.metrics),
         )
+
+    @ray.method(concurrency_group="render")
+    def window(self, job: tuple[RenderConfig, str], call: Call, *inputs: Tensor) -> tuple[Any, ...]:
+        """One model call of a render split over workers (``cluster.split``): its written latents on the CPU, then True.
+
+        ``call.inputs`` are values or ``Arg`` places in ``inputs`` (Ray resolves those references), re-noised
+        where the call says; the step is the render's own runner's, so the latents equal a one-worker render's."""
+        cfg, prompt = job
+        self._check_model(cfg)
+        runner = self._runner(cfg, prompt)
+        device, dtype = runner.noise.device, runner.noise.dtype
+        xs = [materialize(x, lambda a: inputs[a.index].to(device, dtype), runner) for x in call.inputs]
+        out = runner(call.phase, [x.to(device, dtype) for x in xs], call.levels, call.ids, call.kept, call.guidance, call.variant)
+        self.stats["split_calls"] += 1
+        return (*[x.cpu() for x in out], True)
 
     # -- evaluate group ----------------------------------------------------------------------------
     @ray.method(concurrency_group="evaluate")

@@ -1,0 +1,200 @@
+"""One render's model calls on N Ray workers (each a full model replica): the executor behind ``DeferredEngine``.
+
+A call starts as soon as the calls it reads have finished, on a free worker, the one that made most of its
+inputs first (Ray object references carry the latents; a worker reads its own outputs from its node's
+store). Every worker runs one call at a time, and the driver keeps no more calls unfinished than the
+engine's lookahead, so memory does not grow with the video. A call whose worker dies runs again on another:
+its inputs are objects the driver owns, and every call is a pure function of them, so the video is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+from torch import Tensor
+
+from ..config import ConfigError, RenderConfig
+from ..sampling import StreamingEngine
+from ..sampling.deferred import Call, DeferredEngine, Pending, producers, swap_pending
+
+log = logging.getLogger(__name__)
+WAIT_S = 0.5  # a blocking pump returns at least this often, so the render loop checks its lease and reports progress
+PING_S = 1.0  # how often a restarting worker is asked whether it is back
+
+
+@dataclass(frozen=True)
+class Arg:
+    """Where a call's pending input travels: the worker method's positional argument ``index``."""
+
+    index: int
+
+
+def lookahead_for(workers: int) -> int:
+    """Unfinished calls the engine may run ahead by: enough for every worker to find ready work (docs/PERF.md)."""
+    return max(64, 16 * workers)
+
+
+class RayExecutor:
+    """Runs a render's deferred calls on worker actors that have a ``window(job, call, *inputs)`` method."""
+
+    def __init__(self, workers: Sequence[Any], job: Any) -> None:
+        if not workers:
+            raise ValueError("workers: a split render needs at least one worker")
+        self.workers, self.job = list(workers), job
+        self.free = set(range(len(self.workers)))
+        self.calls: dict[int, Call] = {}  # submitted, not finished
+        self.waiting: dict[int, int] = {}  # call -> inputs not yet written
+        self.dependents: dict[int, list[int]] = defaultdict(list)
+        self.ready: list[int] = []
+        self.running: dict[Any, tuple[int, int]] = {}  # marker ref -> (call, worker)
+        self.restarting: dict[Any, int] = {}  # ready() ref -> worker
+        self.ping_at: dict[int, float] = {}  # worker -> when to ask again whether it is back
+        self.stats: Counter = Counter()
+
+    @property
+    def unfinished(self) -> int:
+        return len(self.calls)
+
+    def in_flight(self) -> int:
+        """Calls running on workers now."""
+        return len(self.running)
+
+    def submit(self, call: Call) -> None:
+        """A new call: ready at once if every call it reads has finished."""
+        reads = [c for c in call.reads() if c in self.calls]
+        self.calls[call.id] = call
+        if reads:
+            self.waiting[call.id] = len(reads)
+            for c in reads:
+                self.dependents[c].append(call.id)
+        else:
+            heapq.heappush(self.ready, call.id)
+
+    def finished(self, latent: Pending) -> bool:
+        return latent.call not in self.calls
+
+    def wait(self, latents: Sequence[Pending]) -> None:
+        while not all(self.finished(p) for p in latents):
+            self.pump(block=True)
+
+    def value(self, latent: Pending) -> Tensor:
+        return ray.get(latent.ref)
+
+    def pump(self, block: bool) -> None:
+        """Start ready calls on free workers; collect finished ones (with ``block``, wait up to WAIT_S for one)."""
+        self._dispatch()
+        for w, at in list(self.ping_at.items()):
+            if time.monotonic() >= at:
+                del self.ping_at[w]
+                self.restarting[self.workers[w].ready.remote()] = w
+        refs = [*self.running, *self.restarting]
+        if not refs and self.ping_at:
+            time.sleep(WAIT_S if block else 0)
+            return
+        if not refs:
+            if block and self.calls and not self.ready:
+                raise RuntimeError("split render: calls wait for inputs that no running call will write")
+            if block and self.calls:
+                raise RuntimeError("split render: no worker is left to run calls")
+            return
+        done, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S if block else 0)
+        if done:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in done:
+            self._collect(ref)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.free and self.ready:
+            cid = heapq.heappop(self.ready)
+            call = self.calls[cid]
+            w = self._place(call)
+            args: list[Any] = []
+
+            def travel(p: Pending) -> Arg:
+                args.append(p.ref)
+                return Arg(len(args) - 1)
+
+            inputs = [swap_pending(x, travel) if producers(x) else x.cpu() for x in call.inputs]
+            spec = dataclasses.replace(call, inputs=inputs, outputs=[])
+            refs = self.workers[w].window.options(num_returns=len(call.outputs) + 1).remote(self.job, spec, *args)
+            for p, ref in zip(call.outputs, refs):
+                p.ref, p.holder = ref, w
+            self.running[refs[-1]] = (cid, w)
+            self.free.discard(w)
+
+    def _place(self, call: Call) -> int:
+        """The free worker that made most of the call's inputs (the lowest index among equals)."""
+        made = Counter(p.holder for x in call.inputs for p in producers(x))
+        return max(sorted(self.free), key=lambda w: made.get(w, 0))
+
+    def _collect(self, ref: Any) -> None:
+        if ref in self.restarting:
+            w = self.restarting.pop(ref)
+            try:
+                ray.get(ref)
+                self.free.add(w)
+            except ActorUnavailableError:  # still restarting
+                self.ping_at[w] = time.monotonic() + PING_S
+            except RayActorError:
+                log.warning("split render: worker %d is gone for good; %d left", w, len(self.free) + len(self.running))
+            return
+        cid, w = self.running.pop(ref)
+        try:
+            ray.get(ref)
+        except RayActorError as exc:  # the worker died: run the call elsewhere, take the worker back once it restarts
+            log.warning("split render: worker %d failed on call %d (%s); running it again", w, cid, type(exc).__name__)
+            self.stats["retried"] += 1
+            heapq.heappush(self.ready, cid)
+            self.restarting[self.workers[w].ready.remote()] = w
+            return
+        self.calls.pop(cid)
+        self.free.add(w)
+        self.stats["calls"] += 1
+        for d in self.dependents.pop(cid, []):
+            self.waiting[d] -= 1
+            if not self.waiting[d]:
+                del self.waiting[d]
+                heapq.heappush(self.ready, d)
+
+
+def splitter(workers: Sequence[Any], job: Any, lookahead: int | None = None) -> Callable[[StreamingEngine], DeferredEngine]:
+    """What ``JobRun`` applies to its engine to run its calls on ``workers`` (``job``: what their ``window`` method
+    needs to build the render's runner, put in Ray's store once)."""
+    ahead = lookahead or lookahead_for(len(workers))
+    return lambda engine: DeferredEngine(engine, RayExecutor(workers, job), ahead)
+
+
+@contextmanager
+def split_workers(n: int, cfg: RenderConfig, address: str | None = None, cpus: float = 0.5) -> Iterator[list[Any]]:
+    """``n`` worker actors for one render's calls, claiming devices as ``miga batch`` workers do, on the Ray cluster at
+    ``address`` (or ``RAY_ADDRESS``) or a new local one; a ConfigError naming ``--workers`` (exit 2) before any
+    starts if the cluster cannot place them. Killed, and a local Ray shut down, on the way out."""
+    from .runtime import WorkerSpec, connect, start_workers  # loads torch and the model code
+
+    started = connect(address)
+    workers: list[Any] = []
+    try:
+        spec = WorkerSpec.for_cluster(cpus=cpus, fanout=0)
+        room = spec.capacity()
+        if n > room:
+            claim = f"{spec.num_gpus:g} GPU" if spec.num_gpus else f"{spec.num_cpus:g} CPU"
+            total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            raise ConfigError(f"--workers {n}: the Ray cluster can place {room} worker(s) of {claim} each (it has {total}); ask for at most {room}")
+        workers = start_workers(n, cfg, spec)
+        yield workers
+    finally:
+        for w in workers:
+            ray.kill(w)
+        if started:
+            ray.shutdown()
