@@ -596,6 +596,7 @@ BENCHES = {
     "overhead": "Share of a render's wall time outside the model forward and the VAE decode.",
     "storage": "S3 (SeaweedFS on loopback) against a local directory: render time, checkpoints, restarts.",
     "cluster": "Ray on this machine: throughput with 1 vs 2 workers, driver overhead, reflection fan-out.",
+    "split": "One render's true schedule split over N Ray workers with a stand-in model that sleeps: predicted and measured speedups.",
     "gpu": "Wan2.1-1.3B architecture with random weights: one forward, seconds per frame, peak GPU memory.",
     "vc2": "VideoCrafter2 architecture with random weights: parameters and one window forward at a reduced size.",
 }

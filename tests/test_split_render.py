@@ -160,3 +160,9 @@ def test_bad_worker_counts_exit_2_naming_the_flag_and_write_nothing(tmp_path, ar
     result = CliRunner().invoke(app, ["render", PROMPT, "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2 and flag in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_more_workers_than_the_cluster_can_place_exits_2_naming_the_flag_and_writes_nothing(cluster, tmp_path):
+    result = CliRunner().invoke(app, ["render", PROMPT, "--out", str(tmp_path / "out"), "--workers", "9", "--set", "model.device=cpu"])
+    assert result.exit_code == 2 and "--workers 9" in result.output and "can place 4 worker(s)" in result.output  # 2 CPUs, 0.5 each
+    assert not (tmp_path / "out").exists() and ray.is_initialized()  # the test's Ray is joined, not shut down

@@ -1,9 +1,10 @@
 """One render's model calls on N Ray workers (each a full model replica): the executor behind ``DeferredEngine``.
 
-A call starts as soon as the calls it reads have finished, on a free worker, the one that made most of its
+A call starts as soon as the calls it reads have finished, on an idle worker, the one that made most of its
 inputs first (Ray object references carry the latents; a worker reads its own outputs from its node's
-store). Every worker runs one call at a time, and the driver keeps no more calls unfinished than the
-engine's lookahead, so memory does not grow with the video. A call whose worker dies runs again on another:
+store); when every worker is busy, a ready call queues behind one running call (``DEPTH``), which hides the
+driver's round trip. Every worker runs one call at a time, and the driver keeps no more calls unfinished than
+the engine's lookahead, so memory does not grow with the video. A call whose worker dies runs again on another:
 its inputs are objects the driver owns, and every call is a pure function of them, so the video is the same.
 """
 
@@ -30,6 +31,7 @@ from ..sampling.deferred import Call, DeferredEngine, Pending, producers, swap_p
 log = logging.getLogger(__name__)
 WAIT_S = 0.5  # a blocking pump returns at least this often, so the render loop checks its lease and reports progress
 PING_S = 1.0  # how often a restarting worker is asked whether it is back
+DEPTH = 2  # calls sent to one worker at once: one running, one waiting
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class RayExecutor:
         if not workers:
             raise ValueError("workers: a split render needs at least one worker")
         self.workers, self.job = list(workers), job
-        self.free = set(range(len(self.workers)))
+        self.live = set(range(len(self.workers)))  # not restarting, not gone
+        self.load = [0] * len(self.workers)  # calls sent to each worker and not finished
         self.calls: dict[int, Call] = {}  # submitted, not finished
         self.waiting: dict[int, int] = {}  # call -> inputs not yet written
         self.dependents: dict[int, list[int]] = defaultdict(list)
@@ -102,10 +105,10 @@ class RayExecutor:
             time.sleep(WAIT_S if block else 0)
             return
         if not refs:
-            if block and self.calls and not self.ready:
-                raise RuntimeError("split render: calls wait for inputs that no running call will write")
-            if block and self.calls:
+            if block and self.calls and not self.live:
                 raise RuntimeError("split render: no worker is left to run calls")
+            if block and self.calls:
+                raise RuntimeError("split render: calls wait for inputs that no running call will write")
             return
         done, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S if block else 0)
         if done:
@@ -115,7 +118,7 @@ class RayExecutor:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self.free and self.ready:
+        while self.ready and any(self.load[w] < DEPTH for w in self.live):
             cid = heapq.heappop(self.ready)
             call = self.calls[cid]
             w = self._place(call)
@@ -131,35 +134,37 @@ class RayExecutor:
             for p, ref in zip(call.outputs, refs):
                 p.ref, p.holder = ref, w
             self.running[refs[-1]] = (cid, w)
-            self.free.discard(w)
+            self.load[w] += 1
 
     def _place(self, call: Call) -> int:
-        """The free worker that made most of the call's inputs (the lowest index among equals)."""
+        """The least busy live worker; among those, the one that made most of the call's inputs, then the lowest index."""
         made = Counter(p.holder for x in call.inputs for p in producers(x))
-        return max(sorted(self.free), key=lambda w: made.get(w, 0))
+        return min((w for w in self.live if self.load[w] < DEPTH), key=lambda w: (self.load[w], -made.get(w, 0), w))
 
     def _collect(self, ref: Any) -> None:
         if ref in self.restarting:
             w = self.restarting.pop(ref)
             try:
                 ray.get(ref)
-                self.free.add(w)
+                self.live.add(w)
             except ActorUnavailableError:  # still restarting
                 self.ping_at[w] = time.monotonic() + PING_S
             except RayActorError:
-                log.warning("split render: worker %d is gone for good; %d left", w, len(self.free) + len(self.running))
+                log.warning("split render: worker %d is gone for good; %d left", w, len(self.live))
             return
         cid, w = self.running.pop(ref)
+        self.load[w] -= 1
         try:
             ray.get(ref)
         except RayActorError as exc:  # the worker died: run the call elsewhere, take the worker back once it restarts
             log.warning("split render: worker %d failed on call %d (%s); running it again", w, cid, type(exc).__name__)
             self.stats["retried"] += 1
             heapq.heappush(self.ready, cid)
-            self.restarting[self.workers[w].ready.remote()] = w
+            if w in self.live:
+                self.live.discard(w)
+                self.restarting[self.workers[w].ready.remote()] = w
             return
         self.calls.pop(cid)
-        self.free.add(w)
         self.stats["calls"] += 1
         for d in self.dependents.pop(cid, []):
             self.waiting[d] -= 1
