@@ -354,6 +354,9 @@ def status(
         from .cluster.report import story_of
 
         print(f"{record.job_id}: {record.status}, {record.frames_done}/{record.frames_total} frames" + (f" ({record.error})" if record.error else ""))
+        if split := record.metrics.get("split"):
+            print(f"  split over {split['workers']} workers ({split['live']} live): {split['calls_in_flight']} calls in flight, "
+                  f"{split['calls_done']} done, {split['calls_retried']} run again (as of the last checkpoint)")
         _print_story(story_of(record))
 
 
@@ -385,6 +388,13 @@ ResourceOpt = Annotated[Optional[str], typer.Option(help="custom Ray resource ea
 CpusOpt = Annotated[float, typer.Option(min=0.01, help="CPUs per worker on a cluster without GPUs")]
 FanoutOpt = Annotated[int, typer.Option(min=0, help="peer workers a worker may send reflection candidates to")]
 AttemptsOpt = Annotated[int, typer.Option(min=1, help="attempts per job before it is reported failed")]
+PerJobOpt = Annotated[int, typer.Option("--workers-per-job", help="workers each job is split over (teams of this many; the same videos)")]
+
+
+def _check_per_job(per_job: int, workers: int | None) -> None:
+    """Exit 2 naming --workers-per-job when it is below 1 or above --workers."""
+    if per_job < 1 or (workers is not None and per_job > workers):
+        _fail(2, f"--workers-per-job {per_job}: must be from 1 to --workers ({workers if workers is not None else 'one per GPU'})")
 
 
 def _batch_bar_events(bar: Progress):
@@ -418,6 +428,7 @@ def batch(
     cpus: CpusOpt = 0.5,
     fanout: FanoutOpt = 2,
     max_attempts: AttemptsOpt = 3,
+    workers_per_job: PerJobOpt = 1,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -431,9 +442,10 @@ def batch(
     from .cluster.report import summary
     from .cluster.run import run_batch
 
+    _check_per_job(workers_per_job, workers)
     cfg = _render_config(config, list(set_ or []))
     with _progress_bar() as bar:
-        result = _guard(run_batch, prompts, cfg, out, workers, address, resource, cpus, fanout, max_attempts, _batch_bar_events(bar))
+        result = _guard(run_batch, prompts, cfg, out, workers, address, resource, cpus, fanout, max_attempts, _batch_bar_events(bar), workers_per_job)
     print(summary(result))
     print(f"{out.rstrip('/')}/manifest.parquet")
     print(f"{out.rstrip('/')}/index.html")
@@ -451,6 +463,7 @@ def submit(
     cpus: CpusOpt = 0.5,
     fanout: FanoutOpt = 2,
     max_attempts: AttemptsOpt = 3,
+    workers_per_job: PerJobOpt = 1,
     token_file: Annotated[Optional[Path], typer.Option(help="file holding the cluster's auth token (default: RAY_AUTH_TOKEN)")] = None,
     env: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE for the job's environment, e.g. AWS_ENDPOINT_URL=...; not for secrets")] = None,
     submission_id: Annotated[Optional[str], typer.Option(help="Ray job id (default: generated)")] = None,
@@ -475,7 +488,8 @@ def submit(
         _fail(2, f"--env {', '.join(secrets)}: looks like a secret, and a Ray job's environment is stored in its runtime_env "
                  "and shown in Ray's logs and dashboard; give the cluster's nodes their own credentials (instance role, "
                  "~/.aws on every node, or the environment Ray was started with)")
-    args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
+    _check_per_job(workers_per_job, workers)
+    args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts), "--workers-per-job", str(workers_per_job)]
     args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
     token = _guard(auth_token, token_file)
     client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, {n: v for n, _, v in pairs}, submission_id)

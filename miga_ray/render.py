@@ -168,8 +168,10 @@ class _Reporter:
         assert self.engine is not None
         self.last = now = time.perf_counter()
         counters = self.engine.counters
+        ahead = self.engine.executor.unfinished if isinstance(self.engine, DeferredEngine) else 0  # made, not yet run
+        done = max(self.work_before, scheduled_calls(counters) - ahead)
         self.on_progress(Progress(self.job_id, self.frames_done, self.frames_total, now - self.start_time, counters,
-                                  scheduled_calls(counters), self.work_total, self.frames_before, self.work_before))
+                                  done, self.work_total, self.frames_before, self.work_before))
 
 
 class JobRun:
@@ -355,6 +357,7 @@ class JobRun:
             if due and not engine.done and engine.counters.total_calls != last_ckpt_calls:
                 state = engine.checkpoint() if isinstance(engine, DeferredEngine) else (*engine.state_dict(), engine.emitted, engine.counters.total_calls)
                 if state is not None:  # a deferred engine's checkpoint is saved once its latents exist, while its calls go on
+                    _record_split(engine, record)
                     self._checkpoint(ckpts, state, uploader, record)
                     last_ckpt_time, last_ckpt_at, last_ckpt_calls = now, state[2], state[3]
             if reporter:
@@ -374,6 +377,7 @@ class JobRun:
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
         record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
+        _record_split(engine, record)
         write_job(uploader, record)
         return RenderResult(self.job.job_id, record, resumed, timings)
 
@@ -477,6 +481,12 @@ class JobRun:
         self._redecode(writer, latents, decoder, writer.frames_written, engine.emitted)
         log.info("job %s resumed from checkpoint %d (model calls) at latent %d", self.job.job_id, step, engine.emitted)
         return engine.emitted
+
+
+def _record_split(engine: StreamingEngine | DeferredEngine, record: JobRecord) -> None:
+    """A split render's workers and calls in job.json (``metrics.split``: what ``miga status`` shows)."""
+    if isinstance(engine, DeferredEngine):
+        record.metrics["split"] = engine.executor.describe()
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

@@ -109,7 +109,7 @@ def test_fifo_and_a_seeded_engine_give_the_same_latents():
     s = flow(16)
     known = [torch.randn(1, 3, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(i)) for i in range(20)]
     for seed in (None, Seed(known, 20)):
-        def make():
+        def make(seed=seed):
             runner = make_runner(MixingDenoiser(3), s)
             runner.seed = seed
             return FifoEngine(runner, FifoConfig(window=6, lookahead=True), 37, dtype=F64)

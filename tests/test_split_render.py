@@ -16,6 +16,7 @@ import ray
 from typer.testing import CliRunner
 
 from miga_ray.cli import app
+from miga_ray.cluster.run import run_batch
 from miga_ray.cluster.split import splitter
 from miga_ray.cluster.worker import RemoteWorker, actor_options
 from miga_ray.config import load_config, load_story
@@ -46,10 +47,10 @@ def load_story_list(parts: list) -> object:
 
 
 VARIANTS = {
-    "fifo": dict(overrides=("sampler.kind=fifo",)),
-    "miga-fill": dict(overrides=("sampler.kind=miga", "sampler.miga.reflect_delta=0"), frames=29),
-    "miga-always": dict(overrides=("sampler.kind=miga", "sampler.miga.reflect_during=always", "sampler.miga.reflect_delta=0"), frames=29),
-    "story": dict(overrides=("sampler.kind=miga",), story=STORY),
+    "fifo": {"overrides": ("sampler.kind=fifo",)},
+    "miga-fill": {"overrides": ("sampler.kind=miga", "sampler.miga.reflect_delta=0"), "frames": 29},
+    "miga-always": {"overrides": ("sampler.kind=miga", "sampler.miga.reflect_during=always", "sampler.miga.reflect_delta=0"), "frames": 29},
+    "story": {"overrides": ("sampler.kind=miga",), "story": STORY},
 }
 
 
@@ -85,16 +86,36 @@ def sums(out: Path, job_id: str) -> bytes:
     return (out / job_id / "latents.sha256").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def one_worker(cluster, tmp_path_factory):
+    """``latents.sha256`` and record of a render in this process (as ``miga render`` without --workers), made once per config."""
+    made: dict[str, tuple[bytes, object]] = {}
+
+    def get(cfg):
+        key = cfg.model_dump_json()
+        if key not in made:
+            out = tmp_path_factory.mktemp("one")
+            result = render(out, cfg, cluster["model"])
+            made[key] = (sums(out, result.job_id), result.record)
+        return made[key]
+
+    return get
+
+
 @pytest.mark.parametrize("name,n", [("fifo", 2), ("fifo", 3), ("miga-fill", 3), ("miga-always", 2), ("story", 3)])
-def test_a_split_render_is_the_one_worker_video(cluster, tmp_path, name, n):
+def test_a_split_render_is_the_one_worker_video(cluster, one_worker, tmp_path, name, n):
     v = VARIANTS[name]
     cfg = config(*v["overrides"], frames=v.get("frames", 21), story=v.get("story"))
-    one = render(tmp_path / "one", cfg, cluster["model"])
+    one_sums, one = one_worker(cfg)
     split = render(tmp_path / "split", cfg, cluster["model"], cluster["workers"][:n])
     assert split.job_id == one.job_id  # the number of workers is not part of the job's identity
-    assert sums(tmp_path / "split", split.job_id) == sums(tmp_path / "one", one.job_id)
+    assert sums(tmp_path / "split", split.job_id) == one_sums
     calls = split.record.metrics["model_calls"]
-    assert calls == one.record.metrics["model_calls"]
+    assert calls == one.metrics["model_calls"]
+    assert split.record.metrics["split"] == {"workers": n, "live": n, "calls_in_flight": 0, "calls_done": sum(calls["calls"].values()),
+                                             "calls_retried": 0}  # fmt: skip
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "split" / split.job_id)])
+    assert f"split over {n} workers ({n} live): 0 calls in flight" in status.output
     if name.startswith("miga"):
         assert calls["reflections"]["accepted"] > 0 and calls["calls"]["reflect"] > 0  # candidates were grown and taken
 
@@ -120,7 +141,7 @@ class Stop(Exception):
     pass
 
 
-def test_a_checkpoint_made_on_2_workers_resumes_on_1_and_on_3_and_a_killed_worker_changes_nothing(cluster, tmp_path):
+def test_a_checkpoint_made_on_2_workers_resumes_on_1_and_on_3_and_a_killed_worker_changes_nothing(cluster, one_worker, tmp_path):
     model, workers = cluster["model"], cluster["workers"]
     cfg = config("sampler.kind=fifo", frames=29)  # FIFO emits a latent per iteration: checkpoints come early
     whole = render(tmp_path / "whole", cfg, model)
@@ -147,17 +168,30 @@ def test_a_checkpoint_made_on_2_workers_resumes_on_1_and_on_3_and_a_killed_worke
             ray.kill(workers[1], no_restart=False)  # Ray restarts it; its running call runs again elsewhere
             killed.append(p.work_done)
 
-    miga = config("sampler.kind=miga", "sampler.miga.reflect_delta=0", frames=29)
-    one = render(tmp_path / "miga", miga, model)
+    miga = config(*VARIANTS["miga-fill"]["overrides"], frames=29)
+    one_sums, one = one_worker(miga)
     out = tmp_path / "killed"
     render(out, miga, model, workers[:2], on_progress=kill_one)
-    assert killed and sums(out, one.job_id) == sums(tmp_path / "miga", one.job_id)
+    assert killed and sums(out, one.job_id) == one_sums
     wait_ready(workers)
 
 
-@pytest.mark.parametrize("args,flag", [(["--workers", "0"], "--workers"), (["--workers", "-2"], "--workers")])
+def test_a_batch_splits_each_job_over_a_team_of_workers(cluster, one_worker, tmp_path):
+    cfg = config("sampler.kind=fifo", frames=21)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "team", "prompt": PROMPT}) + "\n")
+    result = run_batch(prompts, cfg, str(tmp_path / "batch"), workers=2, per_job=2)
+    (state,) = result.states
+    assert state.outcome.status == "done" and result.workers == 1  # one team of two takes the jobs
+    assert sums(tmp_path / "batch", "team") == one_worker(cfg)[0]
+    assert read_job(LocalStore(tmp_path / "batch"), "team").metrics["split"]["workers"] == 2
+
+
+@pytest.mark.parametrize("args,flag", [(["render", PROMPT, "--workers", "0"], "--workers"), (["render", PROMPT, "--workers", "-2"], "--workers"),
+                                       (["batch", "prompts.jsonl", "--workers", "1", "--workers-per-job", "2"], "--workers-per-job"),
+                                       (["batch", "prompts.jsonl", "--workers-per-job", "0"], "--workers-per-job")])  # fmt: skip
 def test_bad_worker_counts_exit_2_naming_the_flag_and_write_nothing(tmp_path, args, flag):
-    result = CliRunner().invoke(app, ["render", PROMPT, "--out", str(tmp_path / "out"), *args])
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and flag in result.output
     assert not (tmp_path / "out").exists()
 

@@ -41,6 +41,19 @@ class Arg:
     index: int
 
 
+def travelling(call: Call) -> tuple[Call, list[Any]]:
+    """The call as it travels to a worker: values on the CPU, each pending input an ``Arg`` naming its object reference
+    among the method's arguments (Ray resolves those), no outputs; and those references."""
+    refs: list[Any] = []
+
+    def place(p: Pending) -> Arg:
+        refs.append(p.ref)
+        return Arg(len(refs) - 1)
+
+    inputs = [swap_pending(x, place) if producers(x) else x.cpu() for x in call.inputs]
+    return dataclasses.replace(call, inputs=inputs, outputs=[]), refs
+
+
 def lookahead_for(workers: int) -> int:
     """Unfinished calls the engine may run ahead by: enough for every worker to find ready work (docs/PERF.md)."""
     return max(64, 16 * workers)
@@ -68,9 +81,10 @@ class RayExecutor:
     def unfinished(self) -> int:
         return len(self.calls)
 
-    def in_flight(self) -> int:
-        """Calls running on workers now."""
-        return len(self.running)
+    def describe(self) -> dict[str, int]:
+        """Workers (all, and live now), calls sent to them and not finished, calls finished, calls run again."""
+        return {"workers": len(self.workers), "live": len(self.live), "calls_in_flight": len(self.running),
+                "calls_done": self.stats["calls"], "calls_retried": self.stats["retried"]}  # fmt: skip
 
     def submit(self, call: Call) -> None:
         """A new call: ready at once if every call it reads has finished."""
@@ -122,14 +136,7 @@ class RayExecutor:
             cid = heapq.heappop(self.ready)
             call = self.calls[cid]
             w = self._place(call)
-            args: list[Any] = []
-
-            def travel(p: Pending) -> Arg:
-                args.append(p.ref)
-                return Arg(len(args) - 1)
-
-            inputs = [swap_pending(x, travel) if producers(x) else x.cpu() for x in call.inputs]
-            spec = dataclasses.replace(call, inputs=inputs, outputs=[])
+            spec, args = travelling(call)
             refs = self.workers[w].window.options(num_returns=len(call.outputs) + 1).remote(self.job, spec, *args)
             for p, ref in zip(call.outputs, refs):
                 p.ref, p.holder = ref, w

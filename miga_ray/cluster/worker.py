@@ -2,9 +2,10 @@
 ``JobRun`` (exactly as ``miga render`` does) and, on other threads, serves its peers' reflection
 candidates and answers progress queries.
 
-The actor is threaded with four concurrency groups: ``render`` (one job at a time), ``peer``
-(candidate requests from other workers), ``evaluate`` (quality numbers of a finished job, on the CPU
-while the next job renders) and ``info`` (ready / progress). Every model forward goes through one
+The actor is threaded with five concurrency groups: ``render`` (one job at a time), ``split`` (one model
+call at a time of a render split over workers, ``cluster.split``), ``peer`` (candidate requests from other
+workers), ``evaluate`` (quality numbers of a finished job, on the CPU while the next job renders) and
+``info`` (ready / progress). Every model forward goes through one
 FIFO lock, so a peer's candidate windows interleave with the worker's own steps; evaluation never
 takes it.
 """
@@ -32,9 +33,10 @@ from ..sampling.deferred import Call, materialize
 from ..storage import JobRecord, open_store
 from ..storage.lease import TTL_S
 from .fanout import FanoutCandidates
+from .split import splitter
 from .jobs import BatchJob, JobOutcome, WorkerInfo
 
-CONCURRENCY_GROUPS = {"render": 1, "peer": 2, "evaluate": 1, "info": 2}
+CONCURRENCY_GROUPS = {"render": 1, "split": 1, "peer": 2, "evaluate": 1, "info": 2}
 LEASE_WAIT_S = 2.5 * TTL_S  # a job retried after its worker died elsewhere outwaits that worker's lease
 
 
@@ -91,10 +93,11 @@ def _runner_key(cfg: RenderConfig, prompt: str) -> tuple[str, str]:
 class RenderWorker:
     """One device, one model, one job at a time; serves peers' candidate requests meanwhile."""
 
-    def __init__(self, cfg: RenderConfig, index: int = 0, fanout: int = 2, threads: int | None = None) -> None:
+    def __init__(self, cfg: RenderConfig, index: int = 0, fanout: int = 2, threads: int | None = None, team: Sequence[Any] = ()) -> None:
         threads = threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)  # fixed, so float results do not depend on the host's core count
         self.cfg, self.index, self.fanout = cfg, index, fanout
+        self.team = list(team)  # workers this one splits each of its jobs with (``miga batch --workers-per-job``)
         self.lock = FairLock()
         self.model = LockedModel(load_for(cfg), self.lock)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -135,7 +138,10 @@ class RenderWorker:
         self._check_model(job.cfg)
         store = open_store(out)
         hook = FanoutCandidates(self._local_candidates(job.cfg, job.prompt), self._peer_call(job.cfg, job.prompt), self._peer_order(), self.stats)
-        run = JobRun(store, job.prompt, job.cfg, self.model, job_id=job.id, candidates=hook, lease_wait_s=LEASE_WAIT_S)
+        split = None
+        if self.team:  # this worker and its team run the job's model calls (candidates included)
+            split = splitter([ray.get_runtime_context().current_actor, *self.team], ray.put((job.cfg, job.prompt)))
+        run = JobRun(store, job.prompt, job.cfg, self.model, job_id=job.id, candidates=hook, lease_wait_s=LEASE_WAIT_S, split=split)
         self._progress = {"job_id": job.id, "frames_done": 0, "frames_total": job.cfg.frames, "fps": 0.0, "worker": self.index, "reflections": {}}
         try:
             result = run.run(self._on_progress)
@@ -156,7 +162,7 @@ class RenderWorker:
             metrics=dict(record.metrics),
         )
 
-    @ray.method(concurrency_group="render")
+    @ray.method(concurrency_group="split")
     def window(self, job: tuple[RenderConfig, str], call: Call, *inputs: Tensor) -> tuple[Any, ...]:
         """One model call of a render split over workers (``cluster.split``): its written latents on the CPU, then True.
 

@@ -30,7 +30,7 @@ class Pending:
     """Output ``slot`` of model call ``call``, not computed yet. ``ref`` and ``holder`` are the executor's
     (where the value lives once computed, and which worker made it)."""
 
-    __slots__ = ("call", "slot", "ref", "holder")
+    __slots__ = ("call", "holder", "ref", "slot")
 
     def __init__(self, call: int, slot: int) -> None:
         self.call, self.slot, self.ref, self.holder = call, slot, None, -1
@@ -112,6 +112,9 @@ class Executor(Protocol):
     @property
     def unfinished(self) -> int:
         """Calls submitted and not finished."""
+
+    def describe(self) -> dict[str, int]:
+        """What a status line shows: workers, calls in flight and done (JSON values)."""
 
 
 class DeferredRunner(WindowRunner):
