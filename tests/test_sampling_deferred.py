@@ -175,3 +175,17 @@ def test_fifo_graph_overlaps_iterations_and_miga_stage1_chains_through_guidance(
     chained = [m for m in stage1 if m.id - 1 in m.reads]
     assert len(chained) > len(stage1) // 2  # a stage-1 window reads the window before it (its guidance)
     assert 1.0 < g.speedup(2) <= 2.0
+
+
+def test_memory_is_flat_with_length_however_far_behind_the_calls_run():
+    s = flow(16)
+    peaks = []
+    for n in (40, 120):
+        engine, executor = deferred(lambda n=n: FifoEngine(make_runner(MixingDenoiser(3), s), FifoConfig(window=6, lookahead=True), n, dtype=F64),
+                                    seed=2, lookahead=24)  # fmt: skip
+        peak = [0, 0]
+        while not engine.done:
+            engine.step()
+            peak = [max(peak[0], engine.held_latents()), max(peak[1], executor.unfinished)]
+        peaks.append(peak)
+    assert peaks[0] == peaks[1] and peaks[0][1] <= 24 + 16 // 3  # the lookahead, overshot by at most one iteration's calls

@@ -79,6 +79,7 @@ class RayExecutor:
 
     @property
     def unfinished(self) -> int:
+        """Calls submitted and not finished."""
         return len(self.calls)
 
     def describe(self) -> dict[str, int]:
@@ -98,17 +99,20 @@ class RayExecutor:
             heapq.heappush(self.ready, call.id)
 
     def finished(self, latent: Pending) -> bool:
+        """Whether the call that writes ``latent`` has finished."""
         return latent.call not in self.calls
 
     def wait(self, latents: Sequence[Pending]) -> None:
+        """Run calls until those writing ``latents`` have finished (reflection's barrier)."""
         while not all(self.finished(p) for p in latents):
             self.pump(block=True)
 
     def value(self, latent: Pending) -> Tensor:
+        """A finished latent, fetched from the object store (on the CPU)."""
         return ray.get(latent.ref)
 
     def pump(self, block: bool) -> None:
-        """Start ready calls on free workers; collect finished ones (with ``block``, wait up to WAIT_S for one)."""
+        """Start ready calls on workers with room; collect finished ones (with ``block``, wait up to WAIT_S for one)."""
         self._dispatch()
         for w, at in list(self.ping_at.items()):
             if time.monotonic() >= at:

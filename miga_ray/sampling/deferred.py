@@ -212,6 +212,7 @@ class DeferredEngine:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """One latent frame's shape ``[B, C, H, W]``."""
         return self.inner.shape
 
     @property
@@ -226,6 +227,7 @@ class DeferredEngine:
 
     @property
     def done(self) -> bool:
+        """Every latent handed out."""
         return self.inner.done and not self.outputs
 
     def step(self) -> tuple[int, Tensor] | None:
@@ -245,6 +247,7 @@ class DeferredEngine:
         return None
 
     def held_latents(self) -> int:
+        """Latent frames the engine holds, pending ones included (a pending latent's value lives in the executor)."""
         return self.inner.held_latents() + len(self.outputs)
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
