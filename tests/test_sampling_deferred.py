@@ -189,3 +189,16 @@ def test_memory_is_flat_with_length_however_far_behind_the_calls_run():
             peak = [max(peak[0], engine.held_latents()), max(peak[1], executor.unfinished)]
         peaks.append(peak)
     assert peaks[0] == peaks[1] and peaks[0][1] <= 24 + 16 // 3  # the lookahead, overshot by at most one iteration's calls
+
+
+def test_bench_split_predicts_from_the_call_graph(capsys):
+    from miga_ray.benchmarks.split import main
+
+    main(["--preset", "wan2.1-1.3b", "--sampler", "fifo", "--frames", "200", "--workers", "1,2,8", "--predict-only"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["workers"] for r in rows] == [1, 2, 8] and len({r["calls"] for r in rows}) == 1
+    assert rows[0]["predicted_speedup"] == 1.0 < rows[1]["predicted_speedup"] <= 2.0 < rows[2]["predicted_speedup"] <= 8.0
+    assert rows[2]["predicted_speedup"] <= rows[0]["calls"] / rows[0]["critical_path"]  # no schedule beats the critical path
+    with pytest.raises(SystemExit) as bad:
+        main(["--workers", "0", "--predict-only"])
+    assert bad.value.code == 2

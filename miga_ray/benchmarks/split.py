@@ -6,7 +6,8 @@ stand-in worker actors, and prints one JSON line per N: ``calls``, ``critical_pa
 ``predicted_speedup`` (the dry call graph list-scheduled on N workers with the executor's lookahead),
 ``predicted_steady_speedup`` (the same between F/2 and F frames: the fill and the tail cancel out),
 ``measured_speedup`` (wall time on 1 worker over wall time on N; on S x calls when N=1 is not run),
-``wall_s`` and ``overhead_ms_per_call`` (wall time beyond the predicted makespan, per call). Every call of
+``wall_s`` and ``overhead_ms_per_call`` (wall time beyond the predicted makespan, per call); with
+``--predict-only``, the predictions alone, without Ray. Every call of
 the schedule runs, reflection's judging included (a barrier); the stand-in's latents are zeros, so
 reflection never grows candidates. It starts a local Ray on 127.0.0.1 (run it inside ``unshare -rn``
 like the tests); the stand-ins claim no CPU, so 8 of them fit on a 2-core machine.
@@ -78,38 +79,45 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--workers", type=int_list, default=[1, 2, 4, 8], help="comma-separated worker counts")
     parser.add_argument("--call-seconds", type=at_least(float, 0.0, strict=True), default=0.05, help="seconds each stand-in call sleeps")
     parser.add_argument("--sampler", choices=("fifo", "miga"), default="miga")
+    parser.add_argument("--predict-only", action="store_true", help="print the call graph's predictions without starting Ray")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     graph = call_graph(engine_for(args.preset, args.sampler, args.frames))
     half = call_graph(engine_for(args.preset, args.sampler, max(1, args.frames // 2)))
     calls, path = len(graph.nodes), graph.critical_path()
+    rows = []
+    for n in sorted(args.workers):
+        ahead = lookahead_for(n)
+        span, span_half = graph.makespan(n, ahead), half.makespan(n, ahead)
+        rows.append({
+            "preset": args.preset, "sampler": args.sampler, "frames": args.frames, "workers": n, "calls": calls, "critical_path": path,
+            "lookahead": ahead, "call_seconds": args.call_seconds,
+            "predicted_speedup": round(calls / span, 3),
+            "predicted_steady_speedup": round((calls - len(half.nodes)) / max(1, span - span_half), 3),
+            "predicted_s": round(span * args.call_seconds, 2),
+        })  # fmt: skip
+    if args.predict_only:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return
     started = connect(num_cpus=2, object_store_mb=128)
     actors = [ray.remote(SleepWorker).options(num_cpus=0, max_restarts=0).remote(args.call_seconds) for _ in range(max(args.workers))]
     try:
         ray.get([a.ready.remote() for a in actors])
         base = None
-        for n in sorted(args.workers):
-            ahead = lookahead_for(n)
-            span, span_half = graph.makespan(n, ahead), half.makespan(n, ahead)
+        for row in rows:
+            n = row["workers"]
             wall, stats = measure(args.preset, args.sampler, args.frames, actors[:n])
             base = wall if n == 1 else base
-            row = {
-                "preset": args.preset, "sampler": args.sampler, "frames": args.frames, "workers": n, "calls": calls, "critical_path": path,
-                "lookahead": ahead, "call_seconds": args.call_seconds,
-                "predicted_speedup": round(calls / span, 3),
-                "predicted_steady_speedup": round((calls - len(half.nodes)) / max(1, span - span_half), 3),
-                "measured_speedup": round((base or calls * args.call_seconds) / wall, 3),
-                "wall_s": round(wall, 2), "predicted_s": round(span * args.call_seconds, 2),
-                "overhead_ms_per_call": round(1000 * (wall - span * args.call_seconds) / calls, 3),
-                "retried": stats.get("retried", 0), "cpus": os.cpu_count(),
-            }  # fmt: skip
+            row |= {"measured_speedup": round((base or calls * args.call_seconds) / wall, 3), "wall_s": round(wall, 2),
+                    "overhead_ms_per_call": round(1000 * (wall - row["predicted_s"]) / calls, 3), "retried": stats.get("retried", 0),
+                    "cpus": os.cpu_count()}  # fmt: skip
             print(json.dumps(row), flush=True)
     finally:
         for a in actors:
             ray.kill(a)
         if started:
             ray.shutdown()
-
 
 if __name__ == "__main__":
     main()
