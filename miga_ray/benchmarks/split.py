@@ -6,7 +6,8 @@ stand-in worker actors, and prints one JSON line per N: ``calls``, ``critical_pa
 ``predicted_speedup`` (the dry call graph list-scheduled on N workers with the executor's lookahead),
 ``predicted_steady_speedup`` (the same between F/2 and F frames: the fill and the tail cancel out),
 ``measured_speedup`` (wall time on 1 worker over wall time on N; on S x calls when N=1 is not run),
-``wall_s`` and ``overhead_ms_per_call`` (wall time beyond the predicted makespan, per call); with
+``wall_s``, ``overhead_ms_per_call`` (wall time beyond the predicted makespan, per call),
+``driver_cpu_ms_per_call`` (the driver process's CPU time per call) and ``load`` (1-minute load average); with
 ``--predict-only``, the predictions alone, without Ray. Every call of
 the schedule runs, reflection's judging included (a barrier); the stand-in's latents are zeros, so
 reflection never grows candidates. It starts a local Ray on 127.0.0.1 (run it inside ``unshare -rn``
@@ -61,14 +62,15 @@ def engine_for(preset: str, sampler: str, frames: int) -> StreamingEngine:
     return build(get_preset(preset), sampler, latents_for_frames(frames, TEMPORAL.get(preset, 1)), SHAPE)
 
 
-def measure(preset: str, sampler: str, frames: int, actors: list[Any]) -> tuple[float, dict[str, int]]:
-    """Wall seconds of the whole schedule on the stand-in ``actors``, and the executor's counts."""
+def measure(preset: str, sampler: str, frames: int, actors: list[Any]) -> tuple[float, float, dict[str, int]]:
+    """Wall seconds of the whole schedule on the stand-in ``actors``, the driver process's CPU seconds meanwhile
+    (all its threads: the engine, the executor, Ray's client), and the executor's counts."""
     executor = RayExecutor(actors, None)
     engine = DeferredEngine(engine_for(preset, sampler, frames), executor, lookahead_for(len(actors)))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while not engine.done:
         engine.step()
-    return time.perf_counter() - start, dict(executor.stats)
+    return time.perf_counter() - start, time.process_time() - cpu, dict(executor.stats)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -107,11 +109,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         base = None
         for row in rows:
             n = row["workers"]
-            wall, stats = measure(args.preset, args.sampler, args.frames, actors[:n])
+            wall, cpu, stats = measure(args.preset, args.sampler, args.frames, actors[:n])
             base = wall if n == 1 else base
             row |= {"measured_speedup": round((base or calls * args.call_seconds) / wall, 3), "wall_s": round(wall, 2),
-                    "overhead_ms_per_call": round(1000 * (wall - row["predicted_s"]) / calls, 3), "retried": stats.get("retried", 0),
-                    "cpus": os.cpu_count()}  # fmt: skip
+                    "overhead_ms_per_call": round(1000 * (wall - row["predicted_s"]) / calls, 3),
+                    "driver_cpu_ms_per_call": round(1000 * cpu / calls, 3), "retried": stats.get("retried", 0),
+                    "load": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}  # fmt: skip
             print(json.dumps(row), flush=True)
     finally:
         for a in actors:
