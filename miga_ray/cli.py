@@ -112,15 +112,30 @@ def _print_path(bar: Progress, path: str) -> None:
 
 def render_jobs(
     prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool = False,
-    start: Start | None = None,
+    start: Start | None = None, workers: int | None = None,
 ) -> list[str]:
     """Render prompts into ``out`` (``side_by_side``: as many at once as there are CPUs) with a progress bar;
     print each video's path on stdout the moment it is finished and return them all. ``start``: what the
-    videos continue (an init video, or the finished job an extension continues)."""
-    from .storage import StoreError, open_store
-
+    videos continue (an init video, or the finished job an extension continues). ``workers``: each render's
+    model calls split over that many Ray workers (the same video)."""
     for prompt in prompts:
         cfg.check_prompt(prompt)
+    with ExitStack() as cluster:
+        split = None
+        if workers is not None:
+            from .cluster.split import split_workers  # Ray: joined or started before anything is written
+
+            split = cluster.enter_context(split_workers(workers, cfg))
+        return _render_jobs(prompts, cfg, out, job_ids, restart, trace, side_by_side, start, split)
+
+
+def _render_jobs(
+    prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool,
+    start: Start | None, split: list | None,
+) -> list[str]:
+    """``render_jobs`` once its workers (if any) have started."""
+    from .storage import StoreError, open_store
+
     try:
         store = open_store(out)  # checks the store is usable
     except (StoreError, ValueError, OSError) as exc:
@@ -147,6 +162,13 @@ def render_jobs(
         sink = stack.enter_context(trace.open("a", encoding="utf-8")) if trace else None
 
         def one(spec: JobSpec, job_id: str) -> str:
+            splitting = None
+            if split:
+                import ray
+
+                from .cluster.split import splitter
+
+                splitting = splitter(split, ray.put((cfg, spec.prompt)))
             task = bar.add_task(job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
 
             def show(p: RenderProgress) -> None:
@@ -154,7 +176,7 @@ def render_jobs(
                     raise KeyboardInterrupt(stop[0])
                 bar.update(task, **_bar_fields(p.as_dict()))
 
-            result = render_job(store, spec, model, job_id, on_progress=show, tick_s=TICK_S, restart=restart, trace=sink)
+            result = render_job(store, spec, model, job_id, on_progress=show, tick_s=TICK_S, restart=restart, trace=sink, split=splitting)
             if result.not_evaluated:  # another process took the job over at once: the video is done all the same
                 bar.console.print(f"{result.job_id}: not evaluated: {result.not_evaluated}", highlight=False, markup=False)
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
@@ -203,13 +225,16 @@ def render(
     job_id: Annotated[Optional[str], typer.Option("--job-id", help="default: a slug of the prompt plus a hash of prompt, seed and settings")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard this job's output and checkpoints first")] = False,
     init_video: Annotated[Optional[Path], typer.Option("--init-video", help="continue this video file or image: the output starts with its frames as they are (scaled to the render), the sampler continues them")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="split the render's model calls over N Ray workers, each a model replica (a local Ray, or the cluster at RAY_ADDRESS; one GPU each where it has GPUs): the same video, faster")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Render one long video; running the same command again resumes it.
+    """Render one long video; running the same command again resumes it (on any number of --workers).
 
     Example: miga render "a red circle moving over sand" --frames 600 --out out
     """
+    if workers is not None and workers < 1:
+        _fail(2, f"--workers: must be at least 1 (got {workers})")
     overrides = list(set_ or [])
     overrides += [f"sampler.kind={sampler}"] if sampler else []
     overrides += [f"model.name={model}"] if model else []
@@ -237,7 +262,7 @@ def render(
             _fail(2, f"--init-video {exc}")
         if start.clip.count >= cfg.frames:
             _fail(2, f"--frames: must exceed the frames of --init-video {init_video} (it has {cfg.frames} or more; got {cfg.frames})")
-    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start)
+    _guard(render_jobs, [prompt], cfg, out, [job_id], restart, trace, start=start, workers=workers)
 
 
 @app.command()
@@ -328,6 +353,9 @@ def status(
         from .cluster.report import story_of
 
         print(f"{record.job_id}: {record.status}, {record.frames_done}/{record.frames_total} frames" + (f" ({record.error})" if record.error else ""))
+        if split := record.metrics.get("split"):
+            print(f"  split over {split['workers']} workers ({split['live']} live): {split['calls_in_flight']} calls in flight, "
+                  f"{split['calls_done']} done, {split['calls_retried']} run again (as of the last checkpoint)")
         _print_story(story_of(record))
     if damage:
         _fail(1, f"job {job} is done but damaged: {damage}; run its render command again to rebuild it from the stored latents")
@@ -363,6 +391,13 @@ ResourceOpt = Annotated[Optional[str], typer.Option(help="custom Ray resource ea
 CpusOpt = Annotated[float, typer.Option(min=0.01, help="CPUs per worker on a cluster without GPUs")]
 FanoutOpt = Annotated[int, typer.Option(min=0, help="peer workers a worker may send reflection candidates to")]
 AttemptsOpt = Annotated[int, typer.Option(min=1, help="attempts per job before it is reported failed")]
+PerJobOpt = Annotated[int, typer.Option("--workers-per-job", help="workers each job is split over (teams of this many; the same videos)")]
+
+
+def _check_per_job(per_job: int, workers: int | None) -> None:
+    """Exit 2 naming --workers-per-job when it is below 1 or above --workers."""
+    if per_job < 1 or (workers is not None and per_job > workers):
+        _fail(2, f"--workers-per-job {per_job}: must be from 1 to --workers ({workers if workers is not None else 'one per GPU'})")
 
 
 def _batch_bar_events(bar: Progress):
@@ -396,6 +431,7 @@ def batch(
     cpus: CpusOpt = 0.5,
     fanout: FanoutOpt = 2,
     max_attempts: AttemptsOpt = 3,
+    workers_per_job: PerJobOpt = 1,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -409,9 +445,10 @@ def batch(
     from .cluster.report import summary
     from .cluster.run import run_batch
 
+    _check_per_job(workers_per_job, workers)
     cfg = _render_config(config, list(set_ or []))
     with _progress_bar() as bar:
-        result = _guard(run_batch, prompts, cfg, out, workers, address, resource, cpus, fanout, max_attempts, _batch_bar_events(bar))
+        result = _guard(run_batch, prompts, cfg, out, workers, address, resource, cpus, fanout, max_attempts, _batch_bar_events(bar), workers_per_job)
     print(summary(result))
     print(f"{out.rstrip('/')}/manifest.parquet")
     print(f"{out.rstrip('/')}/index.html")
@@ -429,6 +466,7 @@ def submit(
     cpus: CpusOpt = 0.5,
     fanout: FanoutOpt = 2,
     max_attempts: AttemptsOpt = 3,
+    workers_per_job: PerJobOpt = 1,
     token_file: Annotated[Optional[Path], typer.Option(help="file holding the cluster's auth token (default: RAY_AUTH_TOKEN)")] = None,
     env: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE for the job's environment, e.g. AWS_ENDPOINT_URL=...; not for secrets")] = None,
     submission_id: Annotated[Optional[str], typer.Option(help="Ray job id (default: generated)")] = None,
@@ -445,7 +483,8 @@ def submit(
 
     cfg = _render_config(config, list(set_ or []))
     variables = _guard(job_env, env or [])
-    args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts)]
+    _check_per_job(workers_per_job, workers)
+    args = ["--cpus", str(cpus), "--fanout", str(fanout), "--max-attempts", str(max_attempts), "--workers-per-job", str(workers_per_job)]
     args += (["--workers", str(workers)] if workers else []) + (["--resource", resource] if resource else [])
     token = _guard(auth_token, token_file)
     client, job_id = _guard(submit_batch, address, prompts, cfg, out, args, token, variables, submission_id)
@@ -566,6 +605,7 @@ BENCHES = {
     "overhead": "Share of a render's wall time outside the model forward and the VAE decode.",
     "storage": "S3 (SeaweedFS on loopback) against a local directory: render time, checkpoints, restarts.",
     "cluster": "Ray on this machine: throughput with 1 vs 2 workers, driver overhead, reflection fan-out.",
+    "split": "One render's true schedule split over N Ray workers with a stand-in model that sleeps: predicted and measured speedups.",
     "gpu": "Wan2.1-1.3B architecture with random weights: one forward, seconds per frame, peak GPU memory.",
     "vc2": "VideoCrafter2 architecture with random weights: parameters and one window forward at a reduced size.",
 }

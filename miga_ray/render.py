@@ -24,6 +24,7 @@ from .job import JobSpec, StoredJob
 from .models.decode import frames_of_latents, latent_of_frame, latents_for_frames
 from .models.registry import LoadedModel
 from .sampling import CandidateRunner, Counters, Seed, StreamingEngine
+from .sampling.deferred import DeferredEngine, sequential
 from .sampling.plan import planned_calls, scheduled_calls
 from .storage import (
     CheckpointStore,
@@ -134,12 +135,12 @@ class _Reporter:
 
     def __init__(self, job_id: str, frames_total: int, on_progress: Callable[[Progress], None], tick_s: float | None) -> None:
         self.job_id, self.frames_total, self.on_progress, self.tick_s = job_id, frames_total, on_progress, tick_s
-        self.engine: StreamingEngine | None = None
+        self.engine: StreamingEngine | DeferredEngine | None = None
 
-    def start(self, engine: StreamingEngine, frames_before: int) -> None:
+    def start(self, engine: StreamingEngine | DeferredEngine, frames_before: int) -> None:
         """Sampling begins (after any resume): plan the work and start this run's clock."""
         self.engine, self.frames_done, self.frames_before = engine, frames_before, frames_before
-        self.work_total, self.work_before = planned_calls(engine), scheduled_calls(engine.counters)
+        self.work_total, self.work_before = planned_calls(sequential(engine)), scheduled_calls(engine.counters)
         self.start_time = self.last = time.perf_counter()
         self.report()
 
@@ -155,8 +156,10 @@ class _Reporter:
         assert self.engine is not None
         self.last = now = time.perf_counter()
         counters = self.engine.counters
+        ahead = self.engine.executor.unfinished if isinstance(self.engine, DeferredEngine) else 0  # made, not yet run
+        done = max(self.work_before, scheduled_calls(counters) - ahead)
         self.on_progress(Progress(self.job_id, self.frames_done, self.frames_total, now - self.start_time, counters,
-                                  scheduled_calls(counters), self.work_total, self.frames_before, self.work_before))
+                                  done, self.work_total, self.frames_before, self.work_before))
 
 
 class JobRun:
@@ -175,6 +178,7 @@ class JobRun:
         lease_ttl_s: float = TTL_S,
         lease_wait_s: float = 0.0,
         start: Start | None = None,
+        split: Callable[[StreamingEngine], DeferredEngine] | None = None,
     ) -> None:
         self.store, self.prompt, self.cfg, self.model, self.start = store, prompt, cfg, model, start
         self.spec = JobSpec(prompt, cfg, start)
@@ -185,6 +189,7 @@ class JobRun:
         self.num_latents = latents_for_frames(cfg.frames, self.temporal)
         self.restart, self.trace, self.candidates = restart, trace, candidates
         self.lease_ttl_s, self.lease_wait_s = lease_ttl_s, lease_wait_s  # wait: how long to wait for a live holder
+        self.split = split  # runs the engine's model calls elsewhere (``cluster.split``); the video is the same
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, tick_s: float | None = None) -> RenderResult:
         """Render, resume, or (if this job is already done with this configuration) return its record.
@@ -231,6 +236,8 @@ class JobRun:
         reporter = _Reporter(self.job.job_id, self.cfg.frames, on_progress, tick_s) if on_progress else None
         tick = reporter.tick if reporter and tick_s is not None else None
         engine = build_engine(self.model, self.cfg, self.prompt, self.num_latents, self.trace, self.candidates, tick, self._seed_latents)
+        if self.split is not None:
+            engine = self.split(engine)
         if self.restart:
             self._wipe()
         uploader = Uploader(self.store)
@@ -305,7 +312,7 @@ class JobRun:
         if removed or dirs:
             log.info("job %s: removed %d temp objects and %d MP4 temp directories of killed runs", self.job.job_id, removed, len(dirs))
 
-    def _run(self, engine: StreamingEngine, uploader: Uploader, record: JobRecord, t0: float, reporter: _Reporter | None) -> RenderResult:
+    def _run(self, engine: StreamingEngine | DeferredEngine, uploader: Uploader, record: JobRecord, t0: float, reporter: _Reporter | None) -> RenderResult:
         cfg, s = self.cfg, self.model.vae_scale[1]
         shape = engine.shape
         height, width = shape[2] * s, shape[3] * s
@@ -337,8 +344,11 @@ class JobRun:
             now = time.perf_counter()
             due = engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds
             if due and not engine.done and engine.counters.total_calls != last_ckpt_calls:
-                self._checkpoint(ckpts, engine, uploader, record)
-                last_ckpt_time, last_ckpt_at, last_ckpt_calls = now, engine.emitted, engine.counters.total_calls
+                state = engine.checkpoint() if isinstance(engine, DeferredEngine) else (*engine.state_dict(), engine.emitted, engine.counters.total_calls)
+                if state is not None:  # a deferred engine's checkpoint is saved once its latents exist, while its calls go on
+                    _record_split(engine, record)
+                    self._checkpoint(ckpts, state, uploader, record)
+                    last_ckpt_time, last_ckpt_at, last_ckpt_calls = now, state[2], state[3]
             if reporter:
                 if item is not None:
                     reporter.frames(min(cfg.frames, frames_of_latents(engine.emitted, self.temporal)))
@@ -357,6 +367,7 @@ class JobRun:
         record.status, record.frames_done = "done", cfg.frames
         record.timings = timings
         record.metrics |= {"model_calls": engine.counters.to_json(), "resumed_from_latent": resumed}
+        _record_split(engine, record)
         write_job(uploader, record)
         return RenderResult(self.job.job_id, record, resumed, timings)
 
@@ -423,12 +434,14 @@ class JobRun:
         for i in range(first, end):
             self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
 
-    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine, uploader: Uploader, record: JobRecord) -> None:
-        """Save the engine state under its model-call count (it grows during the fill too, when no latent comes out)."""
-        tensors, meta = engine.state_dict()
-        digests = [self._latents.digests[i] for i in range(engine.emitted)]
-        done = min(self.cfg.frames, frames_of_latents(engine.emitted, self.temporal))
-        ckpts.save(engine.counters.total_calls, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
+    def _checkpoint(self, ckpts: CheckpointStore, state: tuple[dict[str, Tensor], dict[str, Any], int, int], uploader: Uploader,
+                    record: JobRecord) -> None:  # fmt: skip
+        """Save an engine state ``(tensors, meta, latents emitted, model calls)`` under its model-call count (it grows
+        during the fill too, when no latent comes out)."""
+        tensors, meta, emitted, calls = state
+        digests = [self._latents.digests[i] for i in range(emitted)]
+        done = min(self.cfg.frames, frames_of_latents(emitted, self.temporal))
+        ckpts.save(calls, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
         record.frames_done = done
         write_job(uploader, record)
 
@@ -450,6 +463,12 @@ class JobRun:
         self._redecode(writer, latents, decoder, writer.frames_written, engine.emitted)
         log.info("job %s resumed from checkpoint %d (model calls) at latent %d", self.job.job_id, step, engine.emitted)
         return engine.emitted
+
+
+def _record_split(engine: StreamingEngine | DeferredEngine, record: JobRecord) -> None:
+    """A split render's workers and calls in job.json (``metrics.split``: what ``miga status`` shows)."""
+    if isinstance(engine, DeferredEngine):
+        record.metrics["split"] = engine.executor.describe()
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

@@ -50,12 +50,16 @@ def run_batch(
     fanout: int = 2,
     max_attempts: int = 3,
     on_event: Callable[[Event], None] | None = None,
+    per_job: int = 1,
 ) -> BatchResult:
     """Render every row of ``prompts`` into ``out`` on Ray workers; write ``<out>/manifest.parquet``.
+    With ``per_job`` > 1 the workers form teams of that many and each job is split over a team.
 
     Bad rows raise ``PromptFileError`` and an unusable ``out`` raises ``ConfigError``, both before
     any worker starts. Jobs already done with the same configuration are not sent to a worker.
     """
+    if per_job < 1 or (workers is not None and per_job > workers):
+        raise ConfigError(f"--workers-per-job {per_job}: must be from 1 to --workers ({workers})")
     jobs = plan_jobs(read_prompts(prompts), cfg)
     try:
         store = open_store(out)
@@ -63,18 +67,21 @@ def run_batch(
         raise ConfigError(f"--out {out}: {exc}") from None
     finished = {j.id: o for j in jobs if (o := already_done(store, j)) is not None}
     handles: list = []
+    leaders: list = []
     started = False
     try:
         if len(finished) < len(jobs):
-            from .runtime import WorkerSpec, connect, start_workers  # loads torch and the model code
+            from .runtime import WorkerSpec, connect, start_teams  # loads torch and the model code
 
             started = connect(address)
             if not out.startswith("s3://") and len(ray.nodes()) > 1:
                 log.warning("--out %s is a local path on a %d-node cluster: every node must see it (use s3://)", out, len(ray.nodes()))
             spec = WorkerSpec.for_cluster(resource, cpus, fanout=fanout)
             n = workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
-            handles = start_workers(n, cfg, spec)
-        result = BatchDriver(handles, out, max_attempts, refreshing_gallery(store, on_event)).run(jobs, finished)
+            if per_job > n:
+                raise ConfigError(f"--workers-per-job {per_job}: must be at most the workers ({n}, one per GPU of the cluster)")
+            leaders, handles = start_teams(n, per_job, cfg, spec)
+        result = BatchDriver(leaders, out, max_attempts, refreshing_gallery(store, on_event)).run(jobs, finished)
     finally:
         for h in handles:
             ray.kill(h)

@@ -97,6 +97,23 @@ def start_workers(n: int, cfg: RenderConfig, spec: WorkerSpec) -> list[Any]:
     return workers
 
 
+def start_teams(n: int, per_job: int, cfg: RenderConfig, spec: WorkerSpec) -> tuple[list[Any], list[Any]]:
+    """``n`` workers in teams of ``per_job``: each team's leader takes jobs and splits each over its team
+    (``cluster.split``); returns the leaders, introduced to each other, and every worker. A team keeps its
+    members when Ray restarts its leader (they are the leader's constructor arguments)."""
+    if per_job == 1:
+        workers = start_workers(n, cfg, spec)
+        return workers, workers
+    options = actor_options(spec.num_gpus, spec.num_cpus, spec.resources, spec.max_restarts)
+    leaders, everyone = [], []
+    for t in range(n // per_job):
+        team = [RemoteWorker.options(**options).remote(cfg, t * per_job + i, 0, spec.threads) for i in range(1, per_job)]
+        leaders.append(RemoteWorker.options(**options).remote(cfg, t * per_job, spec.fanout, spec.threads, team))
+        everyone += [leaders[-1], *team]
+    introduce(leaders)
+    return leaders, everyone
+
+
 def worker_infos(workers: list[Any]) -> list[WorkerInfo]:
     """Where each worker runs."""
     return ray.get([w.ready.remote() for w in workers])

@@ -2,9 +2,10 @@
 ``JobRun`` (exactly as ``miga render`` does) and, on other threads, serves its peers' reflection
 candidates and answers progress queries.
 
-The actor is threaded with four concurrency groups: ``render`` (one job at a time), ``peer``
-(candidate requests from other workers), ``evaluate`` (quality numbers of a finished job, on the CPU
-while the next job renders) and ``info`` (ready / progress). Every model forward goes through one
+The actor is threaded with five concurrency groups: ``render`` (one job at a time), ``split`` (one model
+call at a time of a render split over workers, ``cluster.split``), ``peer`` (candidate requests from other
+workers), ``evaluate`` (quality numbers of a finished job, on the CPU while the next job renders) and
+``info`` (ready / progress). Every model forward goes through one
 FIFO lock, so a peer's candidate windows interleave with the worker's own steps; evaluation never
 takes it.
 """
@@ -29,12 +30,14 @@ from ..job import JobSpec, render_job
 from ..models.decode import latents_for_frames
 from ..render import Progress
 from ..sampling import CandidateRequest, WindowRunner, run_candidate
+from ..sampling.deferred import Call, materialize
 from ..storage import JobRecord, open_store
 from ..storage.lease import TTL_S
 from .fanout import FanoutCandidates
 from .jobs import BatchJob, JobOutcome, WorkerInfo
+from .split import splitter
 
-CONCURRENCY_GROUPS = {"render": 1, "peer": 2, "evaluate": 1, "info": 2}
+CONCURRENCY_GROUPS = {"render": 1, "split": 1, "peer": 2, "evaluate": 1, "info": 2}
 LEASE_WAIT_S = 2.5 * TTL_S  # a job retried after its worker died elsewhere outwaits that worker's lease
 
 
@@ -91,10 +94,11 @@ def _runner_key(cfg: RenderConfig, prompt: str) -> tuple[str, str]:
 class RenderWorker:
     """One device, one model, one job at a time; serves peers' candidate requests meanwhile."""
 
-    def __init__(self, cfg: RenderConfig, index: int = 0, fanout: int = 2, threads: int | None = None) -> None:
+    def __init__(self, cfg: RenderConfig, index: int = 0, fanout: int = 2, threads: int | None = None, team: Sequence[Any] = ()) -> None:
         threads = threads or max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)  # fixed, so float results do not depend on the host's core count
         self.cfg, self.index, self.fanout = cfg, index, fanout
+        self.team = list(team)  # workers this one splits each of its jobs with (``miga batch --workers-per-job``)
         self.lock = FairLock()
         self.model = LockedModel(load_for(cfg), self.lock)
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -104,7 +108,7 @@ class RenderWorker:
         self._runners_lock = threading.Lock()
         self._progress: dict[str, Any] | None = None
         self.stats = {"jobs": 0, "served_requests": 0, "sent_requests": 0, "local_requests": 0, "fallbacks": 0,
-                      "served_while_rendering": 0, "reflections": 0, "reflect_ms": 0}  # fmt: skip
+                      "served_while_rendering": 0, "reflections": 0, "reflect_ms": 0, "split_calls": 0}  # fmt: skip
 
     # -- info group --------------------------------------------------------------------------------
     @ray.method(concurrency_group="info")
@@ -136,10 +140,13 @@ class RenderWorker:
         self._check_model(job.cfg)
         store = open_store(out)
         hook = FanoutCandidates(self._local_candidates(job.cfg, job.prompt), self._peer_call(job.cfg, job.prompt), self._peer_order(), self.stats)
+        split = None
+        if self.team:  # this worker and its team run the job's model calls (candidates included)
+            split = splitter([ray.get_runtime_context().current_actor, *self.team], ray.put((job.cfg, job.prompt)))
         self._progress = {"job_id": job.id, "frames_done": 0, "frames_total": job.cfg.frames, "fps": 0.0, "worker": self.index, "reflections": {}}
         try:
             result = render_job(store, JobSpec(job.prompt, job.cfg), self.model, job.id, evaluate=False,
-                                on_progress=self._on_progress, candidates=hook, lease_wait_s=LEASE_WAIT_S)
+                                on_progress=self._on_progress, candidates=hook, lease_wait_s=LEASE_WAIT_S, split=split)
         finally:
             self._progress = None
         self.stats["jobs"] += 1
@@ -156,6 +163,21 @@ class RenderWorker:
             timings=dict(record.timings),
             metrics=dict(record.metrics),
         )
+
+    @ray.method(concurrency_group="split")
+    def window(self, job: tuple[RenderConfig, str], call: Call, *inputs: Tensor) -> tuple[Any, ...]:
+        """One model call of a render split over workers (``cluster.split``): its written latents on the CPU, then True.
+
+        ``call.inputs`` are values or ``Arg`` places in ``inputs`` (Ray resolves those references), re-noised
+        where the call says; the step is the render's own runner's, so the latents equal a one-worker render's."""
+        cfg, prompt = job
+        self._check_model(cfg)
+        runner = self._runner(cfg, prompt)
+        device, dtype = runner.noise.device, runner.noise.dtype
+        xs = [materialize(x, lambda a: inputs[a.index].to(device, dtype), runner) for x in call.inputs]
+        out = runner(call.phase, [x.to(device, dtype) for x in xs], call.levels, call.ids, call.kept, call.guidance, call.variant)
+        self.stats["split_calls"] += 1
+        return (*[x.cpu() for x in out], True)
 
     # -- evaluate group ----------------------------------------------------------------------------
     @ray.method(concurrency_group="evaluate")

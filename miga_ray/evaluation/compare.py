@@ -204,3 +204,16 @@ def compare(paths: list[Path], png: Path | None, metrics: list[str] | None = Non
     if png is not None:
         draw_curves(variants, metrics).save(png)
     return table(variants, metrics)
+
+
+CONSISTENCY = ("subject_consistency", "background_consistency", "color_rate", "shape_rate", "count_rate")  # higher is better
+
+
+def verdict(baseline: Variant, candidate: Variant, metrics: tuple[str, ...] = CONSISTENCY) -> str:
+    """One line on whether ``candidate`` is ahead of ``baseline``: on how many metrics its mean over frames is
+    higher and its drift (last quarter minus first) no worse, naming them; ahead means a majority."""
+    better = [m for m in metrics if candidate.mean(m) > baseline.mean(m) and candidate.drift(m) >= baseline.drift(m)]
+    worse = [m for m in metrics if candidate.mean(m) < baseline.mean(m) and candidate.drift(m) <= baseline.drift(m)]
+    head = "ahead of" if len(better) * 2 > len(metrics) else "not ahead of"
+    return (f"{candidate.name} is {head} {baseline.name} here: higher and drifting no more on {len(better)} of {len(metrics)}"
+            f" ({', '.join(better) or 'none'}); lower and drifting no less on {len(worse)} ({', '.join(worse) or 'none'})")

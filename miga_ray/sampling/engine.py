@@ -120,8 +120,12 @@ class StreamingEngine:
 
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """The whole engine state as (tensors, JSON-able meta): safetensors + JSON, never pickle."""
-        tensors, state = pack(self.state, self.shape, self.dtype)
-        meta = {**self._identity(), "config": self.cfg.to_dict(), "counters": self.counters.to_json(), "state": state}
+        return self.state_dict_of(self.state, self.counters)
+
+    def state_dict_of(self, state: StreamState, counters: Counters) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``state_dict`` of a state this engine was in (with the counters it had then): a deferred engine's checkpoint."""
+        tensors, packed = pack(state, self.shape, self.dtype)
+        meta = {**self._identity(), "config": self.cfg.to_dict(), "counters": counters.to_json(), "state": packed}
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:

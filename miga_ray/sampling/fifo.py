@@ -57,8 +57,7 @@ def start(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
         else:
             x0 = base[min(f - 1, max(0, index))]
             if level:
-                eps = runner.noise.draw(INIT_NOISE, index, level)
-                x0 = runner.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+                x0 = runner.noised(x0, INIT_NOISE, index, level)
         state.queue.push(x0, level, index)
     state.started = True
 
@@ -78,7 +77,7 @@ def iterate(runner: WindowRunner, state: FifoState, cfg: FifoConfig) -> None:
     head = queue.ids[prefix]
     emit(state, head, queue.xs[prefix])
     queue.pop(1)
-    queue.push(entry_latent(runner.solver, runner.noise, None, head + T, 0), T, head + T)
+    queue.push(entry_latent(runner, None, head + T, 0), T, head + T)
 
 
 class FifoEngine(StreamingEngine):

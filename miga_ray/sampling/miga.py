@@ -58,9 +58,7 @@ def start(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total: int) -
     groups = f // L
     for i in range(count):
         level = T - groups + i // L
-        eps = runner.noise.draw(INIT_NOISE, i, level)
-        x = runner.solver.add_noise(base[i].unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
-        state.queue.push(x, level, i)
+        state.queue.push(runner.noised(base[i], INIT_NOISE, i, level), level, i)
     state.pushed = count
     state.started = True
 
@@ -86,8 +84,7 @@ def start_seeded(runner: WindowRunner, state: MigaState, cfg: MigaConfig, total:
         if i < seed.count:
             x = seed.hold(runner.solver, runner.noise, i, level)
         else:
-            eps = runner.noise.draw(INIT_NOISE, i, level)
-            x = runner.solver.add_noise(last.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+            x = runner.noised(last, INIT_NOISE, i, level)
         state.queue.push(x, level, i)
     state.head, state.pushed = first, min(top, total)
     u = state.unified
@@ -110,7 +107,7 @@ def push_group(runner: WindowRunner, state: MigaState, cfg: MigaConfig, anchor: 
     T = runner.solver.grid.num_levels
     stop = state.pushed + cfg.group if limit is None else min(state.pushed + cfg.group, limit)
     for i in range(state.pushed, stop):
-        state.queue.push(entry_latent(runner.solver, runner.noise, anchor, i, 0), T, i)
+        state.queue.push(entry_latent(runner, anchor, i, 0), T, i)
     state.pushed = stop
 
 
@@ -170,8 +167,8 @@ def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates:
         runner.counters.reflections["paused_at_switch"] += 1
         state.last_score = None
         return
-    refs = torch.stack(queue.xs[r:j], dim=2)
-    judged = torch.stack(queue.xs[j : j + L], dim=2)
+    refs = torch.stack(runner.resolve(queue.xs[r:j]), dim=2)  # a barrier where calls run elsewhere: scores need values
+    judged = torch.stack(runner.resolve(queue.xs[j : j + L]), dim=2)
     scores = consistency_score(judged, refs).tolist()
     counts = runner.counters.reflections
     counts["judged"] += 1
@@ -210,7 +207,7 @@ def reflect(runner: WindowRunner, state: MigaState, cfg: MigaConfig, candidates:
     counts["accepted"] += len(accepted)
     if at_switch:
         counts["accepted_at_switch"] += len(accepted)
-    replaced = torch.stack(queue.xs[j:], dim=2)
+    replaced = torch.stack(runner.resolve(queue.xs[j:]), dim=2)
     for b in accepted:
         replaced[b] = results[best[b]][b].to(replaced.device, replaced.dtype)
         state.last_score[b] = found[best[b]][b]

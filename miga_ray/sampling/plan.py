@@ -32,17 +32,21 @@ def _zero_model(latents: Tensor, timesteps: Tensor, context: object) -> Tensor:
     return torch.zeros_like(latents)
 
 
-def planned_calls(engine: StreamingEngine) -> int:
-    """Scheduled model calls a whole render on ``engine`` makes from the start (``scheduled_calls`` at the end)."""
+def dry_engine(engine: StreamingEngine, reflect: bool = False) -> StreamingEngine:
+    """A fresh engine with ``engine``'s settings over a zero-cost model on 1x1 latents (reflection off unless ``reflect``)."""
     noise = NoiseSource(engine.runner.noise.seed, (1, 1, 1, 1), torch.float32, "cpu")
     seed = seed_like(engine.runner.seed, noise.shape)  # which latents are known decides which calls run
     runner = WindowRunner(_zero_model, engine.runner.solver, Conditioning(None), noise, seed=seed)  # its grid decides the sweeps
     if isinstance(engine, MigaEngine):
-        dry: StreamingEngine = MigaEngine(runner, engine.cfg.with_(reflect=False), engine.num_latents)
-    elif isinstance(engine, FifoEngine):
-        dry = FifoEngine(runner, engine.cfg, engine.num_latents)
-    else:
-        raise TypeError(f"no plan for {type(engine).__name__}")
+        return MigaEngine(runner, engine.cfg if reflect else engine.cfg.with_(reflect=False), engine.num_latents)
+    if isinstance(engine, FifoEngine):
+        return FifoEngine(runner, engine.cfg, engine.num_latents)
+    raise TypeError(f"no plan for {type(engine).__name__}")
+
+
+def planned_calls(engine: StreamingEngine) -> int:
+    """Scheduled model calls a whole render on ``engine`` makes from the start (``scheduled_calls`` at the end)."""
+    dry = dry_engine(engine)
     for _ in dry:
         pass
     return scheduled_calls(dry.counters)

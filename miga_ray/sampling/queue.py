@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from .runner import WindowRunner
@@ -55,9 +54,5 @@ class Queue:
 
     def renoise(self, runner: WindowRunner, positions: range, level: int, purpose: str) -> None:
         """Latents at ``positions`` (clean) back to ``level``, each with its own noise (the refine entry)."""
-        ids = [self.ids[j] for j in positions]
-        x0 = torch.stack([self.xs[j] for j in positions], dim=2)
-        eps = runner.noise.frames(purpose, ids, [level] * len(ids))
-        noised = runner.solver.add_noise(x0, eps, torch.full((len(ids),), level)).unbind(dim=2)
-        for j, x in zip(positions, noised):
-            self.xs[j], self.levels[j] = x, level
+        for j in positions:  # one latent at a time: elementwise, so the values equal a stacked re-noising's
+            self.xs[j], self.levels[j] = runner.noised(self.xs[j], purpose, self.ids[j], level), level

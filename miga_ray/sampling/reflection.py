@@ -14,11 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .noise import NoiseSource
 from .phases import ENTRY_NOISE, REFLECT
 from .queue import Queue
 from .runner import WindowRunner
-from .solvers import Solver
 from .windows import candidate_windows
 
 
@@ -55,32 +53,41 @@ class CandidateRequest:
     official_layout: bool  # the official code's blocks (remainder first) and its windows that write only references
 
 
-def entry_latent(solver: Solver, noise: NoiseSource, anchor: Tensor | None, latent_id: int, variant: int) -> Tensor:
-    """A new latent at the top level T: pure noise, or ``anchor`` noised to T."""
-    T = solver.grid.num_levels
-    eps = noise.draw(ENTRY_NOISE, latent_id, T, variant)
+def entry_latent(runner: WindowRunner, anchor: Tensor | None, latent_id: int, variant: int) -> Tensor:
+    """A new latent at the top level T: pure noise, or ``anchor`` noised to T (with the same noise)."""
+    T = runner.solver.grid.num_levels
     if anchor is None:
-        return eps
-    lv = torch.tensor([T])
-    return solver.add_noise(anchor.unsqueeze(2), eps.unsqueeze(2), lv).squeeze(2)
+        return runner.noise.draw(ENTRY_NOISE, latent_id, T, variant)
+    return runner.noised(anchor, ENTRY_NOISE, latent_id, T, variant)
 
 
-def run_candidate(runner: WindowRunner, request: CandidateRequest) -> Tensor:
-    """Grow one candidate (a short FIFO-style run from fresh noise); return its new latents ``[B, C, N, H, W]``."""
+def grow_candidate(runner: WindowRunner, request: CandidateRequest) -> list[Tensor]:
+    """Grow one candidate (a short FIFO-style run from fresh noise); its new latents, head first, as the runner returns them."""
     T = runner.solver.grid.num_levels
     frozen = len(request.ref_ids)
     queue = Queue(list(request.refs.unbind(dim=2)), list(request.ref_levels), list(request.ref_ids))
     for step in range(request.steps):
         for i in request.groups[step] if step < len(request.groups) else []:
-            queue.push(entry_latent(runner.solver, runner.noise, request.anchor, i, request.candidate), T, i)
+            queue.push(entry_latent(runner, request.anchor, i, request.candidate), T, i)
         for window in candidate_windows(len(queue), frozen, request.window, request.stride, step, request.official_layout):
             queue.step(runner, REFLECT, window, request.candidate)
-    return torch.stack(queue.xs[frozen:], dim=2)
+    return queue.xs[frozen:]
+
+
+def run_candidate(runner: WindowRunner, request: CandidateRequest) -> Tensor:
+    """Grow one candidate; return its new latents ``[B, C, N, H, W]``."""
+    return torch.stack(runner.resolve(grow_candidate(runner, request)), dim=2)
 
 
 CandidateRunner = Callable[[Sequence[CandidateRequest]], list[Tensor]]
 
 
 def local_candidates(runner: WindowRunner) -> CandidateRunner:
-    """Run candidate requests one after another on this process's model."""
-    return lambda requests: [run_candidate(runner, r) for r in requests]
+    """Run candidate requests on this runner: every candidate's calls first, then their values (a runner that
+    defers calls runs the candidates side by side)."""
+
+    def run(requests: Sequence[CandidateRequest]) -> list[Tensor]:
+        grown = [grow_candidate(runner, r) for r in requests]
+        return [torch.stack(runner.resolve(latents), dim=2) for latents in grown]
+
+    return run

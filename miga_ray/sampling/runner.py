@@ -72,6 +72,16 @@ class WindowRunner:
                        for j, x_, k in zip(kept_at, stepped, known)]
         return stepped
 
+    def noised(self, x0: Tensor, purpose: str, index: int, level: int, variant: int = 0) -> Tensor:
+        """Latent ``x0`` noised to ``level`` with its own counter-based noise: every re-noising of a queue latent goes here,
+        so a runner that defers model calls (``sampling.graph``) can defer it too."""
+        eps = self.noise.draw(purpose, index, level, variant)
+        return self.solver.add_noise(x0.unsqueeze(2), eps.unsqueeze(2), torch.tensor([level])).squeeze(2)
+
+    def resolve(self, latents: Sequence[Tensor]) -> list[Tensor]:
+        """The values of queue latents where a phase must read them (reflection's scores); here they already are."""
+        return list(latents)
+
     def _count(self, phase, ids, levels, guidance, kept, variant) -> None:
         c = self.counters
         c.calls[phase] += 1
