@@ -344,11 +344,9 @@ class JobRun:
             now = time.perf_counter()
             due = engine.emitted - last_ckpt_at >= ck.every_latents or now - last_ckpt_time >= ck.every_seconds
             if due and not engine.done and engine.counters.total_calls != last_ckpt_calls:
-                state = engine.checkpoint() if isinstance(engine, DeferredEngine) else (*engine.state_dict(), engine.emitted, engine.counters.total_calls)
-                if state is not None:  # a deferred engine's checkpoint is saved once its latents exist, while its calls go on
-                    _record_split(engine, record)
-                    self._checkpoint(ckpts, state, uploader, record)
-                    last_ckpt_time, last_ckpt_at, last_ckpt_calls = now, state[2], state[3]
+                saved = self._checkpoint(ckpts, engine, uploader, record)
+                if saved is not None:
+                    last_ckpt_time, (last_ckpt_at, last_ckpt_calls) = now, saved
             if reporter:
                 if item is not None:
                     reporter.frames(min(cfg.frames, frames_of_latents(engine.emitted, self.temporal)))
@@ -434,16 +432,24 @@ class JobRun:
         for i in range(first, end):
             self._write_frames(writer, decoder, i, latents.read(i).unsqueeze(0).to(self.model.device, self.model.dtype))
 
-    def _checkpoint(self, ckpts: CheckpointStore, state: tuple[dict[str, Tensor], dict[str, Any], int, int], uploader: Uploader,
-                    record: JobRecord) -> None:  # fmt: skip
-        """Save an engine state ``(tensors, meta, latents emitted, model calls)`` under its model-call count (it grows
-        during the fill too, when no latent comes out)."""
+    def _checkpoint(self, ckpts: CheckpointStore, engine: StreamingEngine | DeferredEngine, uploader: Uploader,
+                    record: JobRecord) -> tuple[int, int] | None:  # fmt: skip
+        """Save the engine state under its model-call count (it grows during the fill too, when no latent comes out);
+        return the saved state's (latents emitted, model calls). A deferred engine's state is the one of the step where
+        it was first asked, saved once its latents exist while its calls go on: None until then."""
+        if isinstance(engine, DeferredEngine):
+            if (state := engine.checkpoint()) is None:
+                return None
+            _record_split(engine, record)
+        else:
+            state = (*engine.state_dict(), engine.emitted, engine.counters.total_calls)
         tensors, meta, emitted, calls = state
         digests = [self._latents.digests[i] for i in range(emitted)]
         done = min(self.cfg.frames, frames_of_latents(emitted, self.temporal))
         ckpts.save(calls, tensors, {"engine": meta, "identity": self.identity, "frames_done": done, "latents_sha256": digests})
         record.frames_done = done
         write_job(uploader, record)
+        return emitted, calls
 
     def _resume(self, engine, ckpts: CheckpointStore, latents: LatentWriter, decoder, writer: SegmentWriter) -> int | None:
         """Restore the newest good checkpoint, then re-decode the stored latents the video still lacks; return the latent it resumes at."""
