@@ -24,14 +24,13 @@ from .config import ConfigError, RenderConfig, load_config, load_story
 
 if TYPE_CHECKING:
     from .continuation import Start
+    from .job import JobSpec
     from .render import Progress as RenderProgress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Long, consistent videos from short-clip video diffusion models (MIGA).")
 err = Console(stderr=True)
-DEMO_PROMPTS = {  # readable job id (before "-s<seed>") -> prompt
-    "red-circle": "a red circle moving over sand",
-    "yellow-square-blue-triangle": "a yellow square and a blue triangle moving over grass",
-}
+DEMO_PROMPT = ("red-circle", "a red circle moving over sand")  # readable job id (before "-<sampler>-s<seed>"), prompt
+DEMO_SAMPLERS = ("fifo", "miga")  # the baseline first: the verdict says whether the second is ahead of it
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key, e.g. --set sampler.miga.group=7")]
@@ -118,22 +117,32 @@ def render_jobs(
     print each video's path on stdout the moment it is finished and return them all. ``start``: what the
     videos continue (an init video, or the finished job an extension continues). ``workers``: each render's
     model calls split over that many Ray workers (the same video)."""
-    for prompt in prompts:
-        cfg.check_prompt(prompt)
+    from .job import JobSpec
+
+    return render_specs([JobSpec(prompt, cfg, start) for prompt in prompts], out, job_ids, restart, trace, side_by_side, workers)
+
+
+def render_specs(
+    specs: list[JobSpec], out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool = False,
+    workers: int | None = None,
+) -> list[str]:
+    """``render_jobs`` for jobs given whole (each its own settings, one model for all, e.g. FIFO beside MIGA)."""
+    for spec in specs:
+        spec.cfg.check_prompt(spec.prompt)
     with ExitStack() as cluster:
         split = None
         if workers is not None:
             from .cluster.split import split_workers  # Ray: joined or started before anything is written
 
-            split = cluster.enter_context(split_workers(workers, cfg))
-        return _render_jobs(prompts, cfg, out, job_ids, restart, trace, side_by_side, start, split)
+            split = cluster.enter_context(split_workers(workers, specs[0].cfg))
+        return _render_jobs(specs, out, job_ids, restart, trace, side_by_side, split)
 
 
 def _render_jobs(
-    prompts: list[str], cfg: RenderConfig, out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool,
-    start: Start | None, split: list | None,
+    specs: list[JobSpec], out: str, job_ids: list[str | None], restart: bool, trace: Path | None, side_by_side: bool,
+    split: list | None,
 ) -> list[str]:
-    """``render_jobs`` once its workers (if any) have started."""
+    """``render_specs`` once its workers (if any) have started."""
     from .storage import StoreError, open_store
 
     try:
@@ -141,16 +150,15 @@ def _render_jobs(
     except (StoreError, ValueError, OSError) as exc:
         _fail(2, f"--out {out}{_s3_endpoint_note(out)}: {exc}")
     from .engines import load_for
-    from .job import JobSpec, render_job
+    from .job import render_job
     from .render import check_identity, cpu_threads, usable_cpus  # bad input has failed before torch loads
 
-    specs = [JobSpec(prompt, cfg, start) for prompt in prompts]
     ids = [job_id or spec.default_id() for spec, job_id in zip(specs, job_ids)]
     if not restart:
         for spec, job_id in zip(specs, ids):
             check_identity(store, job_id, spec)  # a job holding another render fails before the model loads
-    model = load_for(cfg)
-    at_once = min(len(prompts), usable_cpus()) if side_by_side else 1
+    model = load_for(specs[0].cfg)  # one model for every job (their model settings are the same)
+    at_once = min(len(specs), usable_cpus()) if side_by_side else 1
     if model.device.type == "cpu":
         import torch
 
@@ -168,8 +176,9 @@ def _render_jobs(
 
                 from .cluster.split import splitter
 
-                splitting = splitter(split, ray.put((cfg, spec.prompt)))
-            task = bar.add_task(job_id, total=None, completed=0, frames=f"0/{cfg.frames}", fps="- fps", eta=_clock(None))
+                splitting = splitter(split, ray.put((spec.cfg, spec.prompt)))
+            frames = spec.cfg.frames
+            task = bar.add_task(job_id, total=None, completed=0, frames=f"0/{frames}", fps="- fps", eta=_clock(None))
 
             def show(p: RenderProgress) -> None:
                 if stop:
@@ -181,7 +190,7 @@ def _render_jobs(
                 bar.console.print(f"{result.job_id}: not evaluated: {result.not_evaluated}", highlight=False, markup=False)
             path = f"{out.rstrip('/')}/{result.job_id}/video.mp4"
             if result.skipped:
-                bar.update(task, total=1, completed=1, frames=f"{cfg.frames}/{cfg.frames}", eta="done")
+                bar.update(task, total=1, completed=1, frames=f"{frames}/{frames}", eta="done")
                 bar.console.print(f"{result.job_id}: already done ({result.record.frames_done} frames)", highlight=False)
             _print_path(bar, path)
             return path
@@ -315,14 +324,33 @@ def demo(
     frames: Annotated[Optional[int], typer.Option(help="frames per video (default 600)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Render the toy demo: 2 prompts x 600 frames with MIGA, side by side on this machine's CPUs; prints
-    each video's path as soon as it is finished.
+    """Render the toy demo: one prompt with FIFO-Diffusion and with MIGA, 600 frames each, side by side on this
+    machine's CPUs; prints each video's path as soon as it is finished, then the numbers that compare them
+    (the toy world's consistency and drift figures) and whether MIGA is ahead on them.
 
     Example: miga demo --config configs/demo.yaml --out out/demo
     """
-    cfg = _render_config(config, [], frames=frames or (None if config else 600))
-    job_ids: list[str | None] = [f"{name}-s{cfg.seed}" for name in DEMO_PROMPTS]
-    _guard(render_jobs, list(DEMO_PROMPTS.values()), cfg, out, job_ids, False, None, side_by_side=True)
+    from .job import JobSpec
+
+    name, prompt = DEMO_PROMPT
+    cfgs = [_render_config(config, [f"sampler.kind={kind}"], frames=frames or (None if config else 600)) for kind in DEMO_SAMPLERS]
+    specs = [JobSpec(prompt, cfg) for cfg in cfgs]
+    job_ids: list[str | None] = [f"{name}-{cfg.sampler.kind}-s{cfg.seed}" for cfg in cfgs]
+    _guard(render_specs, specs, out, job_ids, False, None, side_by_side=True)
+    if all(cfg.evaluation.enabled for cfg in cfgs):
+        print(_guard(_demo_comparison, out, {cfg.sampler.kind.upper(): job_id for cfg, job_id in zip(cfgs, job_ids) if job_id}))
+
+
+def _demo_comparison(out: str, jobs: dict[str, str]) -> str:
+    """The demo's jobs (name -> job id) side by side: their toy-world means and drift figures, and the verdict."""
+    from .evaluation.compare import CONSISTENCY, Variant, table, verdict
+    from .storage import open_store, read_job
+    from .storage.quality import EVALUATION
+
+    store = open_store(out)
+    variants = [Variant(name, [read_job(store, job_id).metrics[EVALUATION]["drift"]]) for name, job_id in jobs.items()]
+    return "\n".join([table(variants, list(CONSISTENCY)), verdict(*variants),
+                      "(one prompt, one seed, the shipped toy model; the study over many prompts: docs/RESULTS.md)"])
 
 
 @app.command()

@@ -295,3 +295,33 @@ def test_eval_of_a_missing_path_creates_nothing(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "missing" / "job")])
     assert result.exit_code == 2 and "neither a video file nor a job" in " ".join(result.output.split()), result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_renders_one_prompt_with_fifo_and_miga_and_says_whether_miga_is_ahead(tmp_path):
+    """The first two minutes show what the sampler does: both videos, their drift figures side by side, a verdict."""
+    result = subprocess.run([sys.executable, "-m", "miga_ray.cli", "demo", "--config", str(REPO / "configs" / "demo.yaml"),
+                             "--frames", "40", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert sorted(lines[:2]) == [str(tmp_path / f"red-circle-{kind}-s0" / "video.mp4") for kind in ("fifo", "miga")]  # as each finishes
+    table = {line.split()[0]: line.split()[1:] for line in lines if line.split() and line.split()[0].endswith(("_rate", "_consistency"))}
+    assert set(table) == {"subject_consistency", "background_consistency", "color_rate", "shape_rate", "count_rate"}
+    assert all(len(cells) == 4 for cells in table.values())  # FIFO's and MIGA's mean (drift)
+    assert any(line.startswith(("MIGA is ahead of FIFO here", "MIGA is not ahead of FIFO here")) for line in lines)
+    for kind in ("fifo", "miga"):
+        record = json.loads((tmp_path / f"red-circle-{kind}-s0" / "job.json").read_text())
+        assert record["status"] == "done" and record["config"]["render"]["sampler"]["kind"] == kind
+
+
+def test_verdict_calls_a_variant_ahead_only_on_a_majority_of_consistency_metrics():
+    from miga_ray.evaluation.compare import CONSISTENCY, Variant, verdict
+
+    def variant(name: str, mean: float, drift: float, better: int) -> Variant:
+        values = {m: (mean + 0.1, drift) if i < better else (mean - 0.1, drift - 0.1) for i, m in enumerate(CONSISTENCY)}
+        return Variant(name, [{"mean": {m: v[0] for m, v in values.items()}, "drift": {m: v[1] for m, v in values.items()}}])
+
+    base = Variant("FIFO", [{"mean": dict.fromkeys(CONSISTENCY, 0.5), "drift": dict.fromkeys(CONSISTENCY, 0.0)}])
+    assert verdict(base, variant("MIGA", 0.5, 0.0, 3)).startswith("MIGA is ahead of FIFO here: higher and drifting no more on 3 of 5")
+    assert verdict(base, variant("MIGA", 0.5, 0.0, 2)).startswith("MIGA is not ahead of FIFO here: higher and drifting no more on 2 of 5")
+    assert "lower and drifting no less on 3" in verdict(base, variant("MIGA", 0.5, 0.0, 2))
