@@ -13,13 +13,8 @@ shift
 mkdir -p "$out"
 work=/tmp/miga-gpu  # outside the repository: a device tool may replace the working tree between calls
 mkdir -p "$work"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source jobs/gpu_env.sh
 train="python3 jobs/train_toy.py --profile gpu --device cuda --threads 4"
-stamp() { echo "== $(date -u +%FT%TZ) $*"; }
 {
 stamp "start: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader), $(nproc) cores"
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"

@@ -11,13 +11,9 @@ prompts=${2:-12}
 seeds=${3:-1}
 mkdir -p "$out"
 work=/tmp/miga-sweep
-if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/diffusers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+source jobs/gpu_env.sh
+export OMP_NUM_THREADS=1
 device=${DEVICE:-cuda}
-stamp() { echo "== $(date -u +%FT%TZ) $*"; }
 {
 stamp "start: $prompts prompts x $seeds seeds"
 for world in large single; do

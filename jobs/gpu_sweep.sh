@@ -13,15 +13,11 @@ steps=${2:-6000}
 mkdir -p "$out"
 work=/tmp/miga-sweep  # outside the repository: a device tool may replace the working tree between calls
 mkdir -p "$work"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+source jobs/gpu_env.sh
+export OMP_NUM_THREADS=1
 device=${DEVICE:-cuda}  # DEVICE=cpu EXTRA="small sizes" tries the script on a CPU
 extra=${EXTRA:-}
 train="python3 jobs/train_toy.py --profile cpu --device $device --threads 1"
-stamp() { echo "== $(date -u +%FT%TZ) $*"; }
 candidates=(
   "large-shared|--world large"
   "single-shared|--world single"
