@@ -24,7 +24,7 @@ from miga_ray.continuation import Extension, InitVideo
 from miga_ray.engines import load_for
 from miga_ray.render import JobRun
 from miga_ray.storage import LocalStore, read_job
-from miga_ray.storage.clips import read_clip
+from miga_ray.storage.clips import probe_clip
 from ray_helpers import wait_ready
 from test_cluster_local import ray_token
 from test_continuation import clip_file  # noqa: F401 - a fixture
@@ -123,7 +123,7 @@ def test_a_split_render_is_the_one_worker_video(cluster, one_worker, tmp_path, n
 def test_an_init_video_and_an_extension_split_are_the_one_worker_video(cluster, tmp_path, clip_file):  # noqa: F811
     model, workers = cluster["model"], cluster["workers"]
     cfg = config("sampler.kind=miga", frames=21)
-    start = InitVideo(read_clip(clip_file, cfg.frames))
+    start = InitVideo(probe_clip(clip_file, cfg.frames))
     one = render(tmp_path / "one", cfg, model, start=start)
     two = render(tmp_path / "two", cfg, model, workers[:2], start=start)
     assert sums(tmp_path / "two", two.job_id) == sums(tmp_path / "one", one.job_id)
