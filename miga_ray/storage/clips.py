@@ -42,7 +42,8 @@ class Clip:
         return Path(self.path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a local file, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(4 << 20):
@@ -72,7 +73,7 @@ def probe_clip(path: str | Path, max_frames: int) -> Clip:
         raise ValueError(f"{p}: its frames must hold {LIMIT}; they are {width}x{height}")
     if count < 1:
         raise ValueError(f"{p}: must hold at least one video frame (it holds none)")
-    return Clip(str(p), _sha256(p), width, height, count)
+    return Clip(str(p), file_sha256(p), width, height, count)
 
 
 def _probe_video(path: Path, max_frames: int) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from .clips import file_sha256
 from .layout import MP4, PLAYLIST, VIDEO_SUMS, JobLayout, JobProblem, join, read_sums, segment_name, sha256_problem
 from .lease import pid_alive
 from .objects import ObjectNotFound, ObjectStore
@@ -42,15 +43,6 @@ def remove_stale_mp4_dirs() -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a local file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def video_problem(store: ObjectStore, job: JobLayout) -> str | None:
