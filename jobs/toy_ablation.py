@@ -54,7 +54,7 @@ DRIFT_BINS = 10  # points on each analyzer curve
 
 def model_world(model: str) -> World:
     """The toy world a base model was trained on: ``toy`` is the shipped checkpoint, a directory its own."""
-    return World.recorded(TOY_DIR if model == "toy" else Path(model)) or WORLDS["full"]
+    return World.trained(TOY_DIR if model == "toy" else Path(model))
 
 
 def prompts(count: int, seed: int = 2026, world: World | None = None) -> list[str]:

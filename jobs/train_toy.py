@@ -553,7 +553,7 @@ def quality_gate(source: Path, prompts: int, steps: int, cfg: float, seed: int, 
     rates for the VAE's reconstructions of real toy clips (the ceiling the transformer works under),
     and the time of one model call."""
     model = load_pipeline(str(source), device=device, dtype=torch.float32)
-    world = World.recorded(source) or WORLDS["full"]
+    world = World.trained(source)
     rng = np.random.default_rng(seed)
     texts = [world.sample_scene(rng).prompt for _ in range(prompts)]
     pos, neg = model.encode_prompt(texts)

@@ -200,6 +200,12 @@ class World:
         return cls(tuple(data["sizes"]), int(data["max_sprites"]), tuple(data["shapes"]))
 
     @classmethod
+    def trained(cls, folder: Path) -> World:
+        """The world a toy checkpoint was trained on, whose scenes its studies and gate draw: the recorded one,
+        else ``WORLDS["full"]`` (what the recipe drew before worlds were recorded)."""
+        return cls.recorded(folder) or WORLDS["full"]
+
+    @classmethod
     def of_checkpoint(cls, folder: Path) -> World:
         """The prompts a toy checkpoint accepts: its recorded world, else the whole grammar (as before worlds)."""
         return cls.recorded(folder) or cls(max_sprites=MAX_SPRITES)
