@@ -479,6 +479,17 @@ def train(
     With ``knobs["gate_every"]`` the transformer's state is saved that often (a rerun of the same command
     resumes from it) and the quality gate scores the averaged weights, one row of ``curve.jsonl`` each."""
     seed, world = knobs["seed"], WORLDS[knobs["world"]]
+    if vae_from is not None:
+        vae_scale = AutoencoderKLWan.load_config(vae_from, subfolder="vae")["scale_factor_spatial"]
+    recipe = {"levels": knobs["levels"], "world": knobs["world"], "curriculum": knobs["curriculum"],
+              "patch": knobs["token_pixels"] // vae_scale, "heads": knobs["heads"], "seed": seed,
+              "batch": int(sizes["batch"]), "image_batch": int(sizes["image_batch"]), "lr": sizes["lr"]}
+    state = TrainingState(out / STATE_DIR)
+    if state.exists() and state.meta()["recipe"] != recipe:  # before any work
+        saved = state.meta()["recipe"]
+        differ = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in recipe.items() if saved.get(k) != v)
+        print(f"--out {out} holds the state of another recipe ({differ}); give another --out", file=sys.stderr)
+        raise SystemExit(2)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     streams, prompts = render_streams(rng, int(sizes["streams"]), frames_of_latents(STREAM, 1), int(sizes["workers"]), world)
@@ -498,16 +509,6 @@ def train(
     tokenizer = build_toy_tokenizer([*GRAMMAR, *SIZES, *COLORS, *SHAPES, *BACKGROUNDS], TEXT_LEN)
     text = T5PromptEncoder(tokenizer, UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)))
     steps = StepBudget(int(sizes["transformer_steps"]), sizes["transformer_seconds"], device)
-    vae_scale = vae.config.scale_factor_spatial
-    recipe = {"levels": knobs["levels"], "world": knobs["world"], "curriculum": knobs["curriculum"],
-              "patch": knobs["token_pixels"] // vae_scale, "heads": knobs["heads"], "seed": seed,
-              "batch": int(sizes["batch"]), "image_batch": int(sizes["image_batch"]), "lr": sizes["lr"]}
-    state = TrainingState(out / STATE_DIR)
-    if state.exists() and state.meta()["recipe"] != recipe:
-        saved = state.meta()["recipe"]
-        differ = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {v!r}" for k, v in recipe.items() if saved.get(k) != v)
-        print(f"--out {out} holds the state of another recipe ({differ}); give another --out", file=sys.stderr)
-        raise SystemExit(2)
     scheduler = UniPCMultistepScheduler(**{**WAN21_SCHEDULER, "flow_shift": SCHEDULER_SHIFT})
 
     def save(transformer: WanTransformer3DModel, text_encoder: torch.nn.Module, extra: dict) -> None:
