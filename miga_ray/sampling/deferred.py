@@ -227,8 +227,9 @@ class DeferredEngine:
 
     @property
     def done(self) -> bool:
-        """Every latent handed out."""
-        return self.inner.done and not self.outputs
+        """Every latent handed out and every call finished (a call whose outputs no latent reads, such as the last
+        window's tail, still finishes before the render records its calls)."""
+        return self.inner.done and not self.outputs and not self.executor.unfinished
 
     def step(self) -> tuple[int, Tensor] | None:
         """The next clean latent if its calls have finished; else one unit of the engine's work if the lookahead
