@@ -215,4 +215,5 @@ WORLDS: dict[str, World] = {
     "full": World(),  # every size, one or two sprites: what sample_scene draws
     "large": World(sizes=("large",)),  # large sprites only, one or two
     "single": World(sizes=("large",), max_sprites=1),  # one large sprite
+    "circle": World(sizes=("large",), max_sprites=1, shapes=("circle",)),  # one large circle: colour x background
 }
