@@ -27,7 +27,7 @@ STORY = [{"at": 0, "prompt": PROMPT}, {"at": 6, "prompt": "a blue circle moving 
 
 def test_the_identity_and_default_id_are_those_earlier_versions_gave():
     spec = JobSpec(PROMPT, load_config(None, [], frames=121))
-    assert spec.default_id() == "a-red-circle-moving-over-sand-7978b9cceb34"  # README's example, as jobs on disk are named
+    assert spec.default_id() == "a-red-circle-moving-over-sand-7978b9cceb34"  # as earlier versions named it (jobs on disk keep their ids)
     stored = StoredJob.read(spec.config_section())
     assert (stored.prompt, stored.seed, stored.frames, stored.identity) == (PROMPT, spec.cfg.seed, 121, spec.identity_hash)
     assert spec.accepts(stored) and stored.story is None and stored.cfg == spec.cfg

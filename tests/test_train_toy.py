@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from miga_ray.models import TOY_DIR
+
 SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "train_toy.py"
 TINY = ["--vae-steps", "3", "--vae-batch", "2", "--streams", "4", "--workers", "1", "--transformer-steps", "2", "--batch", "2", "--threads", "1"]
 
@@ -102,8 +104,7 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_unbroken_one_and_its_world_b
     and a render on it refuses a prompt outside that world (exit 2 naming the count) before any work."""
     base = [sys.executable, str(SCRIPT), "--profile", "cpu", *TINY, "--transformer-steps", "4", "--gate-every", "2",
             "--prompts", "2", "--world", "single", "--curriculum", "0.5"]
-    subprocess.run([*base, "--out", str(tmp_path / "a")], check=True, capture_output=True, timeout=600)
-    borrowed = [*base, "--vae-from", str(tmp_path / "a")]
+    borrowed = [*base, "--vae-from", str(TOY_DIR)]  # the shipped VAE: no VAE stage
     subprocess.run([*borrowed, "--out", str(tmp_path / "b")], check=True, capture_output=True, timeout=600)
     subprocess.run([*borrowed, "--out", str(tmp_path / "c"), "--until-step", "2"], check=True, capture_output=True, timeout=600)
     curve = [json.loads(line) for line in (tmp_path / "c" / "curve.jsonl").read_text().splitlines()]

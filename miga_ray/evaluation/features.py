@@ -10,8 +10,9 @@ change, not semantics, and every output says which extractor produced each numbe
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -36,13 +37,15 @@ def _to_tensor(frames: np.ndarray, size: int, mean: tuple[float, ...], std: tupl
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+@dataclass(frozen=True)
 class PixelFeatures:
-    """Weight-free fallback: a 32x32 colour thumbnail per frame, mean-centred, as one vector."""
+    """Weight-free fallback: a 32x32 colour thumbnail per frame, mean-centred, as one vector. Instances are
+    equal, so a video scored with it for subject and background computes it once."""
 
-    name = "pixels-32 (weight-free fallback)"
+    name: ClassVar[str] = "pixels-32 (weight-free fallback)"
 
     def __call__(self, frames: np.ndarray) -> Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous().float() / 255.0
         x = F.adaptive_avg_pool2d(x, 32).flatten(1)
         return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1)
 

@@ -26,10 +26,17 @@ Interpolator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Cosines = TypeVar("Cosines", np.ndarray, Tensor)
 
 
+def abs_diff_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact sums of ``|a - b|`` over all but the first axis of two uint8 arrays, int64 ``[len(a)]``
+    (in uint8 as max - min: no float copies of 832x480 frames)."""
+    diffs = np.maximum(a, b)
+    diffs -= np.minimum(a, b)
+    return diffs.reshape(len(diffs), -1).sum(axis=1, dtype=np.int64)
+
+
 def pair_errors(frames: np.ndarray) -> np.ndarray:
-    """Mean absolute difference of each pair of consecutive frames, float32 ``[F - 1]``."""
-    diffs = np.abs(frames[1:].astype(np.float32) - frames[:-1].astype(np.float32))
-    return diffs.reshape(len(diffs), -1).mean(axis=1) if len(diffs) else np.zeros(0, np.float32)
+    """Mean absolute difference of each pair of consecutive frames, float64 ``[F - 1]``."""
+    return abs_diff_sums(frames[1:], frames[:-1]) / max(1, frames[0].size) if len(frames) > 1 else np.zeros(0)
 
 
 def temporal_flickering(frames: np.ndarray) -> float:
@@ -50,13 +57,13 @@ def feature_consistency(features: Tensor) -> float:
 
 
 def linear_interpolation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Weight-free stand-in for AMT: the mean of the two neighbouring frames."""
-    return ((a.astype(np.uint16) + b.astype(np.uint16) + 1) // 2).astype(np.uint8)
+    """Weight-free stand-in for AMT: the mean of the two neighbouring frames, rounded up (in uint8)."""
+    return (a >> 1) + (b >> 1) + ((a | b) & 1)
 
 
 def interpolation_error(before: np.ndarray, middle: np.ndarray, after: np.ndarray, interpolate: Interpolator = linear_interpolation) -> float:
     """Mean absolute error of ``middle`` interpolated back from its two neighbours."""
-    return float(np.abs(interpolate(before, after).astype(np.float32) - middle.astype(np.float32)).mean())
+    return float(abs_diff_sums(interpolate(before, after)[None], middle[None])[0]) / max(1, middle.size)
 
 
 def motion_smoothness(frames: np.ndarray, interpolate: Interpolator = linear_interpolation) -> float:
@@ -107,7 +114,8 @@ class VBenchStream:
             raise ValueError(f"frames: expected uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
         if len(frames) == 0:
             return
-        features = [self.subject(frames), self.background(frames)]
+        subject = self.subject(frames)
+        features = [subject, subject if self.background == self.subject else self.background(frames)]
         if not self._first:
             self._first = [f[0] for f in features]
         for k, f in enumerate(features):
