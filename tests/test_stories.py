@@ -30,7 +30,7 @@ from miga_ray.sampling import (
 )
 from miga_ray.sampling.windows import stage1_windows
 from miga_ray.storage import LocalStore, ManifestRow, read_job, read_manifest, update_manifest
-from test_render import decoded_frames, small_config, stop_after, Stop, toy  # noqa: F401 - the toy fixture
+from test_render import Stop, decoded_frames, small_config, stop_after, toy  # noqa: F401 - the toy fixture
 from toy_denoisers import MixingDenoiser
 
 runner = CliRunner()
@@ -275,7 +275,6 @@ def test_the_story_study_measures_how_late_a_switch_is_seen():
 
 def test_a_story_maps_frames_to_the_latents_a_4x_temporal_vae_decodes_them_from(tmp_path):
     from hub_standin import build_pipeline
-
     from miga_ray.engines import conditioning
     from miga_ray.models.registry import load_model
 
