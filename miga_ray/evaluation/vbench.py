@@ -100,6 +100,7 @@ class VBenchStream:
 
     def __init__(self, subject: FeatureExtractor, background: FeatureExtractor) -> None:
         self.subject, self.background = subject, background
+        self._shared = background == subject  # one extractor for both (the weight-free fallback): computed once
         self.seen = 0
         self._first: list[Tensor] = []  # subject and background features of frame 0
         self._last: list[Tensor] = []  # ... of the last frame seen
@@ -115,7 +116,7 @@ class VBenchStream:
         if len(frames) == 0:
             return
         subject = self.subject(frames)
-        features = [subject, subject if self.background == self.subject else self.background(frames)]
+        features = [subject, subject if self._shared else self.background(frames)]
         if not self._first:
             self._first = [f[0] for f in features]
         for k, f in enumerate(features):
