@@ -41,7 +41,7 @@ for part in "$@"; do
       done ;;
     study)
       stamp "study"
-      timeout 330 python3 jobs/toy_ablation.py --out "$out/study" --models "$work/toy-shared,$work/toy-mixed" --preset toy16 \
+      timeout 330 python3 jobs/toy_ablation.py --out "$out/study" --models "$work/toy-shared,$work/toy-mixed" --preset toy \
         --variants fifo,miga --prompts 12 --seeds 2 --latents 1000 --device cuda --workers 14 | tail -40 ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac

@@ -41,7 +41,7 @@ EOF
 shared=$work/$best-shared
 mixed=$work/$best-mixed
 stamp "study on $best: $shared and $mixed"
-common="--preset toy16 --prompts $prompts --seeds $seeds --latents ${LATENTS:-1000} --device $device --workers 2"
+common="--preset toy --prompts $prompts --seeds $seeds --latents ${LATENTS:-1000} --device $device --workers 2"
 rows=("$shared fifo" "$shared miga" "$mixed fifo" "$mixed miga" "$shared tta" "$shared dce")
 pids=()
 for i in "${!rows[@]}"; do

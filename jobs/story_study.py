@@ -2,9 +2,9 @@
 
     python jobs/story_study.py [--out out/story] [--frames 240] [--seeds 0,1] [--workers 2] [--sheet docs/story_sheet.png]
 
-Renders two- and three-part stories (the sprite's colour, its shape, the background change) with the
-shipped toy model (``toy`` preset) as ``miga render --story`` builds them, under FIFO and MIGA with
-story transitions of 0, 4 and 8 latents, and MIGA with switches ignored (``at_switch: ignore``: guidance
+Renders two- and three-part stories (the sprite's colour, the background change; the shipped model draws
+one shape, so no story changes it) with the shipped toy model (``toy`` preset) as ``miga render --story``
+builds them, under FIFO and MIGA with story transitions of 0, 4 and 8 latents, and MIGA with switches ignored (``at_switch: ignore``: guidance
 reaches across a switch and reflection judges across it) to measure what the rule does. MIGA runs with
 reflection throughout (``reflect_during: always``) so that it meets every switch.
 
@@ -38,7 +38,6 @@ from miga_ray.models.toy_world import parse_prompt
 
 STORIES: dict[str, list[tuple[float, str]]] = {  # (fraction of the video where the part starts, prompt)
     "colour": [(0, "a red circle moving over sand"), (0.5, "a blue circle moving over sand")],
-    "shape": [(0, "a red circle moving over sand"), (0.5, "a red triangle moving over sand")],
     "background": [(0, "a yellow circle moving over water"), (0.5, "a yellow circle moving over snow")],
     "three": [(0, "a red circle moving over sand"), (1 / 3, "a blue circle moving over sand"), (2 / 3, "a blue circle moving over snow")],
 }

@@ -34,7 +34,7 @@ from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
 from miga_ray.evaluation.toy_world import analyze
 from miga_ray.evaluation.vbench import evaluate_frames
-from miga_ray.models import TOY_DIR
+from miga_ray.models import toy_checkpoint
 from miga_ray.models.toy_world import WORLDS, World
 from miga_ray.sampling import PRESETS
 
@@ -53,8 +53,8 @@ DRIFT_BINS = 10  # points on each analyzer curve
 
 
 def model_world(model: str) -> World:
-    """The toy world a base model was trained on: ``toy`` is the shipped checkpoint, a directory its own."""
-    return World.trained(TOY_DIR if model == "toy" else Path(model))
+    """The toy world a base model was trained on (a shipped toy's name or a checkpoint directory)."""
+    return World.trained(toy_checkpoint(model))
 
 
 def prompts(count: int, seed: int = 2026, world: World | None = None) -> list[str]:

@@ -67,7 +67,7 @@ from miga_ray.sampling.solvers import FlowEuler
 
 SIZE = 64  # pixels, square
 WINDOW = 16  # latents per window: 16 frames, VideoCrafter2's window
-PRESET = "toy16"  # the sampler preset of the models this recipe trains
+PRESET = "toy"  # the sampler preset of the models this recipe trains
 STREAM = 33  # latents per encoded training stream: 33 frames (Wan's encoder takes 1 + 4k frames)
 CLIP = 9  # frames of the real clips whose reconstructions score the VAE
 TEXT_LEN = 32

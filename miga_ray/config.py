@@ -32,7 +32,7 @@ class _Strict(BaseModel):
 class ModelSettings(_Strict):
     """Which base model, where, in what precision."""
 
-    name: str = Field(TOY_MODEL, description="toy | wan2.1-1.3b | wan2.1-1.3b-random | vc2-random | a diffusers Wan directory or hub id | a VideoCrafter2 .ckpt or .safetensors file")
+    name: str = Field(TOY_MODEL, description="toy | toy-mixed | wan2.1-1.3b | wan2.1-1.3b-random | vc2-random | a diffusers Wan directory or hub id | a VideoCrafter2 .ckpt or .safetensors file")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
@@ -180,11 +180,11 @@ class RenderConfig(_Strict):
 
     def check_prompt(self, prompt: str) -> None:
         """Raise ConfigError when the model cannot render ``prompt`` (or a story part): a toy model knows only its
-        world (the shipped one the whole grammar; a checkpoint directory the part its ``miga.json`` names)."""
-        from .models import TOY_DIR
+        world (the part of the grammar its ``miga.json`` names, shipped or a checkpoint directory)."""
+        from .models import toy_checkpoint
         from .models.toy_world.world import GRAMMAR, World
 
-        world = World.of_checkpoint(TOY_DIR) if self.model.name == TOY_MODEL else World.recorded(Path(self.model.name))
+        world = World.recorded(toy_checkpoint(self.model.name))
         if world is None:
             return
         texts = [(f"story[{k}] prompt", p.prompt) for k, p in enumerate(self.story.parts)] if self.story else [("prompt", prompt)]

@@ -54,7 +54,7 @@ def test_help_and_config_errors_answer_without_loading_torch(argv):
         (["--set", "sampler.miga.schedule=official"], "sampler.miga.schedule"),
         (["--frames", "13", "--set", "sampler.miga.schedule=reference"], "num_latents: must satisfy, with schedule reference, a multiple of group"),
         (["--set", "sampler.miga.schedule=reference", "--set", "sampler.miga.reflect_during=always"], "sampler.miga.reflect_during: must satisfy fill with schedule reference"),
-        (["--set", "sampler.miga.guidance=8"], "guidance: must satisfy 0 <= guidance (m_guid) < window"),
+        (["--set", "sampler.miga.guidance=16"], "guidance: must satisfy 0 <= guidance (m_guid) < window"),
         (["--set", "video.height=50"], "video.height"),
         (["--set", "nonsense"], "expected key=value"),
         (["--sampler", "fifo", "--set", "sampler.num_levels=4"], "num_levels: must satisfy num_levels (T) >= window"),

@@ -135,7 +135,7 @@ def reference(cluster, workers):
     """Three jobs of different lengths rendered uninterrupted; the events the driver reported."""
     out = cluster["tmp"] / "reference"
     jobs = [BatchJob("short", PROMPT, small_config(frames=13), 1), BatchJob("long", PROMPT, small_config(), 2),
-            BatchJob("mid", "a blue square moving over grass", small_config(frames=21, seed=4), 3)]  # fmt: skip
+            BatchJob("mid", "a blue circle moving over grass", small_config(frames=21, seed=4), 3)]  # fmt: skip
     events = []
     result = BatchDriver(workers, str(out), on_event=events.append, poll_s=0.3).run(jobs)
     write_manifest(LocalStore(out), result)
@@ -217,7 +217,7 @@ def test_a_failed_job_is_retried_on_another_worker_from_its_checkpoint(cluster, 
 
 def test_reflection_candidates_fan_out_to_a_busy_peer_with_identical_output(cluster, workers):
     cfg = small_config("sampler.miga.reflect_delta=0", "sampler.miga.reflect_during=always", frames=41)
-    job, other = BatchJob("reflect", PROMPT, cfg, 1), BatchJob("other", "a blue square moving over grass", cfg, 2)
+    job, other = BatchJob("reflect", PROMPT, cfg, 1), BatchJob("other", "a blue circle moving over grass", cfg, 2)
     w0, w1 = workers
     ray.get(w0.set_peers.remote([]))  # alone: every candidate grows on w0
     try:
@@ -248,7 +248,7 @@ def test_miga_batch_on_s3_resumes_a_partial_job_then_skips_everything(cluster, w
     partial = BatchDriver(workers, out, max_attempts=1, poll_s=0.3).run([BatchJob("flaky-1", PROMPT, small_config(), 1)])
     assert partial.states[0].outcome is None and read_job(open_store(out), "flaky-1").status == "failed"
     prompts = tmp_path / "prompts.csv"
-    prompts.write_text(f"id,prompt,frames,seed\nflaky-1,{PROMPT},29,0\nsecond,a blue square moving over grass,13,4\n")
+    prompts.write_text(f"id,prompt,frames,seed\nflaky-1,{PROMPT},29,0\nsecond,a blue circle moving over grass,13,4\n")
     args = ["batch", str(prompts), "--out", out, "--workers", "2", "--resource", "miga_gpu", *sum((["--set", s] for s in BASE), [])]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -34,7 +34,7 @@ SMALL = [f"--set={s}" for s in (f"model.name={TOY}", "model.device=cpu", "sample
                                 "sampler.miga.reflect_after=4", "video.fps=8")]  # fmt: skip
 PROMPTS = {
     "red": ("a red circle moving over sand", 0),
-    "blue": ("a yellow square and a blue triangle moving over grass", 3),
+    "blue": ("a blue circle moving over grass", 3),
 }
 EVIL = "<img src=x onerror=\"document.title='pwned'\"></script>"
 

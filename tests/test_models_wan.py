@@ -19,6 +19,7 @@ from diffusers import (
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from transformers import UMT5Config, UMT5EncoderModel
 
+from miga_ray.models import TOY_CHECKPOINTS
 from miga_ray.models.prompts import RandomPromptEncoder
 from miga_ray.models.registry import TOY_DIR, WAN21_DEFAULTS, load_model
 from miga_ray.models.toy_tokenizer import build_toy_tokenizer
@@ -180,16 +181,22 @@ def test_random_prompt_embeddings_are_fixed_per_prompt() -> None:
     assert a.shape == (2, 8, 4) and torch.equal(a[0], b[0]) and not torch.equal(a[0], a[1])
 
 
-def test_shipped_toy_checkpoint() -> None:
-    files = [p for p in TOY_DIR.rglob("*") if p.is_file()]
+@pytest.mark.parametrize("name,levels", [("toy", "shared"), ("toy-mixed", "mixed")])
+def test_shipped_toy_checkpoint(name: str, levels: str) -> None:
+    """The shipped toy model and its mixed-level control: small, pickle-free, the same world, and each trained
+    with the noise levels its name says (recorded in its ``miga.json``)."""
+    root = TOY_CHECKPOINTS[name]
+    files = [p for p in root.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
-    assert {p.suffix for p in files} <= {".json", ".safetensors"}
-    model = load_model("toy", device="cpu")
-    assert (model.default_resolution, model.default_window) == ((64, 64), 8)
+    assert {p.suffix for p in files} <= {".json", ".jsonl", ".safetensors"}  # never a pickle; .jsonl: its learning curve
+    meta = json.loads((root / "miga.json").read_text())
+    assert meta["recipe"]["levels"] == levels and meta["world"] == json.loads((TOY_DIR / "miga.json").read_text())["world"]
+    model = load_model(name, device="cpu")
+    assert (model.default_resolution, model.default_window) == ((64, 64), 16)
     pos, neg = model.encode_prompt(["a large red circle moving over grass"])
     x = torch.randn(1, model.latent_channels, model.default_window, 8, 8)
     grid = model.grid(20)
-    out = guided_forward(model.denoiser, x, grid.timesteps[torch.arange(1, 9)], Conditioning(pos, neg, 5.0))
+    out = guided_forward(model.denoiser, x, grid.timesteps[torch.arange(1, 17)], Conditioning(pos, neg, 5.0))
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
@@ -208,11 +215,13 @@ def test_shipped_toy_vae_is_per_frame() -> None:
 
 
 def test_shipped_toy_model_meets_its_quality_gate() -> None:
-    """The issue's gate, run as docs/RESULTS.md runs it on the shipped checkpoint: base sampler, one window,
-    20 prompts; the analyzer recognises the prompted colour and the background in at least 90% of frames."""
+    """The gate, run as docs/RESULTS.md runs it on the shipped checkpoint (base sampler, one window, 20 prompts of
+    its world, fewer levels than the preset's 50 to save time): the analyzer recognises the prompted colour and
+    background in at least 90% of frames, the shape and the number of sprites in at least 80%."""
     done = subprocess.run(
         [sys.executable, str(TRAIN_TOY), "--eval", "--threads", "1", "--preset", "toy", "--steps", "40"], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-2000:]
     gate = json.loads(done.stdout)
     assert gate["color_rate"] >= 0.9 and gate["background_rate"] >= 0.9, gate
+    assert gate["shape_rate"] >= 0.8 and gate["count_rate"] >= 0.8 and gate["gate_met"], gate

@@ -299,7 +299,7 @@ def ray_head(env: dict[str, str], timeout_s: float = 180.0) -> Iterator[str]:
 def write_prompts(work: Path) -> tuple[list[dict], list[dict]]:
     """The two prompt files README's cluster commands name: few rows, few frames."""
     toy = [{"id": "circle", "prompt": "a red circle moving over sand", "frames": 13},
-           {"id": "square", "prompt": "a blue square moving over grass", "frames": 9, "seed": 3}]  # fmt: skip
+           {"id": "square", "prompt": "a blue circle moving over grass", "frames": 9, "seed": 3}]  # fmt: skip
     wan = [{"id": "corgi", "prompt": "a corgi running on a lawn", "frames": 9},
            {"id": "dog-park", "prompt": "a dog walking in a park", "frames": 5, "seed": 7}]  # fmt: skip
     (work / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in toy))

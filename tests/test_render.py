@@ -26,7 +26,7 @@ def toy():
 
 
 def small_config(**fields):
-    overrides = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4",
+    overrides = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=24", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4",
                  "checkpoint.every_latents=2", "video.fps=8"]
     frames = fields.pop("frames", 29)
     return load_config(None, overrides + [f"{k}={v}" for k, v in fields.items()], frames=frames)
@@ -159,7 +159,7 @@ def test_progress_is_the_planned_sampler_work_from_the_first_call(tmp_path, toy,
 
 
 def test_a_resumed_run_rates_its_own_work_only(tmp_path, toy):
-    store, cfg = LocalStore(tmp_path), small_config(frames=61)  # long enough that model work remains after frame 8
+    store, cfg = LocalStore(tmp_path), small_config(frames=61, **{"sampler.kind": "fifo"})  # FIFO: model work remains after frame 8
     with pytest.raises(Stop):
         JobRun(store, PROMPT, cfg, toy).run(stop_after(8))
     seen = []

@@ -169,12 +169,12 @@ def test_presets_carry_the_reference_hyperparameters():
     assert vc2.miga.entry == "anchor"  # the reference starts fill latents and candidates from the base clip's last latent
     assert (wan.num_levels, wan.miga.group, wan.miga.guidance, wan.miga.stage2_levels) == (54, 7, 4, 10)
     assert (wan.miga.reflect, wan.miga.reflect_candidates, wan.miga.reflect_delta, wan.miga.window) == (True, 3, 0.01, 21)
-    toy16 = get_preset("toy16")  # the toy recipe's models at VideoCrafter2's proportions
-    assert (toy16.num_levels, toy16.miga.window, toy16.miga.group, toy16.miga.guidance, toy16.fifo.window) == (50, 16, 4, 4, 16)
-    for p in (vc2, wan, toy16):
+    toy = get_preset("toy")  # the shipped toy model and its recipe's models at VideoCrafter2's proportions
+    assert (toy.num_levels, toy.miga.window, toy.miga.group, toy.miga.guidance, toy.fifo.window) == (50, 16, 4, 4, 16)
+    for p in (vc2, wan, toy):
         p.miga.validate(p.num_levels)
         p.fifo.validate(p.num_levels)
-    with pytest.raises(ValueError, match="known: toy, toy16, vc2, wan2.1-1.3b"):
+    with pytest.raises(ValueError, match="known: toy, vc2, wan2.1-1.3b"):
         get_preset("sdxl")
 
 

@@ -33,7 +33,7 @@ from toy_model import TOY
 BASE = ["model.device=cpu", f"model.name={TOY}", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4",
         "checkpoint.every_latents=2", "video.fps=8", "evaluation.enabled=false"]  # fmt: skip
 PROMPT = "a red circle moving over sand"
-STORY = [{"at": 0, "prompt": PROMPT}, {"at": 10, "prompt": "a blue square moving over sand"}]
+STORY = [{"at": 0, "prompt": PROMPT}, {"at": 10, "prompt": "a blue circle moving over grass"}]
 
 
 def config(*overrides: str, frames: int = 21, story: list | None = None):

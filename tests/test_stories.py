@@ -36,7 +36,7 @@ from toy_denoisers import MixingDenoiser
 runner = CliRunner()
 SHAPE = (1, 3, 4, 4)
 F64 = torch.float64
-RED, BLUE, SQUARE = "a red circle moving over sand", "a blue circle moving over sand", "a blue square moving over sand"
+RED, BLUE, GRASS = "a red circle moving over sand", "a blue circle moving over sand", "a blue circle moving over grass"
 MIGA = MigaConfig(window=6, group=2, guidance=2, stage2_levels=4, stride=2)
 
 
@@ -210,7 +210,7 @@ def test_job_identity_includes_the_story_and_plain_prompts_keep_theirs():
 
 def test_an_interrupted_story_render_resumes_to_the_same_latents(tmp_path, toy):  # noqa: F811 - the fixture
     cfg = small_config(**{"frames": 29, "sampler.miga.reflect_during": "always"})
-    cfg = load_config(None, [], story=story((0, RED), (10, BLUE), (20, SQUARE), transition=2), **cfg.model_dump(exclude={"story"}))
+    cfg = load_config(None, [], story=story((0, RED), (10, BLUE), (20, GRASS), transition=2), **cfg.model_dump(exclude={"story"}))
     prompt = cfg.job_prompt(None)
     whole = JobRun(LocalStore(tmp_path / "whole"), prompt, cfg, toy).run()
     store = LocalStore(tmp_path / "cut")

@@ -400,6 +400,5 @@ def test_a_world_draws_only_its_own_scenes_and_refuses_prompts_outside_it(tmp_pa
     with pytest.raises(ValueError, match="'triangle'"):
         World(shapes=("circle", "square")).parse("a red triangle moving over sand")
     (tmp_path / "miga.json").write_text(json.dumps({"world": single.as_json()}))
-    assert World.recorded(tmp_path) == World.of_checkpoint(tmp_path) == single
-    assert World.recorded(tmp_path / "nowhere") is None  # a checkpoint from before worlds: the whole grammar
-    assert len(World.of_checkpoint(tmp_path / "nowhere").parse("a red circle and a blue square and a green diamond on snow").sprites) == 3
+    assert World.recorded(tmp_path) == single
+    assert World.recorded(tmp_path / "nowhere") is None  # a checkpoint from before worlds: no world check

@@ -28,7 +28,7 @@ from miga_ray.config import RenderConfig, load_config
 from .measure import model_identity
 
 SMALL = ["model.device=cpu", "sampler.num_levels=16", "sampler.miga.stage2_levels=3", "sampler.miga.reflect_after=4", "video.fps=8"]
-PROMPTS = ["a red circle moving over sand", "a blue square moving over grass", "a yellow triangle moving over snow", "a green circle moving over water"]
+PROMPTS = ["a red circle moving over sand", "a blue circle moving over grass", "a yellow circle moving over snow", "a green circle moving over water"]
 
 
 def config(model: str, frames: int, *extra: str) -> RenderConfig:

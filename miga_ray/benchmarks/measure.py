@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from miga_ray.models import toy_checkpoint
 from miga_ray.models.decode import StreamingDecoder
-from miga_ray.models.registry import TOY_DIR, LoadedModel
+from miga_ray.models.registry import LoadedModel
 from miga_ray.sampling import StreamingEngine, WindowRunner, sample_base_clip
 
 T = TypeVar("T")
@@ -143,7 +144,7 @@ def measure_stream(model: TimedModel, engine: StreamingEngine, sampler: str, fra
 def model_identity(name: str) -> str:
     """Which weights a number belongs to: for a model directory (the shipped toy's included) the first 12 hex
     digits of the sha256 of its transformer and VAE weight files, else the name itself."""
-    root = TOY_DIR if name == "toy" else Path(name)
+    root = toy_checkpoint(name)
     files = {part: root / part / "diffusion_pytorch_model.safetensors" for part in ("transformer", "vae")}
     hashes = [f"{part} sha256 {hashlib.sha256(f.read_bytes()).hexdigest()[:12]}" for part, f in files.items() if f.is_file()]
     return f"{name} ({', '.join(hashes)})" if hashes else name

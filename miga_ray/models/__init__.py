@@ -3,4 +3,12 @@ light (no torch): the command line checks a prompt against the shipped toy model
 
 from pathlib import Path
 
-TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-wan"  # the shipped toy checkpoint
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TOY_DIR = ASSETS / "toy-wan"  # the shipped toy checkpoint: one large circle, one noise level per training clip
+TOY_CHECKPOINTS: dict[str, Path] = {"toy": TOY_DIR, "toy-mixed": ASSETS / "toy-wan-mixed"}  # by model name; toy-mixed:
+# the same recipe trained on FIFO's mixed-level windows, the control of the studies in docs/RESULTS.md
+
+
+def toy_checkpoint(name: str) -> Path:
+    """The directory of a shipped toy model by name, else ``name`` as a path."""
+    return TOY_CHECKPOINTS.get(name, Path(name))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..sampling.denoiser import Denoiser
 from ..sampling.grid import LevelGrid
-from . import TOY_DIR
+from . import TOY_CHECKPOINTS, TOY_DIR
 from .decode import StreamingDecoder
 from .vc2 import load_vc2, random_vc2
 from .vc2.autoencoder import FrameDecoder
@@ -70,7 +70,11 @@ def pipeline_loader(source: str) -> Callable[[torch.device, torch.dtype], Loaded
 
 
 MODELS: dict[str, ModelOption] = {
-    "toy": ModelOption("tiny Wan-architecture model trained on the toy world (shipped)", pipeline_loader(str(TOY_DIR))),
+    "toy": ModelOption("tiny Wan-architecture model trained on one large circle of the toy world, one noise level per clip (shipped)", pipeline_loader(str(TOY_DIR))),
+    "toy-mixed": ModelOption(
+        "the toy model's control: the same recipe trained on FIFO's mixed-level windows (shipped)",
+        pipeline_loader(str(TOY_CHECKPOINTS["toy-mixed"])),
+    ),
     "wan2.1-1.3b": ModelOption("Wan2.1 text-to-video 1.3B", pipeline_loader("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")),
     "wan2.1-1.3b-random": ModelOption(
         "Wan2.1-1.3B architecture, random weights, random text embeddings (speed/memory only)", random_wan

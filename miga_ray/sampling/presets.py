@@ -73,23 +73,11 @@ PRESETS: dict[str, Preset] = {
         solver_kind="euler",
         shift=5.0,
     ),
-    # The shipped toy model (Wan architecture, 8-latent windows at 64x64): Wan's settings scaled to
-    # a short grid so a CPU renders quickly.
+    # The shipped toy model and every model of its recipe (jobs/train_toy.py: Wan architecture, 16-latent
+    # windows at 64x64): VideoCrafter2's proportions (window 16, L_zig 4, m_guid 4, T/f about 3) on 50
+    # levels, Wan's reflection settings, so a CPU renders it while the sampler runs at a real model's shape.
     "toy": Preset(
         name="toy",
-        num_levels=30,
-        miga=MigaConfig(window=8, group=2, guidance=2, stage2_levels=6, refine=True, stride=4, reflect=True,
-                        reflect_candidates=3, reflect_after=6, reflect_refs=2, reflect_delta=0.01),
-        fifo=FifoConfig(window=8, lookahead=True),
-        cfg_scale=5.0,
-        solver_kind="euler",
-        shift=3.0,
-    ),
-    # Toy models of the current recipe (jobs/train_toy.py: one level per training window, 16-latent windows
-    # at 64x64): VideoCrafter2's proportions (window 16, L_zig 4, m_guid 4, T/f about 3) on 50 levels,
-    # Wan's reflection settings. Not yet the shipped model's preset (docs/RESULTS.md, issue 14).
-    "toy16": Preset(
-        name="toy16",
         num_levels=50,
         miga=MigaConfig(window=16, group=4, guidance=4, stage2_levels=8, refine=True, stride=8, reflect=True,
                         reflect_candidates=3, reflect_after=10, reflect_refs=2, reflect_delta=0.01),

@@ -205,11 +205,6 @@ class World:
         else ``WORLDS["full"]`` (what the recipe drew before worlds were recorded)."""
         return cls.recorded(folder) or WORLDS["full"]
 
-    @classmethod
-    def of_checkpoint(cls, folder: Path) -> World:
-        """The prompts a toy checkpoint accepts: its recorded world, else the whole grammar (as before worlds)."""
-        return cls.recorded(folder) or cls(max_sprites=MAX_SPRITES)
-
 
 WORLDS: dict[str, World] = {
     "full": World(),  # every size, one or two sprites: what sample_scene draws
