@@ -1,10 +1,12 @@
 """Long-horizon comparisons on the toy world: samplers x base models, same prompts and seeds.
 
     python jobs/toy_ablation.py [--out out/ablation] [--models toy] [--variants fifo,tta,dce,miga]
-                                [--prompts 12] [--seeds 2] [--latents 256] [--device cpu] [--workers 2]
+                                [--prompts 12] [--prompt-offset 0] [--prompt-seed 2026] [--seeds 2]
+                                [--first-seed 0] [--latents 256] [--device cpu] [--workers 2]
 
 Each variant is a render config in ``configs/ablation/`` (FIFO, TTA only, DCE only, full MIGA), built
-as ``miga render`` builds it; ``--models`` names the base models (``toy`` is the shipped one, trained
+as ``miga render`` builds it; ``miga+guidance=2+refine=false`` is MIGA with those sampler settings
+changed (one-setting-at-a-time studies; ``fifo+window=8`` likewise); ``--models`` names the base models (``toy`` is the shipped one, trained
 with one level per clip; a directory such as the mixed-level control). The videos of one (model,
 variant, seed) are sampled as one batch of all prompts (every random tensor is drawn for the batch, so
 a row is a function of the seed and the prompt list, the same for every variant), decoded in memory,
@@ -27,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from miga_ray.benchmarks.options import positive_int
-from miga_ray.config import load_config
+from miga_ray.benchmarks.options import at_least, positive_int
+from miga_ray.config import ConfigError, RenderConfig, load_config
 from miga_ray.engines import build_engine, decoded_video, load_for
 from miga_ray.evaluation.compare import Variant, draw_curves
 from miga_ray.evaluation.features import PixelFeatures
@@ -40,6 +42,7 @@ from miga_ray.sampling import PRESETS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ablation"
 VARIANTS = {"fifo": "FIFO-Diffusion", "tta": "TTA only", "dce": "DCE only", "miga": "MIGA (TTA + DCE)"}
+SECTIONS = {"fifo": "fifo", "tta": "miga", "dce": "miga", "miga": "miga"}  # the sampler section a variant's settings change
 VBENCH = ("subject_consistency", "background_consistency", "motion_smoothness", "temporal_flickering", "overall")
 TOY = ("color_rate", "shape_rate", "count_rate", "background_rate", "subject_consistency", "background_consistency", "smoothness")
 DRIFT = ("color_rate", "shape_rate", "count_rate", "subject_consistency", "background_consistency")
@@ -57,12 +60,30 @@ def model_world(model: str) -> World:
     return World.trained(toy_checkpoint(model))
 
 
-def prompts(count: int, seed: int = 2026, world: World | None = None) -> list[str]:
-    """``count`` prompts of ``world`` (the whole grammar's by default) drawn once from a fixed seed (the same
-    for every variant)."""
-    rng = np.random.default_rng(seed)
-    world = world or WORLDS["full"]
-    return [world.sample_scene(rng).prompt for _ in range(count)]
+def prompts(count: int, seed: int = 2026, world: World | None = None, offset: int = 0, draws: int = 10_000) -> list[str]:
+    """``count`` distinct prompts of ``world`` (the whole grammar's by default) in the order a fixed seed
+    draws them (the same for every variant), after the first ``offset`` (a set disjoint from theirs); a
+    repeat is skipped, since it would count one prompt twice."""
+    rng, world, found = np.random.default_rng(seed), world or WORLDS["full"], dict[str, None]()
+    for _ in range(draws):
+        found.setdefault(world.sample_scene(rng).prompt)
+        if len(found) == offset + count:
+            return list(found)[offset:]
+    raise ValueError(f"--prompts: {offset} + {count} distinct prompts asked, this world gave {len(found)} in {draws} draws")
+
+
+def variant_config(variant: str, model_name: str, preset: str, device: str, seed: int = 0) -> RenderConfig:
+    """The render config of ``variant`` (``base`` or ``base+key=value+...``) on one model; ConfigError names a bad setting."""
+    base, *settings = variant.split("+")
+    overrides = [f"model.name={model_name}", f"sampler.preset={preset}", f"model.device={device}", "model.dtype=float32",  # toy models: fp32
+                 *(f"sampler.{SECTIONS[base]}.{setting}" for setting in settings)]
+    return load_config(CONFIGS / f"{base}.yaml", overrides, seed=seed)
+
+
+def label(variant: str) -> str:
+    """A variant's name in tables: the base's, then its changed settings."""
+    base, *settings = variant.split("+")
+    return VARIANTS[base] + (f" [{', '.join(settings)}]" if settings else "")
 
 
 def score(video: np.ndarray, prompt: str) -> dict[str, Any]:
@@ -88,8 +109,7 @@ def metric(row: dict[str, Any], name: str) -> float:
 @torch.no_grad()
 def render_batch(model_name: str, preset: str, variant: str, texts: list[str], seed: int, latents: int, device: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Sample one batch (a row per prompt) and decode it: uint8 ``[B, F, H, W, 3]`` and the run's costs."""
-    overrides = [f"model.name={model_name}", f"sampler.preset={preset}", f"model.device={device}", "model.dtype=float32"]  # toy models: fp32
-    cfg = load_config(CONFIGS / f"{variant}.yaml", overrides, seed=seed)
+    cfg = variant_config(variant, model_name, preset, device, seed)
     model = load_for(cfg)
     start = time.monotonic()
     engine = build_engine(model, cfg, texts, latents)
@@ -110,23 +130,25 @@ def _done(path: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
 
 def run(out: Path, models: list[str], preset: str, variants: list[str], texts: list[str], seeds: list[int], latents: int,
         device: str, workers: int) -> list[dict[str, Any]]:
-    """Every (model, variant, seed) batch with a prompt not yet in ``<out>/videos.jsonl``; returns all rows."""
+    """Render, per (model, variant, seed), one batch of the prompts not yet in ``<out>/videos.jsonl``; returns
+    all rows. A row records its batch size: noise is drawn per batch, so prompts added to a finished study
+    form their own batch, the same one for every variant and model that renders them in one command."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "videos.jsonl"
     rows = _done(path)
-    batches = [(m, v, s) for s in seeds for m in models for v in variants  # a whole first seed before the next
-               if any(rows.get((m, v, p, s), {}).get("latents") != latents for p in texts)]
-    print(f"{len(rows)} videos done, {len(batches) * len(texts)} to render", flush=True)
+    batches = [(m, v, s, missing) for s in seeds for m in models for v in variants  # a whole first seed before the next
+               if (missing := [p for p in texts if rows.get((m, v, p, s), {}).get("latents") != latents])]
+    print(f"{len(rows)} videos done, {sum(len(b[3]) for b in batches)} to render", flush=True)
     with ProcessPoolExecutor(workers) as pool, path.open("a") as sink:
-        for i, (model, variant, seed) in enumerate(batches, 1):
-            video, costs = render_batch(model, preset, variant, texts, seed, latents, device)
-            for prompt, scores in zip(texts, pool.map(score, video, texts)):
+        for i, (model, variant, seed, missing) in enumerate(batches, 1):
+            video, costs = render_batch(model, preset, variant, missing, seed, latents, device)
+            for prompt, scores in zip(missing, pool.map(score, video, missing)):
                 row = {"model": model, "variant": variant, "prompt": prompt, "seed": seed, "latents": latents,
                        "frames": video.shape[1], **scores, **costs}
                 sink.write(json.dumps(row, allow_nan=False) + "\n")
                 rows[(model, variant, prompt, seed)] = row
             sink.flush()
-            print(f"[{i}/{len(batches)}] {model} {variant} seed {seed}: {costs['batch_seconds']:.0f}s for {len(texts)} videos", flush=True)
+            print(f"[{i}/{len(batches)}] {model} {variant} seed {seed}: {costs['batch_seconds']:.0f}s for {len(missing)} videos", flush=True)
     return [r for r in rows.values() if r["model"] in models and r["variant"] in variants and r["prompt"] in texts
             and r["seed"] in seeds and r["latents"] == latents]
 
@@ -151,6 +173,12 @@ def interval(values: np.ndarray, scale: float, resamples: int = 10_000) -> str:
     return f"{scale * values.mean():.2f} [{scale * low:.2f}, {scale * high:.2f}]{note}"
 
 
+def rendered(rows: list[dict[str, Any]], models: list[str], variants: list[str]) -> list[tuple[str, str]]:
+    """The (model, variant) pairs that have videos, in command-line order (a control may lack some variants)."""
+    have = {(r["model"], r["variant"]) for r in rows}
+    return [(m, v) for m in models for v in variants if (m, v) in have]
+
+
 def table(rows: list[dict[str, Any]], models: list[str], variants: list[str], texts: list[str],
           metrics: tuple[str, ...], paired: bool) -> str:
     """A markdown table, one row per (model, variant): mean [95% CI] over prompts, in %, or of the paired
@@ -160,17 +188,16 @@ def table(rows: list[dict[str, Any]], models: list[str], variants: list[str], te
         return TOY_COLUMNS.get(key, COLUMNS[key]) if part else COLUMNS[key]
 
     lines = ["| model | variant | " + " | ".join(column(m) for m in metrics) + " |", "| --- | --- |" + " ---: |" * len(metrics)]
-    for model in models:
-        for variant in variants:
-            if paired and variant == "fifo":
-                continue
-            cells = []
-            for m in metrics:
-                values = per_prompt(rows, model, variant, m, texts)
-                if paired:
-                    values = values - per_prompt(rows, model, "fifo", m, texts)
-                cells.append(interval(values, 100))
-            lines.append(f"| {model} | {VARIANTS[variant]}{' − FIFO' if paired else ''} | " + " | ".join(cells) + " |")
+    for model, variant in rendered(rows, models, variants):
+        if paired and variant == "fifo":
+            continue
+        cells = []
+        for m in metrics:
+            values = per_prompt(rows, model, variant, m, texts)
+            if paired:
+                values = values - per_prompt(rows, model, "fifo", m, texts)
+            cells.append(interval(values, 100))
+        lines.append(f"| {model} | {label(variant)}{' − FIFO' if paired else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -179,18 +206,17 @@ def report(rows: list[dict[str, Any]], models: list[str], variants: list[str], t
     toy, drift = tuple(f"analysis.mean.{m}" for m in TOY), tuple(f"analysis.drift.{m}" for m in DRIFT)
     first = rows[0]
     costs = []
-    for model in models:
-        for v in variants:
-            mine = [r for r in rows if (r["model"], r["variant"]) == (model, v)]
-            calls = np.mean([r["model_calls"] / r["latents"] for r in mine])
-            per_frame = np.mean([r["batch_seconds"] / (r["batch"] * r["frames"]) for r in mine])
-            judged = sum(r["reflections"].get("triggered", 0) for r in mine) // len(texts)
-            accepted = sum(r["reflections"].get("accepted", 0) for r in mine) // len(texts)
-            costs.append(f"| {model} | {VARIANTS[v]} | {calls:.2f} | {1000 * per_frame:.2f} | {judged} / {accepted} |")
+    for model, v in rendered(rows, models, variants):
+        mine = [r for r in rows if (r["model"], r["variant"]) == (model, v)]
+        calls = np.mean([r["model_calls"] / r["latents"] for r in mine])
+        per_frame = np.mean([r["batch_seconds"] / (r["batch"] * r["frames"]) for r in mine])
+        judged = round(sum(r["reflections"].get("triggered", 0) / r["batch"] for r in mine))  # batch counters, on every row
+        accepted = round(sum(r["reflections"].get("accepted", 0) / r["batch"] for r in mine))
+        costs.append(f"| {model} | {label(v)} | {calls:.2f} | {1000 * per_frame:.2f} | {judged} / {accepted} |")
     has_fifo = "fifo" in variants
     parts = [
         f"{len(texts)} prompts x {len(seeds)} seeds, {latents} latents ({first['frames']} frames) per video, batches of "
-        f"{first['batch']} on {first['device']}; mean [95% bootstrap interval] over prompts (seeds averaged first), in %. "
+        f"{'/'.join(map(str, sorted({r['batch'] for r in rows}, reverse=True)))} on {first['device']}; mean [95% bootstrap interval] over prompts (seeds averaged first), in %. "
         f"Features: {first['features']}; motion smoothness: {first['interpolator']}.",
         "", "VBench-form dimensions:", "", table(rows, models, variants, texts, VBENCH, paired=False),
         *(["", "Paired difference to FIFO (same model, prompt and seed):", "", table(rows, models, variants, texts, VBENCH, paired=True)] if has_fifo else []),
@@ -216,9 +242,9 @@ def curves(rows: list[dict[str, Any]], models: list[str], variants: list[str]):
 
 
 def _names(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
-    """A comma-separated list for argparse; names outside ``allowed`` are a usage error."""
+    """A comma-separated list for argparse; names outside ``allowed`` (before any ``+settings``) are a usage error."""
     names = [n for n in text.split(",") if n]
-    bad = [n for n in names if allowed is not None and n not in allowed]
+    bad = [n for n in names if allowed is not None and n.split("+")[0] not in allowed]
     if not names or bad:
         raise argparse.ArgumentTypeError(f"must be a comma-separated list of {', '.join(allowed or ('names',))}")
     return names
@@ -231,10 +257,12 @@ def main() -> None:
     parser.add_argument("--models", type=_names, default=["toy"], help="base models: names or directories (default toy)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="toy", help="sampler preset of those models (default toy)")
     parser.add_argument("--variants", type=lambda t: _names(t, tuple(VARIANTS)), default=list(VARIANTS),
-                        help="comma-separated: fifo, tta, dce, miga (default all)")
+                        help="comma-separated: fifo, tta, dce, miga, each optionally +key=value+... (default all four)")
     parser.add_argument("--prompts", type=positive_int, default=12)
+    parser.add_argument("--prompt-offset", type=at_least(int, 0), default=0, help="skip the first N prompts the seed draws (a disjoint set)")
     parser.add_argument("--prompt-seed", type=int, default=2026, help="draws the prompts (another seed: a held-out set)")
     parser.add_argument("--seeds", type=positive_int, default=2)
+    parser.add_argument("--first-seed", type=at_least(int, 0), default=0, help="noise seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument(
         "--latents", type=positive_int, default=256, help="output latents per video (one frame each: per-frame toy VAE)"
     )
@@ -245,7 +273,12 @@ def main() -> None:
     worlds = {model_world(m) for m in args.models}
     if len(worlds) > 1:
         parser.error(f"--models: the models were trained on different toy worlds ({', '.join(map(str, worlds))}); compare them apart")
-    texts, seeds = prompts(args.prompts, args.prompt_seed, worlds.pop()), list(range(args.seeds))
+    try:
+        texts, seeds = prompts(args.prompts, args.prompt_seed, worlds.pop(), args.prompt_offset), list(range(args.first_seed, args.first_seed + args.seeds))
+        for variant in args.variants:  # every setting validated before anything renders
+            variant_config(variant, args.models[0], args.preset, args.device)
+    except (ValueError, ConfigError) as error:
+        parser.error(str(error).replace("sampler.", "--variants: ", 1) if isinstance(error, ConfigError) else str(error))
     if args.report:
         done = _done(args.out / "videos.jsonl").values()
         seeds = sorted({r["seed"] for r in done if r["seed"] in seeds})

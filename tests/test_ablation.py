@@ -23,8 +23,8 @@ def load_script():
     return module
 
 
-def run(out: Path) -> subprocess.CompletedProcess:
-    argv = [sys.executable, str(SCRIPT), "--out", str(out), "--prompts", "1", "--seeds", "1", "--latents", "6", "--workers", "1"]
+def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(SCRIPT), "--out", str(out), "--prompts", "1", "--seeds", "1", "--latents", "6", "--workers", "1", *extra]
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
 
 
@@ -45,6 +45,20 @@ def test_ablation_renders_every_variant_and_resumes(tmp_path):
     again = run(tmp_path)
     assert "4 videos done, 0 to render" in again.stdout
     assert (tmp_path / "videos.jsonl").read_text().count("\n") == 4
+    grown = run(tmp_path, "--prompts", "2", "--variants", "fifo")  # a prompt added to a finished study: only it renders
+    assert "4 videos done, 1 to render" in grown.stdout
+    added = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()][4:]
+    assert len(added) == 1 and added[0]["batch"] == 1 and added[0]["prompt"] != rows[0]["prompt"]
+
+
+def test_prompts_are_distinct_in_draw_order_and_too_many_is_an_error():
+    ablation = load_script()
+    world = ablation.model_world("toy")
+    texts = ablation.prompts(12, 2026, world)
+    assert len(set(texts)) == 12 and texts[:5] == ablation.prompts(5, 2026, world)
+    assert set(ablation.prompts(6, 2026, world, offset=12)).isdisjoint(texts)  # a tuning set apart from the study's
+    with pytest.raises(ValueError, match=r"--prompts: 12 \+ 1000 distinct prompts asked, this world gave 36"):
+        ablation.prompts(1000, 2026, world, offset=12, draws=2000)
 
 
 def test_interval_brackets_the_mean_and_skips_undefined():
@@ -68,13 +82,25 @@ def test_a_batch_row_is_the_same_video_whatever_the_variant_list(tmp_path):
     assert len({r["prompt"] for r in a}) == 2 and all(r["batch"] == 2 for r in a)
 
 
+def test_a_variant_with_settings_changes_only_those():
+    ablation = load_script()
+    changed, preset = (ablation.variant_config(v, "toy", "toy", "cpu").sampler.miga_config() for v in ("miga+guidance=2+refine=false", "miga"))
+    assert (changed.guidance, changed.refine) == (2, False) and (preset.guidance, preset.refine) != (2, False)
+    assert changed.group == preset.group and changed.stage2_levels == preset.stage2_levels
+    assert ablation.label("miga+guidance=2+refine=false") == "MIGA (TTA + DCE) [guidance=2, refine=false]"
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [("--prompts", "0", "argument --prompts: must be an integer >= 1"),
-     ("--variants", "fifo,nope", "argument --variants: must be a comma-separated list of fifo, tta, dce, miga")],
+     ("--variants", "fifo,nope", "argument --variants: must be a comma-separated list of fifo, tta, dce, miga"),
+     ("--variants", "fifo,miga+guidanc=2", "--variants: miga.guidanc: unknown key"),
+     ("--variants", "miga+guidance=16", "--variants: miga.guidance: must satisfy 0 <= guidance (m_guid) < window (16)"),
+     ("--prompt-offset", "-1", "argument --prompt-offset: must be >= 0")],
 )
-def test_nonsense_options_exit_2_naming_the_option(tmp_path, option, value, message):
-    argv = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), option, value]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and message in done.stderr
+def test_nonsense_options_exit_2_naming_the_option(tmp_path, monkeypatch, capsys, option, value, message):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--out", str(tmp_path / "out"), option, value])
+    with pytest.raises(SystemExit) as stopped:
+        load_script().main()
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
