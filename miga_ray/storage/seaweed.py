@@ -123,12 +123,16 @@ class SeaweedServer:
                 time.sleep(0.2)
         return False
 
-    def stop(self) -> None:
-        """Terminate the server (killed if it takes more than 15 s); ``start`` brings it back on the same ports."""
+    def stop(self, grace: float = 15) -> None:
+        """Terminate the server (killed if it takes more than ``grace`` s; 0 kills it at once, for a data
+        directory that is thrown away); ``start`` brings it back on the same ports."""
         if self.proc is not None:
-            self.proc.terminate()
+            if grace > 0:
+                self.proc.terminate()
+            else:
+                self.proc.kill()
             try:
-                self.proc.wait(15)
+                self.proc.wait(grace or None)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
