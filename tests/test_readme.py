@@ -189,7 +189,7 @@ def test_readme_tour_runs_as_written(tmp_path):
     assert json.loads(outputs[3])["status"] == "done"
     assert "subject_consistency" in json.loads(outputs[4])["vbench"]
     assert (tmp_path / "calls.jsonl").stat().st_size > 0
-    assert "model calls per output latent" in outputs[5]
+    assert "model calls per output latent" in outputs[5] and "zero-cost denoiser, toy (" in outputs[5], "timed on the preset asked for"
 
 
 def test_readme_config_override_runs_as_written(tmp_path):
