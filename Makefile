@@ -17,8 +17,12 @@ browser:
 	  else echo "the gallery test needs Chromium at /usr/bin/chromium (Debian: apt-get install chromium)"; fi; \
 	fi
 
+# Two pytest workers, tests handed out as workers free up: most tests hold one core (renders run on one
+# BLAS thread), so two share a 2-core machine; every test keeps its servers, Ray temp dirs and ports apart.
+PYTEST_WORKERS ?= 2
+
 test: install browser
-	OMP_NUM_THREADS=1 $(ISOLATE) $(PYTHON) -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(ISOLATE) $(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
 
 # The demo renders its prompts side by side with torch threads chosen for the machine's idle CPUs
 # (render.cpu_threads); a user's OMP_NUM_THREADS wins.
