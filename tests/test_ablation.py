@@ -52,11 +52,12 @@ def test_ablation_renders_every_variant_and_resumes(tmp_path, monkeypatch, capsy
     assert "4 videos done, 1 to render" in grown
     added = [json.loads(line) for line in (tmp_path / "videos.jsonl").read_text().splitlines()][4:]
     assert len(added) == 1 and added[0]["batch"] == 1 and added[0]["prompt"] != rows[0]["prompt"]
-    alone = run(tmp_path / "fifo-only", monkeypatch, capsys, "--variants", "fifo")  # a batch row does not depend on the other variants
+    # a batch row does not depend on the other variants: MIGA rendered alone equals MIGA rendered after three batches
+    alone = run(tmp_path / "miga-only", monkeypatch, capsys, "--variants", "miga")
     assert "0 videos done, 1 to render" in alone
     keys = ("prompt", "subject_consistency", "analysis", "model_calls")
-    (fifo,) = [json.loads(line) for line in (tmp_path / "fifo-only" / "videos.jsonl").read_text().splitlines()]
-    assert {k: fifo[k] for k in keys} == {k: r[k] for r in rows if r["variant"] == "fifo" for k in keys}
+    (miga,) = [json.loads(line) for line in (tmp_path / "miga-only" / "videos.jsonl").read_text().splitlines()]
+    assert {k: miga[k] for k in keys} == {k: r[k] for r in rows if r["variant"] == "miga" for k in keys}
 
 
 def test_prompts_are_distinct_in_draw_order_and_too_many_is_an_error():
